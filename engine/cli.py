@@ -1,0 +1,153 @@
+"""The `engine` command line (click). Every command's --help explains its flags; bad input ends with one
+line naming the problem and exit code 2."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from engine.config import DEFAULT_BATCH_SIZE, DEFAULT_OUT, PATIENCE, parse_image_size
+from engine.errors import UserInputError
+
+log = logging.getLogger("engine")
+
+USAGE_ERROR = 2  # bad input, as click and argparse use it
+INTERRUPTED = 130
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="engine")
+def cli() -> None:
+    """Fine-tune lightweight ImageNet backbones on small domain-specific datasets, fast, by the protocol of
+    "Which backbone to use" (DualOpt, early stopping, best of 3 seeds).
+
+    Start with:  engine train --backbone resnet50 --data demo --no-pretrained --max-epochs 12
+    """
+
+
+@cli.command()
+def backbones() -> None:
+    """List the backbones: name, parameters (millions, 1000 classes), ImageNet top-1, weights."""
+    from engine.models import get_backbone_spec, list_backbones
+
+    rows = []
+    for name in list_backbones():
+        spec = get_backbone_spec(name)
+        params = sum(p.numel() for p in spec.build().parameters()) / 1e6
+        rows.append((name, f"{params:.1f}", f"{spec.imagenet_top1:.2f}", spec.weights_name))
+    _print_table(("backbone", "params_M", "imagenet_top1", "weights"), rows)
+
+
+@cli.command()
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Where built-in datasets live [default: $ENGINE_DATA or ~/.cache/engine/data].")
+def datasets(data_root: str | None) -> None:
+    """List the built-in datasets, whether they are on disk, and how to use your own folder."""
+    from pathlib import Path
+
+    from engine.loaders import DATASETS, default_data_root
+
+    root = Path(data_root).expanduser() if data_root else default_data_root()
+    rows = [(spec.name, "x".join(map(str, spec.image_size)), "on" if spec.augment else "off",
+             str(root / spec.name) if spec.is_ready(root) else "no (made on first use)", spec.description)
+            for spec in DATASETS.values()]
+    _print_table(("dataset", "size", "augment", "on disk", "description"), rows)
+    click.echo("\nYour own data: --data PATH, where PATH holds train/<class>/<image> and test/<class>/<image> "
+               "(optionally val/<class>/<image>),\nor just <class>/<image> folders, split into train and test by a "
+               "seeded stratified --test-split (default 0.2).")
+
+
+@cli.command()
+@click.option("--backbone", required=True, help="Backbone name (see `engine backbones`).")
+@click.option("--data", required=True, help="Built-in dataset name (see `engine datasets`) or path to an image folder.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Where built-in datasets live [default: $ENGINE_DATA or ~/.cache/engine/data].")
+@click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Share of the training images to use, drawn per class by the seed (at least one per class); "
+                   "the test set is never subsampled.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of one run [default: 0].")
+@click.option("--runs", type=click.IntRange(min=1), default=None,
+              help="Train seeds 0..K-1 and write summary.json with the best (the paper's best of 3) and mean +- std.")
+@click.option("--image-size", callback=lambda ctx, param, value: value and parse_image_size(value),
+              help="Resize to SIZE or HxW (e.g. 256 or 448x672) [default: the dataset's; 256 for a folder].")
+@click.option("--augment/--no-augment", default=None, help="TrivialAugmentWide [default: the dataset's; on for a folder].")
+@click.option("--pretrained/--no-pretrained", default=True, show_default=True,
+              help="Start from the ImageNet weights (downloaded once into the torch hub cache).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Start from a local state dict: a full model, or a backbone whose classifier is re-initialised "
+                   "when its classes differ. Replaces --pretrained.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help=f"Images per step [default: {DEFAULT_BATCH_SIZE['cuda']} on a GPU, {DEFAULT_BATCH_SIZE['cpu']} on "
+                   f"the CPU; never more than the training set].")
+@click.option("--max-epochs", type=click.IntRange(min=1), default=None,
+              help="Cap on the total epochs of both phases [default: none, early stopping alone ends the run].")
+@click.option("--patience", type=click.IntRange(min=1), default=PATIENCE, show_default=True,
+              help="Epochs without a new best before AdamW hands over to SGD, and before SGD stops.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on GPUs that have it, else fp16 with a GradScaler; fp32 on the CPU.")
+@click.option("--compile/--no-compile", default=None, help="torch.compile the model [default: on with a GPU, off on the CPU].")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+              help="Model and batches in channels_last memory format.")
+@click.option("--loader", type=click.Choice(["auto", "torch"]), default="auto", show_default=True,
+              help="Input pipeline. torch: PIL + torchvision transforms in DataLoader workers.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Loader processes [default: cores - 1, at most 8, with a GPU; 0 (main process) on the CPU].")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--select-on", type=click.Choice(["test", "val"]), default="test", show_default=True,
+              help="What early stopping and model selection look at. test: as the paper; val: a seeded "
+                   "stratified 10 %% of the training images (or the dataset's val/), for an unbiased test number.")
+@click.option("--test-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              show_default=True, help="Test share for a folder without train/ and test/ (fixed split seed 0).")
+@click.option("--out", type=click.Path(file_okay=False), default=DEFAULT_OUT, show_default=True,
+              help="Runs go to OUT/<backbone>/<dataset>/f<fraction>/s<seed>/.")
+@click.option("--force", is_flag=True, help="Train again even if the run folder holds a finished or different run.")
+def train(seed: int | None, runs: int | None, force: bool, **flags) -> None:
+    """Fine-tune a backbone on a dataset by the paper's protocol.
+
+    AdamW until --patience epochs bring no new best, then the best weights are reloaded and a fresh SGD runs
+    until --patience epochs bring nothing better; the best accuracy is reported. A killed run, rerun with the
+    same command, continues from its last finished epoch; a finished one is skipped.
+    """
+    from engine.run import prepare_config, train_seeds
+
+    if seed is not None and runs is not None:
+        raise click.UsageError("--seed and --runs exclude each other: --runs K trains seeds 0..K-1")
+    config, index = prepare_config(**flags)
+    seeds = list(range(runs)) if runs else [seed or 0]
+    train_seeds(config, index, seeds, force=force)
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    for row in (header, *rows):
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _configure_logging() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: runs the command and turns errors a user can fix into one line and exit code 2."""
+    _configure_logging()
+    try:
+        code = cli.main(args=argv, prog_name="engine", standalone_mode=False)
+    except click.UsageError as err:
+        command = f"engine {err.ctx.info_name} " if err.ctx and err.ctx.parent else "engine "
+        _fail(f"{err.format_message()} (see `{command.strip()} --help`)")
+    except (click.ClickException, UserInputError) as err:
+        _fail(err.format_message() if isinstance(err, click.ClickException) else str(err))
+    except (KeyboardInterrupt, click.Abort):
+        click.echo("engine: interrupted; rerun the same command to continue", err=True)
+        sys.exit(INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"engine: error: {message}", err=True)
+    sys.exit(USAGE_ERROR)

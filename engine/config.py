@@ -1,0 +1,113 @@
+"""The protocol's constants, with their sources, and `RunConfig`: everything one run needs, saved as config.json."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.errors import UserInputError
+
+# --- The paper's protocol (paper section 5; DualOpt, Jeevan & Sethi 2022; the authors' public code) ---------------
+PATIENCE = 10  # epochs without a new best before AdamW hands over to SGD, and before SGD stops (paper §5)
+ADAMW = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)  # first DualOpt phase (paper §5)
+SGD = dict(lr=1e-3, momentum=0.9)  # second DualOpt phase, no weight decay (paper §5, authors' code)
+SEEDS_FOR_BEST_OF = 3  # "best of three runs" (paper §5)
+
+# --- Engine defaults ------------------------------------------------------------------------------------------------
+# Fixed batch sizes until the autotuner measures one: 128 is what ANCHORS.md measured every backbone with on the
+# GPU; 32 keeps a 2-core CPU responsive.
+DEFAULT_BATCH_SIZE = {"cuda": 128, "cpu": 32}
+DEFAULT_OUT = "runs"
+
+
+@dataclass
+class RunConfig:
+    backbone: str
+    data: str  # as the user gave it: a registered name or a path
+    dataset: str  # the registered name, or the custom folder's name (used in the run folder's path)
+    data_path: str
+    image_size: tuple[int, int]  # (height, width)
+    augment: bool
+    num_classes: int = 0
+    fraction: float = 1.0
+    seed: int = 0
+    pretrained: bool = True
+    weights: str | None = None
+    batch_size: int = 32
+    max_epochs: int | None = None
+    patience: int = PATIENCE
+    precision: str = "fp32"  # bf16 | fp16 | fp32, resolved from "auto" before the run
+    compile: bool = False
+    channels_last: bool = True
+    loader: str = "torch"
+    device: str = "cpu"
+    select_on: str = "test"
+    test_split: float = 0.2  # share of a one-folder dataset that becomes its test set
+    workers: int = 0
+    out: str = DEFAULT_OUT
+    protocol: dict = field(default_factory=lambda: {"adamw": ADAMW, "sgd": SGD})
+
+    # Fields that may change between a killed run and its resumption without changing what is computed.
+    RESUMABLE_CHANGES = ("workers", "out", "data", "data_path", "max_epochs")
+
+    def run_dir(self) -> Path:
+        return Path(self.out) / self.backbone / self.dataset / f"f{self.fraction:g}" / f"s{self.seed}"
+
+    def to_json(self) -> dict:
+        return json_ready(dataclasses.asdict(self))
+
+    def differences(self, saved: dict) -> list[str]:
+        """Settings in which a saved config.json differs from this one (ignoring what does not matter)."""
+        mine = self.to_json()
+        return [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in mine.items()
+                if key not in self.RESUMABLE_CHANGES and saved.get(key) != value]
+
+
+def json_ready(value):
+    """Tuples as lists, recursively, so a config compares equal to its own JSON round trip."""
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    return value
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """'256' -> (256, 256); '448x672' -> (448, 672) as height x width."""
+    parts = text.lower().split("x")
+    try:
+        sizes = tuple(int(part) for part in parts)
+    except ValueError:
+        sizes = ()
+    if len(sizes) not in (1, 2) or min(sizes) < 1:
+        raise UserInputError(f"image size {text!r} is not a positive integer or HxW (e.g. 256 or 448x672)")
+    return (sizes[0], sizes[-1])
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device cuda was asked for, but torch sees no CUDA GPU")
+    return requested
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """auto: bf16 on a GPU that has it, else fp16 (with a GradScaler) on a GPU, fp32 on the CPU."""
+    if requested == "auto":
+        if device != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested == "fp16" and device != "cuda":
+        raise UserInputError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+    return requested
+
+
+def default_workers(device: str) -> int:
+    """Loader processes: on a GPU, all cores but one (up to 8) decode; on the CPU they would steal cores from the
+    training step itself, and the demo's small JPEGs decode in the main process faster than workers start."""
+    cores = os.cpu_count() or 1
+    return max(1, min(8, cores - 1)) if device == "cuda" else 0

@@ -1,0 +1,21 @@
+"""Errors a user can fix. The command line prints their message as one line and exits with code 2."""
+
+
+class UserInputError(Exception):
+    """Bad input: an unknown name, a missing or empty folder, an out-of-range value."""
+
+
+class UnreadableImageError(UserInputError):
+    """An image file that cannot be decoded. The message names the file."""
+
+    def __init__(self, message: str):
+        # A DataLoader worker re-raises this type with the worker's whole traceback as the message; keep
+        # only our own last line so the user sees the file name, not a traceback.
+        lines = [line for line in str(message).strip().splitlines() if line.strip()]
+        last = lines[-1] if lines else str(message)
+        prefix = f"{type(self).__module__}.{type(self).__name__}: "
+        super().__init__(last[len(prefix):] if last.startswith(prefix) else last)
+
+
+class WeightsUnavailableError(UserInputError):
+    """Pretrained weights that are neither in the cache nor downloadable."""

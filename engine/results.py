@@ -1,0 +1,82 @@
+"""Run folders: what a run writes, written so that a killed process never leaves a file half-written.
+
+<out>/<backbone>/<dataset>/f<fraction>/s<seed>/
+  config.json   settings, versions and data counts: enough to rerun (written before training)
+  files.json    the exact train / selection / test files of this run
+  metrics.csv   one row per finished epoch (rewritten whole each epoch)
+  train.log     the run's log
+  best.pt       model weights of the best epoch so far
+  last.pt       everything needed to resume after the last finished epoch (removed once the run finishes)
+  result.json   written last: a folder without it is not finished
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import statistics
+from pathlib import Path
+
+import torch
+
+METRICS_COLUMNS = ["epoch", "phase", "lr", "train_loss", "train_acc", "eval_acc", "images_per_s", "epoch_s", "eval_s"]
+CONFIG, FILES, METRICS, LOG, BEST, LAST, RESULT = (
+    "config.json", "files.json", "metrics.csv", "train.log", "best.pt", "last.pt", "result.json")
+SUMMARY = "summary.json"
+
+
+def _replace_atomically(path: Path, write) -> None:
+    """Write to a temporary file beside `path`, flush it to disk, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def write_json(path: Path, obj) -> None:
+    _replace_atomically(path, lambda handle: handle.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def read_json(path: Path) -> dict | None:
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def save_checkpoint(path: Path, obj) -> None:
+    _replace_atomically(path, lambda handle: torch.save(obj, handle))
+
+
+def load_checkpoint(path: Path) -> dict:
+    # Our own files: they hold numpy and Python RNG states besides tensors, so the full unpickler is needed.
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _replace_atomically(path, lambda handle: handle.write(text.getvalue().encode()))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def summarize_seeds(results: dict[int, dict]) -> dict:
+    """The paper's "best of 3" (max over seeds) beside the mean and standard deviation."""
+    accuracies = [result["test_acc"] for result in results.values()]
+    return {
+        "seeds": sorted(results),
+        "test_acc": {str(seed): result["test_acc"] for seed, result in sorted(results.items())},
+        "best_acc": max(accuracies),
+        "best_seed": max(results, key=lambda seed: results[seed]["test_acc"]),
+        "mean_acc": statistics.fmean(accuracies),
+        "std_acc": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+    }

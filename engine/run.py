@@ -1,0 +1,178 @@
+"""One run, from a RunConfig to a finished run folder: data, model, protocol, result.json.
+
+    prepare_config(...)  flags + dataset and device defaults -> RunConfig, with the dataset indexed
+    train_run(config)    -> result dict (skips a finished run, resumes a killed one)
+    train_seeds(...)     seeds 0..K-1 and the best-of/mean summary
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import random
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+import engine
+from engine import results
+from engine.config import DEFAULT_BATCH_SIZE, RunConfig, default_workers, resolve_device, resolve_precision
+from engine.errors import UserInputError
+from engine.loaders import PIPELINES, DatasetIndex, count_per_class, resolve_dataset, scan_dataset, select_samples
+from engine.models import build_backbone, get_backbone_spec
+from engine.trainer import evaluate, fit, make_precision
+
+log = logging.getLogger("engine")
+
+
+def prepare_config(*, backbone: str, data: str, data_root: str | None = None, image_size: tuple[int, int] | None = None,
+                   augment: bool | None = None, batch_size: int | None = None, device: str = "auto",
+                   precision: str = "auto", compile: bool | None = None, workers: int | None = None,
+                   loader: str = "auto", **flags) -> tuple[RunConfig, DatasetIndex]:
+    """Check the user's choices and fill in every default, so config.json says exactly what ran."""
+    get_backbone_spec(backbone)  # an unknown name fails before any data is touched
+    dataset = resolve_dataset(data, data_root)
+    index = scan_dataset(dataset.path, dataset.name, flags.get("test_split", 0.2))
+    device = resolve_device(device)
+    if flags.get("weights"):
+        flags["pretrained"] = False  # the file replaces the ImageNet weights (all of them, or all but the head)
+    config = RunConfig(
+        backbone=backbone, data=data, dataset=dataset.name, data_path=str(Path(dataset.path).resolve()),
+        image_size=image_size or dataset.image_size, augment=dataset.augment if augment is None else augment,
+        num_classes=index.num_classes, batch_size=batch_size or DEFAULT_BATCH_SIZE[device],
+        precision=resolve_precision(precision, device), compile=(device == "cuda") if compile is None else compile,
+        loader=resolve_loader(loader), device=device,
+        workers=default_workers(device) if workers is None else workers, **flags)
+    return config, index
+
+
+def resolve_loader(requested: str) -> str:
+    # The torch pipeline is the only one installed so far; DALI joins PIPELINES when it lands.
+    name = "torch" if requested == "auto" else requested
+    if name not in PIPELINES:
+        raise UserInputError(f"unknown loader {requested!r}; available: auto, {', '.join(PIPELINES)}")
+    return name
+
+
+def environment() -> dict:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"engine": engine.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version(), "cuda": torch.version.cuda, "gpu": gpu, "host": platform.node()}
+
+
+@contextmanager
+def run_log(run_dir: Path):
+    """Copy the engine's log into the run folder while the run lasts."""
+    handler = logging.FileHandler(run_dir / results.LOG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _check_resumable(config: RunConfig, run_dir: Path) -> None:
+    saved = results.read_json(run_dir / results.CONFIG)
+    if saved is None:
+        return
+    differences = config.differences(saved)
+    if differences:
+        raise UserInputError(f"{run_dir} holds an unfinished run with other settings ({'; '.join(differences)}); "
+                             f"rerun with --force to start it over, or choose another --out")
+
+
+def train_run(config: RunConfig, index: DatasetIndex, force: bool = False) -> dict:
+    run_dir = config.run_dir()
+    finished = results.read_json(run_dir / results.RESULT)
+    if finished and not force:
+        log.info("%s is finished (test accuracy %.2f %%); skipping it. Use --force to train it again.",
+                 run_dir, finished["test_acc"])
+        return finished
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    _check_resumable(config, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_log(run_dir):
+        return _train(config, index, run_dir)
+
+
+def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
+    started = time.perf_counter()
+    samples = select_samples(index, config.fraction, config.seed, config.select_on)
+    counts = {split: len(files) for split, files in
+              (("train", samples.train), ("selection", samples.selection), ("test", samples.test))}
+    results.write_json(run_dir / results.FILES, {
+        "root": str(index.root), "classes": index.classes, "select_on": config.select_on,
+        **{split: [path for path, _ in getattr(samples, split)] for split in ("train", "selection", "test")}})
+    results.write_json(run_dir / results.CONFIG, {
+        **config.to_json(), "counts": counts, "train_per_class": count_per_class(samples.train, index.num_classes),
+        "classes": index.classes, "environment": environment(), "command": sys.argv})
+    log.info("%s on %s: %d classes, %d train / %d %s / %d test images, %dx%d, augment %s, batch %d, %s, %s%s, "
+             "loader %s (%d workers) -> %s", config.backbone, config.dataset, index.num_classes, counts["train"],
+             counts["selection"], config.select_on, counts["test"], *config.image_size,
+             "on" if config.augment else "off", config.batch_size, config.device, config.precision,
+             " + compile" if config.compile else "", config.loader, config.workers, run_dir)
+
+    seed_everything(config.seed)
+    device = torch.device(config.device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = build_backbone(config.backbone, index.num_classes, pretrained=config.pretrained, weights=config.weights)
+    model = model.to(device, memory_format=memory_format)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels once
+
+    def batches(files, train: bool):
+        # Evaluation holds no activations for backward, so it affords twice the training batch.
+        return PIPELINES[config.loader](
+            index, files, image_size=config.image_size, augment=config.augment, train=train,
+            batch_size=config.batch_size * (1 if train else 2), device=device, seed=config.seed,
+            workers=config.workers, channels_last=config.channels_last)
+
+    outcome = fit(model, batches(samples.train, True), batches(samples.selection, False), config, run_dir)
+    state = outcome.state
+    test_acc = state.best_acc
+    if config.select_on == "val":
+        model.load_state_dict(results.load_checkpoint(run_dir / results.BEST)["model"])
+        test_acc = evaluate(model, batches(samples.test, False), make_precision(config.precision, device.type), device)
+        log.info("test accuracy of the epoch selected on validation (%d): %.2f %%", state.best_epoch, test_acc)
+    result = {
+        "status": "finished", "backbone": config.backbone, "dataset": config.dataset, "fraction": config.fraction,
+        "seed": config.seed, "select_on": config.select_on, "test_acc": test_acc, "best_acc": state.best_acc,
+        "best_epoch": state.best_epoch, "best_phase": state.best_phase, "switch_epoch": state.switch_epoch,
+        "epochs": state.epoch, "stop_reason": state.stop_reason, "wall_s": round(outcome.wall_s, 3),
+        "images_per_s": round(float(np.mean([row["images_per_s"] for row in outcome.history])), 3),
+        "this_process_s": round(time.perf_counter() - started, 3),
+    }
+    results.write_json(run_dir / results.RESULT, result)
+    (run_dir / results.LAST).unlink(missing_ok=True)  # finished: nothing to resume, and it is the largest file
+    log.info("finished: test accuracy %.2f %% (epoch %d, %s phase) after %d epochs in %.0f s -> %s",
+             test_acc, state.best_epoch, state.best_phase, state.epoch, outcome.wall_s, run_dir / results.RESULT)
+    return result
+
+
+def train_seeds(config: RunConfig, index: DatasetIndex, seeds: list[int], force: bool = False) -> dict:
+    """Each seed in turn; then, with more than one, summary.json beside the seed folders."""
+    per_seed = {seed: train_run(dataclasses.replace(config, seed=seed), index, force) for seed in seeds}
+    if len(seeds) == 1:
+        return per_seed[seeds[0]]
+    summary = {"backbone": config.backbone, "dataset": config.dataset, "fraction": config.fraction,
+               **results.summarize_seeds(per_seed)}
+    path = config.run_dir().parent / results.SUMMARY
+    results.write_json(path, summary)
+    log.info("best of %d seeds: %.2f %% (seed %d); mean %.2f +- %.2f %% -> %s", len(seeds), summary["best_acc"],
+             summary["best_seed"], summary["mean_acc"], summary["std_acc"], path)
+    return summary

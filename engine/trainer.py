@@ -1,0 +1,270 @@
+"""The paper's training protocol: DualOpt with early stopping, as flat functions.
+
+    AdamW until `patience` epochs pass without a new best -> reload the best weights -> a fresh SGD until
+    `patience` epochs pass without beating the best of both phases. The best accuracy is reported.
+
+`record_epoch` is the protocol's whole control flow as a pure function of the accuracies seen; `fit` runs it
+with real epochs and checkpoints so that a killed run continues from its last finished epoch.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from engine.config import ADAMW, SGD, RunConfig
+from engine.results import BEST, LAST, METRICS, load_checkpoint, save_checkpoint, write_metrics
+
+log = logging.getLogger("engine")
+
+# Each DualOpt phase and the optimizer it starts fresh with (paper §5).
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": lambda params: torch.optim.AdamW(params, **ADAMW),
+    "sgd": lambda params: torch.optim.SGD(params, **SGD),
+}
+FIRST_PHASE, FINAL_PHASE = "adamw", "sgd"
+
+
+# --- Precision, decided once -----------------------------------------------------------------------------------------
+@dataclass
+class Precision:
+    name: str  # bf16 | fp16 | fp32
+    autocast: Callable[[], object]  # a fresh context manager per call
+    scaler: torch.amp.GradScaler | None  # fp16 only: bf16 and fp32 have fp32's exponent range
+
+    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def make_precision(name: str, device_type: str) -> Precision:
+    dtype = AUTOCAST_DTYPES[name]
+    autocast = nullcontext if dtype is None else partial(torch.autocast, device_type, dtype=dtype)
+    scaler = torch.amp.GradScaler(device_type) if name == "fp16" else None
+    return Precision(name, autocast, scaler)
+
+
+# --- The protocol's control flow ----------------------------------------------------------------------------------
+@dataclass
+class ProtocolState:
+    phase: str = FIRST_PHASE
+    epoch: int = 0  # epochs finished
+    best_acc: float = float("-inf")
+    best_epoch: int = 0
+    best_phase: str = ""
+    switch_epoch: int | None = None  # last AdamW epoch; SGD starts after it
+    epochs_without_improvement: int = 0
+    stop_reason: str | None = None  # "patience" | "max_epochs" once training is over
+
+
+def record_epoch(state: ProtocolState, eval_acc: float, patience: int, max_epochs: int | None) -> tuple[bool, str]:
+    """Account for one finished epoch. Returns (new best?, action) with action one of continue, switch, stop.
+
+    A new best must beat the best of every epoch so far, in either phase. The switch comes after exactly
+    `patience` epochs without one (the authors' code switched after patience - 1: an off-by-one we do not copy).
+    """
+    state.epoch += 1
+    improved = eval_acc > state.best_acc
+    if improved:
+        state.best_acc, state.best_epoch, state.best_phase = eval_acc, state.epoch, state.phase
+        state.epochs_without_improvement = 0
+    else:
+        state.epochs_without_improvement += 1
+    action = "continue"
+    if max_epochs is not None and state.epoch >= max_epochs:
+        state.stop_reason, action = "max_epochs", "stop"
+    elif state.epochs_without_improvement >= patience and state.phase == FIRST_PHASE:
+        state.phase, state.switch_epoch, state.epochs_without_improvement = FINAL_PHASE, state.epoch, 0
+        action = "switch"
+    elif state.epochs_without_improvement >= patience:
+        state.stop_reason, action = "patience", "stop"
+    return improved, action
+
+
+# --- One epoch -------------------------------------------------------------------------------------------------------
+class EpochProgress:
+    """A progress bar with images/s and the running loss on a terminal; silent otherwise (one line per epoch
+    is logged either way). Reading the running loss syncs with the device, so it happens at most twice a second."""
+
+    REFRESH_S = 0.5
+
+    def __init__(self, total_steps: int, description: str, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total_steps, desc=description, unit="step", leave=False, dynamic_ncols=True)
+        self.last_refresh = 0.0
+
+    def update(self, images: int, seconds: float, running_loss: Callable[[], float]) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        now = time.perf_counter()
+        if now - self.last_refresh >= self.REFRESH_S:
+            self.last_refresh = now
+            self.bar.set_postfix(loss=f"{running_loss():.4f}", img_s=f"{images / max(seconds, 1e-9):.0f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, precision: Precision,
+                    epoch: int, device: torch.device, show_progress: bool) -> dict:
+    """One pass over the training batches. Loss and accuracy accumulate on the device: no host sync per step."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    progress = EpochProgress(len(batches), f"epoch {epoch}", show_progress)
+    start = time.perf_counter()
+    for images, labels in batches.epoch(epoch):
+        with precision.autocast():
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        precision.backward_and_step(loss, optimizer)
+        loss_sum += loss.detach().float() * labels.size(0)
+        correct += (logits.detach().argmax(1) == labels).sum()
+        seen += labels.size(0)
+        progress.update(seen, time.perf_counter() - start, lambda: loss_sum.item() / seen)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    progress.close()
+    return {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": 100.0 * correct.item() / max(seen, 1),
+            "images_per_s": seen / seconds, "epoch_s": seconds}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, batches, precision: Precision, device: torch.device) -> float:
+    """Top-1 accuracy in percent over every image of the batches, each counted once."""
+    model.eval()
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    total = 0
+    for images, labels in batches.epoch(0):
+        with precision.autocast():
+            logits = model(images)
+        correct += (logits.argmax(1) == labels).sum()
+        total += labels.size(0)
+    return 100.0 * correct.item() / max(total, 1)
+
+
+# --- Resumable state ---------------------------------------------------------------------------------------------
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Fit:
+    """What `fit` hands back: the protocol's final state, the per-epoch rows and the training wall time."""
+    state: ProtocolState
+    history: list[dict]
+    wall_s: float
+
+
+def _save_resume_point(run_dir: Path, model, optimizer, precision, state, history, wall_s) -> None:
+    save_checkpoint(run_dir / LAST, {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scaler": precision.scaler.state_dict() if precision.scaler else None,
+        "protocol": asdict(state), "history": history, "wall_s": wall_s, "rng": _rng_state()})
+
+
+def _resume(run_dir: Path, model, precision) -> tuple[ProtocolState, torch.optim.Optimizer, list[dict], float]:
+    checkpoint_path = run_dir / LAST
+    if not checkpoint_path.exists():
+        return ProtocolState(), OPTIMIZERS[FIRST_PHASE](model.parameters()), [], 0.0
+    checkpoint = load_checkpoint(checkpoint_path)
+    state = ProtocolState(**checkpoint["protocol"])
+    model.load_state_dict(checkpoint["model"])
+    optimizer = OPTIMIZERS[state.phase](model.parameters())
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if precision.scaler is not None and checkpoint["scaler"] is not None:
+        precision.scaler.load_state_dict(checkpoint["scaler"])
+    _restore_rng(checkpoint["rng"])
+    log.info("resuming after epoch %d (%s phase, best %.2f %% at epoch %d)",
+             state.epoch, state.phase, state.best_acc, state.best_epoch)
+    return state, optimizer, checkpoint["history"], checkpoint["wall_s"]
+
+
+def fit(model: nn.Module, train_batches, eval_batches, config: RunConfig, run_dir: Path, *,
+        evaluate_fn: Callable = evaluate, train_fn: Callable = train_one_epoch,
+        show_progress: bool | None = None) -> Fit:
+    """Train `model` (already on the device, in its memory format) by the protocol, writing the run folder.
+
+    Continues from `run_dir/last.pt` when it is there. Each finished epoch leaves best.pt (when it is a new
+    best), last.pt and metrics.csv, each replaced atomically.
+    """
+    device = torch.device(config.device)
+    show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+    precision = make_precision(config.precision, device.type)
+    step_model = torch.compile(model) if config.compile else model
+    state, optimizer, history, wall_s = _resume(run_dir, model, precision)
+    write_metrics(run_dir / METRICS, history)  # a kill between last.pt and metrics.csv leaves one row behind
+    while state.stop_reason is None:
+        started = time.perf_counter()
+        row = {"epoch": state.epoch + 1, "phase": state.phase, "lr": optimizer.param_groups[0]["lr"]}
+        row |= train_fn(step_model, train_batches, optimizer, precision, state.epoch + 1, device, show_progress)
+        eval_started = time.perf_counter()
+        row["eval_acc"] = evaluate_fn(step_model, eval_batches, precision, device)
+        row["eval_s"] = time.perf_counter() - eval_started
+        improved, action = record_epoch(state, row["eval_acc"], config.patience, config.max_epochs)
+        history.append(_rounded(row))
+        if improved:
+            save_checkpoint(run_dir / BEST, {"model": model.state_dict(), "epoch": state.epoch,
+                                             "eval_acc": state.best_acc, "phase": state.best_phase})
+        if action == "switch":
+            model.load_state_dict(load_checkpoint(run_dir / BEST)["model"])
+            optimizer = OPTIMIZERS[FINAL_PHASE](model.parameters())
+        wall_s += time.perf_counter() - started
+        _save_resume_point(run_dir, model, optimizer, precision, state, history, wall_s)
+        write_metrics(run_dir / METRICS, history)
+        _log_epoch(row, improved, action, state)
+    return Fit(state, history, wall_s)
+
+
+def _rounded(row: dict) -> dict:
+    return {key: round(value, 6) if isinstance(value, float) else value for key, value in row.items()}
+
+
+def _log_epoch(row: dict, improved: bool, action: str, state: ProtocolState) -> None:
+    note = {"switch": f"; no new best for {state.epoch - state.best_epoch} epochs: reloaded epoch "
+                      f"{state.best_epoch}, switching to SGD",
+            "stop": f"; stopping ({state.stop_reason})"}.get(action, "")
+    log.info("epoch %3d %-5s loss %.4f train %.2f %% eval %.2f %%%s | %.0f img/s, %.1f s + eval %.1f s%s",
+             row["epoch"], row["phase"], row["train_loss"], row["train_acc"], row["eval_acc"],
+             " *" if improved else "", row["images_per_s"], row["epoch_s"], row["eval_s"], note)

@@ -1,0 +1,49 @@
+"""Datasets and input pipelines.
+
+`resolve_dataset` finds a dataset (built-in or a custom folder), `scan_dataset` indexes its files,
+`select_samples` applies the run's fraction and selection split, and `PIPELINES[name]` builds the batches
+the trainer iterates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.loaders.datasets import DATASETS, ResolvedDataset, default_data_root, resolve_dataset
+from engine.loaders.index import IMAGE_EXTENSIONS, SPLIT_SEED, DatasetIndex, scan_dataset
+from engine.loaders.splits import Sample, count_per_class, stratified_fraction, stratified_split
+from engine.loaders.torch_pipeline import TorchBatches
+
+# Input pipelines by --loader name; each takes (index, samples, **options) and yields device batches.
+PIPELINES = {"torch": TorchBatches}
+
+# Share of the (fraction-selected) training images carved out as validation set under --select-on val when the
+# dataset has no val/ folder of its own. 10 %, stratified, at least one image per class.
+VAL_RATIO = 0.1
+
+
+@dataclass
+class RunSamples:
+    train: list[Sample]
+    selection: list[Sample]  # what early stopping and model selection look at (test or val)
+    test: list[Sample]
+    select_on: str  # "test" or "val"
+
+
+def select_samples(index: DatasetIndex, fraction: float, seed: int, select_on: str) -> RunSamples:
+    """The run's training, selection and test files.
+
+    The fraction is drawn from the training set only (the test set is never subsampled); a validation split
+    is carved from the images the fraction leaves, so a 1 % run uses 1 % of the labels in all.
+    """
+    train = stratified_fraction(index.train, fraction, seed)
+    if select_on == "test":
+        return RunSamples(train, index.test, index.test, select_on)
+    if index.val is not None:
+        return RunSamples(train, index.val, index.test, select_on)
+    train, val = stratified_split(train, VAL_RATIO, seed, "validation", index.classes)
+    return RunSamples(train, val, index.test, select_on)
+
+
+__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "PIPELINES", "SPLIT_SEED", "VAL_RATIO", "DatasetIndex", "ResolvedDataset",
+           "RunSamples", "Sample", "count_per_class", "default_data_root", "resolve_dataset", "scan_dataset",
+           "select_samples", "stratified_fraction", "stratified_split"]

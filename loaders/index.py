@@ -1,0 +1,86 @@
+"""The file index of a dataset on disk: class names and (file, label) lists for train, test and val.
+
+Layouts (DESIGN.md, Command line):
+  <root>/train/<class>/<image>, <root>/test/<class>/<image>, optionally <root>/val/<class>/<image>
+  <root>/<class>/<image>: one folder, split into train and test by a seeded stratified `test_split`
+Labels are the class folders' positions in sorted order of the training classes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import UserInputError
+from engine.loaders.splits import Sample, stratified_split
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+# The seed of a split the dataset itself lacks (a one-folder dataset's test set). It is fixed, not the run's
+# seed, so the seeds of a "best of 3" are compared on one and the same test set.
+SPLIT_SEED = 0
+
+
+@dataclass
+class DatasetIndex:
+    name: str
+    root: Path
+    classes: list[str]
+    train: list[Sample]
+    test: list[Sample]
+    val: list[Sample] | None = None
+    layout: str = "train/test"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def path(self, sample: Sample) -> Path:
+        return self.root / sample[0]
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_in(class_dir: Path) -> list[Path]:
+    return sorted(p for p in class_dir.rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith("."))
+
+
+def _scan_split(root: Path, split_dir: Path, classes: list[str] | None) -> tuple[list[str], list[Sample]]:
+    """Samples of one split folder. With `classes` given, the folder's classes must be among them."""
+    class_dirs = _class_dirs(split_dir)
+    if not class_dirs:
+        raise UserInputError(f"{split_dir} has no class folders (expected {split_dir}/<class>/<image>)")
+    names = classes if classes is not None else [d.name for d in class_dirs]
+    label_of = {name: label for label, name in enumerate(names)}
+    samples: list[Sample] = []
+    for class_dir in class_dirs:
+        if class_dir.name not in label_of:
+            raise UserInputError(f"class folder {class_dir} has no counterpart in {root / 'train'}")
+        images = _images_in(class_dir)
+        if not images:
+            raise UserInputError(f"class folder {class_dir} has no images "
+                                 f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
+        samples += [(p.relative_to(root).as_posix(), label_of[class_dir.name]) for p in images]
+    return names, samples
+
+
+def scan_dataset(root: str | Path, name: str | None = None, test_split: float = 0.2) -> DatasetIndex:
+    root = Path(root).expanduser()
+    name = name or root.resolve().name
+    if not root.is_dir():
+        raise UserInputError(f"dataset folder {root} does not exist")
+    if (root / "train").is_dir():
+        if not (root / "test").is_dir():
+            raise UserInputError(f"{root} has train/ but no test/ folder")
+        classes, train = _scan_split(root, root / "train", None)
+        _, test = _scan_split(root, root / "test", classes)
+        val = _scan_split(root, root / "val", classes)[1] if (root / "val").is_dir() else None
+        return DatasetIndex(name, root, classes, train, test, val, layout="train/test")
+    if not _class_dirs(root):
+        raise UserInputError(f"dataset folder {root} is empty: expected train/<class>/ and test/<class>/ "
+                             f"folders, or one folder per class")
+    classes, samples = _scan_split(root, root, None)
+    train, test = stratified_split(samples, test_split, SPLIT_SEED, "test", classes)
+    return DatasetIndex(name, root, classes, train, test, None, layout=f"one folder, test split {test_split:g}")

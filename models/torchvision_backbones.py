@@ -1,0 +1,41 @@
+"""The paper's 11 torchvision backbones (paper Table 2; names, heads and weights as in paper/backbones.csv)."""
+from __future__ import annotations
+
+import torchvision
+from torchvision.models import get_weight
+
+from engine.models.registry import BackboneSpec, register_backbone
+
+# name, paper name, torchvision weights enum (the one the paper's top-1 column quotes), final classifier layer
+TORCHVISION_BACKBONES = [
+    ("resnet50", "ResNet-50", "ResNet50_Weights.IMAGENET1K_V2", "fc"),
+    ("convnext_tiny", "ConvNeXt-Tiny", "ConvNeXt_Tiny_Weights.IMAGENET1K_V1", "classifier.2"),
+    ("swin_t", "Swin-Tiny", "Swin_T_Weights.IMAGENET1K_V1", "head"),
+    ("swin_v2_t", "SwinV2-Tiny", "Swin_V2_T_Weights.IMAGENET1K_V1", "head"),
+    ("efficientnet_v2_s", "EfficientNetV2-S", "EfficientNet_V2_S_Weights.IMAGENET1K_V1", "classifier.1"),
+    ("densenet161", "DenseNet-161", "DenseNet161_Weights.IMAGENET1K_V1", "classifier"),
+    ("mobilenet_v3_large", "MobileNetV3-Large", "MobileNet_V3_Large_Weights.IMAGENET1K_V2", "classifier.3"),
+    ("regnet_y_3_2gf", "RegNetY-3.2GF", "RegNet_Y_3_2GF_Weights.IMAGENET1K_V2", "fc"),
+    ("resnext50_32x4d", "ResNeXt-50 32x4d", "ResNeXt50_32X4D_Weights.IMAGENET1K_V2", "fc"),
+    ("shufflenet_v2_x2_0", "ShuffleNetV2 2.0x", "ShuffleNet_V2_X2_0_Weights.IMAGENET1K_V1", "fc"),
+]
+
+
+def _register(name: str, paper_name: str, weights_name: str, head_attr: str) -> None:
+    weights = get_weight(weights_name)
+    builder = getattr(torchvision.models, name)
+    register_backbone(
+        BackboneSpec(
+            name=name,
+            paper_name=paper_name,
+            build=lambda: builder(weights=None, num_classes=1000),
+            head_attr=head_attr,
+            weights_name=weights_name,
+            weights_url=weights.url,
+            imagenet_top1=weights.meta["_metrics"]["ImageNet-1K"]["acc@1"],
+        )
+    )
+
+
+for _row in TORCHVISION_BACKBONES:
+    _register(*_row)

@@ -1,0 +1,94 @@
+"""Loading weights: ImageNet weights through the torch hub cache, and local state-dict files.
+
+Pretrained files live where torch itself keeps them (`torch.hub.get_dir()/checkpoints/<file from the URL>`,
+i.e. `$TORCH_HOME/hub/checkpoints`), so weights another tool already fetched are reused and a user on an
+offline machine knows exactly where to drop the file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import urllib.error
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from engine.errors import UserInputError, WeightsUnavailableError
+
+log = logging.getLogger("engine")
+
+# Prefixes that wrappers add to parameter names: torch.compile (`_orig_mod.`) and DistributedDataParallel.
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def hub_cache_path(url: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url.split("?")[0])
+
+
+def load_pretrained_state(url: str) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict from the hub cache, downloading it first when it is missing."""
+    cached = hub_cache_path(url)
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, weights_only=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as err:
+        if cached.exists():
+            raise WeightsUnavailableError(f"cached weights {cached} are unreadable ({err}); delete the file "
+                                          f"and retry, or train with --no-pretrained") from err
+        raise WeightsUnavailableError(
+            f"pretrained weights not in the cache and not downloadable ({type(err).__name__}: {err}); "
+            f"download {url} to {cached}, or train with --no-pretrained") from err
+
+
+def read_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a file: a bare one, or one inside a checkpoint under 'model' or 'state_dict'."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"weights file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise UserInputError(f"weights file {path} is not a readable torch state dict ({err})") from err
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserInputError(f"weights file {path} holds no state dict of tensors")
+    return {_strip_wrapper_prefix(k): v for k, v in obj.items()}
+
+
+def _strip_wrapper_prefix(key: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def load_weights_file(model: nn.Module, path: str | Path, head_attr: str) -> bool:
+    """Load a local state dict into `model` (already built for the run's classes).
+
+    Either a full model of the same shape, or a backbone whose classifier has another number of classes:
+    then every layer but the head is loaded strictly and the head keeps its fresh initialisation.
+    Returns True when the head was re-initialised.
+    """
+    state = read_state_dict_file(path)
+    own = model.state_dict()
+    head_keys = {k for k in own if k.startswith(head_attr + ".")}
+    mismatched_head = any(k in state and state[k].shape != own[k].shape for k in head_keys)
+    if mismatched_head:
+        state = {k: v for k, v in state.items() if k not in head_keys}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=not mismatched_head)
+    except RuntimeError as err:
+        raise UserInputError(f"weights file {path} does not fit this backbone: {_first_line(err)}") from err
+    if mismatched_head and (unexpected or set(missing) != head_keys):
+        raise UserInputError(f"weights file {path} does not fit this backbone: missing {sorted(missing)[:3]}, "
+                             f"unexpected {sorted(unexpected)[:3]}")
+    if mismatched_head:
+        log.info("weights %s: classifier '%s' has another number of classes there; it was re-initialised",
+                 path, head_attr)
+    return mismatched_head
+
+
+def _first_line(err: Exception) -> str:
+    return " ".join(str(err).split("\n", 2)[:2]).strip()

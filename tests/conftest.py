@@ -1,0 +1,64 @@
+"""Shared fixtures. Every test runs offline: the torch hub cache and the data root point into a temporary
+folder, and opening a network connection fails the test."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Class colours of the tiny datasets: a model (and a reader) can tell a sample's label from its pixels.
+CLASS_COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.setenv("ENGINE_DATA", str(home / "data"))
+
+    connect = socket.socket.connect
+
+    def refuse_network(sock, address, *args, **kwargs):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):  # local (unix) sockets carry DataLoader traffic
+            raise AssertionError(f"a test tried to open a network connection to {address}")
+        return connect(sock, address, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", refuse_network)
+
+
+def write_image(path: Path, colour: tuple[int, int, int], side: int = 32, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour, float) + rng.normal(0, 12, (side, side, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "RGB").save(path)
+
+
+def make_dataset(root: Path, counts: dict[str, int], side: int = 32, ext: str = "png") -> Path:
+    """<root>/<split>/<colour>/<n>.<ext>, `counts[split]` images per class."""
+    for split, count in counts.items():
+        for label, (name, colour) in enumerate(CLASS_COLOURS.items()):
+            for index in range(count):
+                write_image(root / split / name / f"{name}_{index:03d}.{ext}", colour, side,
+                            seed=hash((split, label, index)) % 2**32)
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    """3 colour classes, 12 train and 4 test images each, 32x32 PNG."""
+    return make_dataset(tmp_path / "tiny", {"train": 12, "test": 4})
+
+
+def run_engine(*args: str, env_extra: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m engine ARGS` in a subprocess, as a user runs it, with this test's offline environment."""
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)

@@ -1,0 +1,200 @@
+"""`engine` as a user runs it: subprocesses, real run folders, bad input, kills and resumption."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from engine.cli import main
+from engine.results import read_metrics
+from tests.conftest import make_dataset, run_engine
+
+FAST = ["--backbone", "mobilenet_v3_large", "--no-pretrained", "--image-size", "32", "--batch-size", "8"]
+
+
+def run_folder(out, dataset="tiny", fraction="1", seed=0, backbone="mobilenet_v3_large"):
+    return out / backbone / dataset / f"f{fraction}" / f"s{seed}"
+
+
+def test_train_writes_a_complete_run_folder_and_skips_a_finished_run(tiny_dataset, tmp_path):
+    out = tmp_path / "runs"
+    done = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "2", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    folder = run_folder(out)
+    assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "config.json", "files.json", "metrics.csv",
+                                                        "result.json", "train.log"]
+    result = json.loads((folder / "result.json").read_text())
+    assert result["status"] == "finished" and result["epochs"] == 2 and result["stop_reason"] == "max_epochs"
+    assert 0 <= result["test_acc"] <= 100 and result["test_acc"] == result["best_acc"]
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["backbone"], config["num_classes"], config["image_size"]) == ("mobilenet_v3_large", 3, [32, 32])
+    assert (config["batch_size"], config["precision"], config["device"]) == (8, "fp32", "cpu")
+    assert config["counts"] == {"train": 36, "selection": 12, "test": 12}
+    rows = read_metrics(folder / "metrics.csv")
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert set(rows[0]) >= {"phase", "lr", "train_loss", "train_acc", "eval_acc", "images_per_s", "epoch_s"}
+
+    again = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "2", "--out", str(out))
+    assert again.returncode == 0 and "is finished" in again.stderr and "epoch   1" not in again.stderr
+    forced = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--out", str(out),
+                        "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads((folder / "result.json").read_text())["epochs"] == 1
+
+
+def test_runs_trains_each_seed_and_summarises(tiny_dataset, tmp_path):
+    out = tmp_path / "runs"
+    done = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--runs", "2",
+                      "--fraction", "0.5", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "mobilenet_v3_large" / "tiny" / "f0.5" / "summary.json").read_text())
+    accuracies = [json.loads((run_folder(out, fraction="0.5", seed=s) / "result.json").read_text())["test_acc"]
+                  for s in (0, 1)]
+    assert summary["seeds"] == [0, 1] and summary["best_acc"] == max(accuracies)
+    assert summary["mean_acc"] == pytest.approx(sum(accuracies) / 2)
+    files = [json.loads((run_folder(out, fraction="0.5", seed=s) / "files.json").read_text()) for s in (0, 1)]
+    assert files[0]["train"] != files[1]["train"]  # each seed draws its own half
+    assert files[0]["test"] == files[1]["test"]
+
+
+def test_fraction_run_uses_the_same_files_for_the_same_seed(tiny_dataset, tmp_path):
+    chosen = []
+    for attempt in range(2):
+        out = tmp_path / f"runs{attempt}"
+        done = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--fraction", "0.1",
+                          "--seed", "3", "--out", str(out))
+        assert done.returncode == 0, done.stderr
+        chosen.append(json.loads((run_folder(out, fraction="0.1", seed=3) / "files.json").read_text())["train"])
+    assert chosen[0] == chosen[1]
+    assert sorted(path.split("/")[1] for path in chosen[0]) == ["blue", "green", "red"]  # one per class
+
+
+def test_select_on_val_reports_the_test_accuracy_of_the_selected_epoch(tiny_dataset, tmp_path):
+    out = tmp_path / "runs"
+    done = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "2", "--select-on", "val",
+                      "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    folder = run_folder(out)
+    result = json.loads((folder / "result.json").read_text())
+    files = json.loads((folder / "files.json").read_text())
+    assert result["select_on"] == "val" and "test accuracy of the epoch selected on validation" in done.stderr
+    assert not set(files["train"]) & set(files["selection"]) and len(files["selection"]) == 3
+    assert all(path.startswith("test/") for path in files["test"])
+
+
+def wait_for(condition, timeout, process):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path):
+    data = make_dataset(tmp_path / "bigger", {"train": 60, "test": 10})
+    out = tmp_path / "runs"
+    args = ["train", *FAST, "--data", str(data), "--max-epochs", "4", "--out", str(out)]
+    folder = run_folder(out, dataset="bigger")
+    process = subprocess.Popen([sys.executable, "-m", "engine", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    # Kill in the middle of epoch 2: after epoch 1's checkpoint exists, before epoch 2's does.
+    wait_for(lambda: (folder / "metrics.csv").exists() and len(read_metrics(folder / "metrics.csv")) == 1,
+             300, process)
+    time.sleep(0.5)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    rows_before = read_metrics(folder / "metrics.csv")
+    assert len(rows_before) == 1, "the kill came too late to fall inside epoch 2"
+    assert not (folder / "result.json").exists()
+
+    resumed = run_engine(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch 1 " in resumed.stderr and "epoch   1 " not in resumed.stderr
+    rows = read_metrics(folder / "metrics.csv")
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
+    assert rows[0] == rows_before[0]
+    assert json.loads((folder / "result.json").read_text())["epochs"] == 4
+    assert not (folder / "last.pt").exists()
+
+
+def test_resuming_with_other_settings_is_refused(tiny_dataset, tmp_path):
+    out = tmp_path / "runs"
+    folder = run_folder(out)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"batch_size": 16}))
+    failed = run_engine("train", *FAST, "--data", str(tiny_dataset), "--out", str(out))
+    assert failed.returncode == 2
+    assert "holds an unfinished run with other settings" in failed.stderr and "--force" in failed.stderr
+
+
+def one_line_error(capsys, *argv):
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+    assert exited.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("engine: error")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--backbone", "resnet51"], "unknown backbone 'resnet51'; valid backbones: resnet50"),
+    (["--fraction", "0"], "Invalid value for '--fraction'"),
+    (["--fraction", "1.5"], "Invalid value for '--fraction'"),
+    (["--batch-size", "0"], "Invalid value for '--batch-size'"),
+    (["--image-size", "abc"], "image size 'abc' is not a positive integer or HxW"),
+    (["--image-size", "0x64"], "image size '0x64' is not a positive integer or HxW"),
+    (["--seed", "1", "--runs", "3"], "--seed and --runs exclude each other"),
+    (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
+])
+def test_bad_flags_fail_with_one_line(capsys, tiny_dataset, tmp_path, flags, expected):
+    argv = ["train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"),
+            "--no-pretrained", *flags]
+    assert expected in one_line_error(capsys, *argv)
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_dataset_folders_fail_with_one_line(capsys, tmp_path):
+    argv = ["train", "--backbone", "mobilenet_v3_large", "--no-pretrained", "--out", str(tmp_path / "r"), "--data"]
+    assert "no folder at that path" in one_line_error(capsys, *argv, str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    assert "is empty" in one_line_error(capsys, *argv, str(tmp_path / "empty"))
+    make_dataset(tmp_path / "hollow", {"train": 2, "test": 2})
+    (tmp_path / "hollow" / "train" / "yellow").mkdir()
+    assert "train/yellow has no images" in one_line_error(capsys, *argv, str(tmp_path / "hollow"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_unreadable_image_fails_naming_the_file_and_leaves_no_result(tiny_dataset, tmp_path):
+    bad = tiny_dataset / "train" / "green" / "green_005.png"
+    bad.write_bytes(b"not a png at all")
+    out = tmp_path / "runs"
+    failed = run_engine("train", *FAST, "--data", str(tiny_dataset), "--out", str(out), "--workers", "1")
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines()[-1] == f"engine: error: cannot read image {bad}: " \
+        f"cannot identify image file '{bad}'"
+    assert not list(out.rglob("result.json"))
+
+
+def test_offline_pretrained_says_where_to_put_the_weights(tiny_dataset, tmp_path):
+    # A proxy on a closed loopback port makes the download fail at once without leaving this machine.
+    closed = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    failed = run_engine("train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--out",
+                        str(tmp_path / "r"), env_extra=closed)
+    assert failed.returncode == 2
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("engine: error: pretrained weights not in the cache")
+    assert "mobilenet_v3_large-" in last and "hub/checkpoints" in last and "--no-pretrained" in last
+
+
+def test_listing_commands(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["backbones"])
+    assert exited.value.code == 0
+    table = capsys.readouterr().out
+    assert "regnet_y_3_2gf" in table and "19.4" in table
+    with pytest.raises(SystemExit):
+        main(["datasets"])
+    assert "demo" in capsys.readouterr().out

@@ -1,0 +1,129 @@
+import csv
+import logging
+import urllib.error
+
+import pytest
+import torch
+
+from engine.errors import UserInputError, WeightsUnavailableError
+from engine.models import build_backbone, get_backbone_spec, hub_cache_path, list_backbones
+from tests.conftest import REPO
+
+PAPER_BACKBONES = {row["backbone"]: row for row in csv.DictReader(open(REPO / "engine" / "paper" / "backbones.csv"))}
+
+
+def count_params(model) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def test_registry_holds_every_torchvision_backbone_of_the_paper():
+    torchvision_rows = {name for name, row in PAPER_BACKBONES.items() if row["torchvision_weights"].endswith(
+        tuple(f".IMAGENET1K_V{v}" for v in (1, 2)))}
+    assert set(list_backbones()) == torchvision_rows
+    assert list_backbones("regnet*") == ["regnet_y_3_2gf"]
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_backbone_matches_paper_table(name):
+    row = PAPER_BACKBONES[name]
+    spec = get_backbone_spec(name)
+    assert spec.head_attr == row["head_attr"]
+    assert spec.weights_name == row["torchvision_weights"]
+    torch.manual_seed(0)
+    imagenet = build_backbone(name, 1000)
+    assert abs(count_params(imagenet) - float(row["params_m"])) <= 0.05
+    head = imagenet.get_submodule(spec.head_attr)
+    assert (head.in_features, head.out_features) == (int(row["head_in_features"]), 1000)
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_backbone_for_three_classes_trains_a_step_at_64px(name):
+    spec = get_backbone_spec(name)
+    torch.manual_seed(0)
+    imagenet_state = build_backbone(name, 1000).state_dict()
+    torch.manual_seed(0)
+    model = build_backbone(name, 3).to(memory_format=torch.channels_last)
+    # Only the classifier differs from the ImageNet architecture.
+    state = model.state_dict()
+    assert state.keys() == imagenet_state.keys()
+    changed = {key for key in state if state[key].shape != imagenet_state[key].shape}
+    assert changed == {f"{spec.head_attr}.weight", f"{spec.head_attr}.bias"}
+
+    images = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
+    logits = model(images)
+    assert logits.shape == (2, 3)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+def test_unknown_backbone_lists_the_valid_ones():
+    with pytest.raises(UserInputError, match="unknown backbone 'resnet51'.*resnet50.*shufflenet_v2_x2_0"):
+        build_backbone("resnet51", 10)
+
+
+def save_imagenet_file(name: str, seed: int = 1) -> dict:
+    """Put a (random) ImageNet state dict where torch's hub cache keeps the real one."""
+    torch.manual_seed(seed)
+    state = get_backbone_spec(name).build().state_dict()
+    path = hub_cache_path(get_backbone_spec(name).weights_url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return state
+
+
+def test_pretrained_loads_cached_imagenet_weights_and_replaces_only_the_head():
+    imagenet = save_imagenet_file("shufflenet_v2_x2_0")
+    model = build_backbone("shufflenet_v2_x2_0", 5, pretrained=True)
+    state = model.state_dict()
+    for key, value in imagenet.items():
+        if key.startswith("fc."):
+            assert state[key].shape[0] == 5
+        else:
+            assert torch.equal(state[key], value), key
+
+
+def test_offline_without_cached_weights_names_file_and_url(monkeypatch):
+    def no_network(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    spec = get_backbone_spec("mobilenet_v3_large")
+    with pytest.raises(WeightsUnavailableError) as caught:
+        build_backbone("mobilenet_v3_large", 4, pretrained=True)
+    message = str(caught.value)
+    assert spec.weights_url in message
+    assert str(hub_cache_path(spec.weights_url)) in message
+    assert "--no-pretrained" in message
+
+
+def test_weights_file_full_model_loads_exactly(tmp_path):
+    torch.manual_seed(3)
+    source = build_backbone("shufflenet_v2_x2_0", 3)
+    path = tmp_path / "model.pt"
+    torch.save({"model": {f"_orig_mod.{k}": v for k, v in source.state_dict().items()}}, path)  # a compiled run's
+    torch.manual_seed(4)
+    loaded = build_backbone("shufflenet_v2_x2_0", 3, weights=path)
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_weights_file_with_other_head_keeps_body_and_reinitialises_head(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="engine")
+    torch.manual_seed(5)
+    source = build_backbone("shufflenet_v2_x2_0", 1000)
+    path = tmp_path / "backbone.pt"
+    torch.save(source.state_dict(), path)
+    torch.manual_seed(6)
+    loaded = build_backbone("shufflenet_v2_x2_0", 7, weights=path)
+    assert loaded.fc.out_features == 7
+    assert torch.equal(loaded.conv1[0].weight, source.conv1[0].weight)
+    assert "re-initialised" in caplog.text
+
+
+def test_weights_file_of_another_architecture_is_refused(tmp_path):
+    path = tmp_path / "resnet.pt"
+    torch.save(build_backbone("resnet50", 3).state_dict(), path)
+    with pytest.raises(UserInputError, match="does not fit this backbone"):
+        build_backbone("shufflenet_v2_x2_0", 3, weights=path)
+    with pytest.raises(UserInputError, match="does not exist"):
+        build_backbone("shufflenet_v2_x2_0", 3, weights=tmp_path / "missing.pt")

@@ -1,0 +1,112 @@
+"""DualOpt's control flow, driven by scripted evaluation accuracies."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from engine.config import RunConfig
+from engine.results import BEST, LAST, read_metrics
+from engine.trainer import ProtocolState, fit, record_epoch
+
+
+def drive(accuracies, patience, max_epochs=None):
+    """Feed accuracies until the protocol stops; return the state and the action of each epoch."""
+    state, actions = ProtocolState(), []
+    for accuracy in accuracies:
+        _, action = record_epoch(state, accuracy, patience, max_epochs)
+        actions.append(action)
+        if action == "stop":
+            break
+    return state, actions
+
+
+def test_switch_after_exactly_patience_epochs_without_improvement():
+    state, actions = drive([10, 20, 30, 25, 30, 29] + [31] + [31, 30, 31, 50], patience=3)
+    # Epochs 4, 5, 6 bring nothing above 30 (equal is no improvement): switch after epoch 6, not 5.
+    assert actions[:6] == ["continue"] * 5 + ["switch"]
+    assert state.switch_epoch == 6
+    # SGD: epoch 7 beats the best of both phases (31 > 30); 8, 9, 10 do not: stop after 10; 50 never seen.
+    assert actions[6:] == ["continue", "continue", "continue", "stop"]
+    assert (state.epoch, state.best_acc, state.best_epoch, state.best_phase) == (10, 31, 7, "sgd")
+    assert state.stop_reason == "patience"
+
+
+def test_sgd_phase_must_beat_the_adamw_best():
+    state, actions = drive([50, 40, 40, 45, 49, 50, 48], patience=2)
+    assert actions == ["continue", "continue", "switch", "continue", "stop"]
+    assert (state.best_acc, state.best_epoch, state.best_phase, state.switch_epoch) == (50, 1, "adamw", 3)
+
+
+def test_max_epochs_caps_both_phases():
+    state, actions = drive([1, 2, 3, 4, 5, 6], patience=10, max_epochs=4)
+    assert actions == ["continue"] * 3 + ["stop"]
+    assert (state.epoch, state.stop_reason, state.best_acc) == (4, "max_epochs", 4)
+
+
+class ScriptedEvaluation:
+    """Stands in for `evaluate`: returns the scripted accuracy of each epoch, and remembers the weights."""
+
+    def __init__(self, accuracies):
+        self.accuracies = list(accuracies)
+        self.weights_at_eval = []
+
+    def __call__(self, model, batches, precision, device):
+        self.weights_at_eval.append(copy.deepcopy(model.state_dict()))
+        return self.accuracies[len(self.weights_at_eval) - 1]
+
+
+class RecordingTraining:
+    """Wraps `train_one_epoch`, remembering the weights and optimizer each epoch starts with."""
+
+    def __init__(self):
+        from engine.trainer import train_one_epoch
+        self.train = train_one_epoch
+        self.starts = []
+
+    def __call__(self, model, batches, optimizer, *args):
+        self.starts.append((copy.deepcopy(model.state_dict()), optimizer, len(optimizer.state)))
+        return self.train(model, batches, optimizer, *args)
+
+
+class TensorBatches:
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return 2
+
+    def epoch(self, epoch):
+        yield from zip(self.images.chunk(2), self.labels.chunk(2))
+
+
+def test_fit_reloads_best_weights_into_a_fresh_sgd(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    batches = TensorBatches(torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,)))
+    config = RunConfig(backbone="toy", data="toy", dataset="toy", data_path=".", image_size=(2, 2), augment=False,
+                       patience=2, out=str(tmp_path))
+    evaluation = ScriptedEvaluation([10, 30, 20, 25, 28, 35, 31, 33])
+    training = RecordingTraining()
+    outcome = fit(model, batches, batches, config, tmp_path, evaluate_fn=evaluation, train_fn=training,
+                  show_progress=False)
+
+    # AdamW: best at epoch 2, epochs 3-4 bring nothing: switch after epoch 4. SGD: epoch 6 is a new best
+    # (35), 7-8 are not: stop after 8.
+    assert (outcome.state.switch_epoch, outcome.state.epoch) == (4, 8)
+    assert (outcome.state.best_acc, outcome.state.best_epoch, outcome.state.best_phase) == (35, 6, "sgd")
+    first_sgd_weights, first_sgd_optimizer, first_sgd_state_size = training.starts[4]
+    for key, value in evaluation.weights_at_eval[1].items():  # the weights evaluated at epoch 2
+        assert torch.equal(first_sgd_weights[key], value)
+    assert isinstance(first_sgd_optimizer, torch.optim.SGD) and first_sgd_state_size == 0
+    assert first_sgd_optimizer.defaults["lr"] == 1e-3 and first_sgd_optimizer.defaults["momentum"] == 0.9
+    assert all(isinstance(opt, torch.optim.AdamW) for _, opt, _ in training.starts[:4])
+
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
+    assert [r["phase"] for r in rows] == ["adamw"] * 4 + ["sgd"] * 4
+    best = torch.load(tmp_path / BEST)
+    assert best["epoch"] == 6 and best["eval_acc"] == 35
+    for key, value in evaluation.weights_at_eval[5].items():
+        assert torch.equal(best["model"][key], value)
+    assert (tmp_path / LAST).exists()
