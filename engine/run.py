@@ -42,6 +42,7 @@ def prepare_config(*, backbone: str, data: str, data_root: str | None = None, im
     device = resolve_device(device)
     if flags.get("weights"):
         flags["pretrained"] = False  # the file replaces the ImageNet weights (all of them, or all but the head)
+        flags["weights"] = str(Path(flags["weights"]).resolve())  # a resumed run may start from another folder
     config = RunConfig(
         backbone=backbone, data=data, dataset=dataset.name, data_path=str(Path(dataset.path).resolve()),
         image_size=image_size or dataset.image_size, augment=dataset.augment if augment is None else augment,

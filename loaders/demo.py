@@ -4,9 +4,9 @@ Six classes of patterns (stripes, checks, dots, rings, solid, speckle). Each ima
 gradient background with clutter (lines and small polygons), and one patch of its class's pattern in two random
 colours of contrasting brightness, with random period, angle, outline (disc, square, ellipse), size and
 position, plus pixel noise.
-Hard enough that a randomly initialised network needs several epochs (ResNet-50 from scratch: about 30 % after
-3 epochs, 77 % after 13); easy enough that it learns on a 2-core CPU in under three minutes (bench/NOTES.md). Written as JPEG files in the standard train/test layout, so every
-loader reads it exactly like a user's dataset.
+Hard enough that a randomly initialised network needs several epochs (ResNet-50 from scratch: about 34 % after
+3 epochs, 74 % after 14); easy enough that it learns on a 2-core CPU in about three minutes (bench/NOTES.md).
+Written as JPEG files in the standard train/test layout, so every loader reads it exactly like a user's dataset.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from engine.errors import UnreadableImageError
@@ -37,18 +37,53 @@ def read_rgb(path) -> Image.Image:
         raise UnreadableImageError(f"cannot read image {path}: {err}") from err
 
 
+def draw_seed(seed: int, epoch: int, position: int = 0) -> int:
+    """One 63-bit seed per (run seed, epoch, sample): shuffling and augmentation become pure functions of these,
+    the same with any number of workers and whether or not the run was resumed."""
+    return ((seed * 1_000_003 + epoch) * 1_000_000_007 + position) & (2**63 - 1)
+
+
 class ImageFiles(Dataset):
-    def __init__(self, index: DatasetIndex, samples: list[Sample], transform):
+    """Indexed by (epoch, position): each sample's random augmentation is drawn from its own seed."""
+
+    def __init__(self, index: DatasetIndex, samples: list[Sample], transform, seed: int):
         self.root = index.root
         self.samples = samples
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        epoch, position = key
         relative_path, label = self.samples[position]
-        return self.transform(read_rgb(self.root / relative_path)), label
+        image = read_rgb(self.root / relative_path)
+        with torch.random.fork_rng(devices=[]):  # leaves the training process's own RNG stream untouched
+            torch.manual_seed(draw_seed(self.seed, epoch, position))
+            return self.transform(image), label
+
+
+class EpochSampler(Sampler):
+    """Yields (epoch, position) keys: a fresh seeded permutation each epoch for training, file order otherwise.
+    It runs in the main process, so `set_epoch` reaches it even when the workers persist across epochs."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool):
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(draw_seed(self.seed, self.epoch))
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = range(self.size)
+        return ((self.epoch, position) for position in order)
 
 
 class DeviceNormaliser:
@@ -68,24 +103,27 @@ class DeviceNormaliser:
 class TorchBatches:
     """Batches of one split for the trainer: `len()` steps, `epoch(e)` iterates them on the device.
 
-    Training batches are reshuffled each epoch from a generator seeded by (seed, epoch), so an epoch sees the
-    same order and augmentation draws whether or not the run was resumed before it.
+    Training batches are reshuffled each epoch from a generator seeded by (seed, epoch), and each image's
+    augmentation by (seed, epoch, image), so an epoch sees the same batches whether or not the run was resumed
+    before it. Workers persist across epochs: none is started again per epoch.
     """
 
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
                  batch_size: int, train: bool, device: torch.device, seed: int, workers: int,
                  channels_last: bool):
-        self.dataset = ImageFiles(index, samples, build_transform(image_size, augment and train))
+        self.dataset = ImageFiles(index, samples, build_transform(image_size, augment and train), seed)
         self.batch_size = min(batch_size, len(samples))
-        self.train = train
-        self.device = device
-        self.seed = seed
-        self.workers = workers
         self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format)
         # Training drops the last partial batch: a fixed batch shape keeps compiled graphs and BatchNorm
         # statistics well-formed (a last batch of one image breaks BatchNorm); the order changes every
         # epoch, so every image is still seen.
         self.drop_last = train and len(samples) > self.batch_size
+        self.sampler = EpochSampler(len(samples), seed, shuffle=train)
+        self.loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
+                                 drop_last=self.drop_last, num_workers=workers, persistent_workers=workers > 0,
+                                 pin_memory=device.type == "cuda",
+                                 # its own generator: the loader's seed draws stay out of the training RNG stream
+                                 generator=torch.Generator().manual_seed(draw_seed(seed, -1)))
 
     @property
     def num_images(self) -> int:
@@ -96,9 +134,6 @@ class TorchBatches:
         return full + (1 if partial and not self.drop_last else 0)
 
     def epoch(self, epoch: int):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=self.train, drop_last=self.drop_last,
-                            num_workers=self.workers, generator=generator,
-                            pin_memory=self.device.type == "cuda", persistent_workers=False)
-        for images, labels in loader:
+        self.sampler.set_epoch(epoch)
+        for images, labels in self.loader:
             yield self.normalise(images, labels)

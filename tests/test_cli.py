@@ -45,6 +45,16 @@ def test_train_writes_a_complete_run_folder_and_skips_a_finished_run(tiny_datase
     assert json.loads((folder / "result.json").read_text())["epochs"] == 1
 
 
+def test_bf16_autocast_trains_on_the_cpu(tiny_dataset, tmp_path):
+    out = tmp_path / "runs"
+    done = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--precision", "bf16",
+                      "--no-channels-last", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    config = json.loads((run_folder(out) / "config.json").read_text())
+    assert config["precision"] == "bf16" and config["channels_last"] is False
+    assert json.loads((run_folder(out) / "result.json").read_text())["status"] == "finished"
+
+
 def test_runs_trains_each_seed_and_summarises(tiny_dataset, tmp_path):
     out = tmp_path / "runs"
     done = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--runs", "2",

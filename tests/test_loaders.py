@@ -183,8 +183,21 @@ def test_same_seed_gives_the_same_augmented_first_batch(tiny_dataset):
     images, labels = first_batch(0, 1)
     again_images, again_labels = first_batch(0, 1)
     assert torch.equal(images, again_images) and torch.equal(labels, again_labels)
+    # Each image's augmentation has its own seed: the number of loader processes changes nothing.
+    in_process_images, in_process_labels = first_batch(0, 0)
+    assert torch.equal(images, in_process_images) and torch.equal(labels, in_process_labels)
     other_images, _ = first_batch(1, 1)
     assert not torch.equal(images, other_images)
+
+
+def test_loading_leaves_the_training_random_stream_alone(tiny_dataset):
+    index = scan_dataset(tiny_dataset)
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    for _ in make_batches(index, index.train, train=True, augment=True).epoch(1):
+        pass
+    assert torch.equal(torch.rand(3), expected)
 
 
 @pytest.mark.parametrize("workers", [0, 1])
