@@ -27,9 +27,11 @@ setup(
         "click>=8.0",
         "pillow",
         "tqdm",
+        # triton (the fused DWT on CUDA) comes with torch's CUDA wheels; without it the DWT runs as torch ops
     ],
     extras_require={
-        "dev": ["pytest"],
+        # pytest, and the references the tests compare against: pytorch_wavelets' DWT and the published WaveMix
+        "dev": ["pytest", "pytorch_wavelets==1.3.0", "PyWavelets", "wavemix==0.2.4", "einops"],
         "dali": ["nvidia-dali-cuda130"],
     },
     entry_points={"console_scripts": ["engine = engine.cli:main"]},

@@ -25,7 +25,7 @@ from engine import results
 from engine.config import DEFAULT_BATCH_SIZE, RunConfig, default_workers, resolve_device, resolve_precision
 from engine.errors import UserInputError
 from engine.loaders import PIPELINES, DatasetIndex, count_per_class, resolve_dataset, scan_dataset, select_samples
-from engine.models import build_backbone, get_backbone_spec
+from engine.models import build_backbone, check_image_size, get_backbone_spec
 from engine.trainer import evaluate, fit, make_precision
 
 log = logging.getLogger("engine")
@@ -38,6 +38,7 @@ def prepare_config(*, backbone: str, data: str, data_root: str | None = None, im
     """Check the user's choices and fill in every default, so config.json says exactly what ran."""
     get_backbone_spec(backbone)  # an unknown name fails before any data is touched
     dataset = resolve_dataset(data, data_root)
+    check_image_size(backbone, image_size or dataset.image_size)
     index = scan_dataset(dataset.path, dataset.name, flags.get("test_split", 0.2))
     device = resolve_device(device)
     if flags.get("weights"):

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from engine.models import torchvision_backbones  # noqa: F401  (registers the torchvision backbones)
-from engine.models.registry import BackboneSpec, get_backbone_spec, list_backbones, register_backbone, replace_head
+from engine.models import torchvision_backbones, wavemix  # noqa: F401  (each registers its backbones)
+from engine.models.registry import (BackboneSpec, check_image_size, get_backbone_spec, list_backbones,
+                                    register_backbone, replace_head)
 from engine.models.weights import hub_cache_path, load_pretrained_state, load_weights_file
 
 log = logging.getLogger("engine")
 
-__all__ = ["BackboneSpec", "build_backbone", "get_backbone_spec", "list_backbones", "register_backbone",
-           "hub_cache_path"]
+__all__ = ["BackboneSpec", "build_backbone", "check_image_size", "get_backbone_spec", "list_backbones",
+           "register_backbone", "hub_cache_path"]
 
 
 def build_backbone(name: str, num_classes: int, pretrained: bool = False,

@@ -23,6 +23,7 @@ class BackboneSpec:
     weights_name: str  # human-readable source of the ImageNet weights (for `engine backbones`)
     weights_url: str  # where the ImageNet state dict is downloaded from, into the torch hub cache
     imagenet_top1: float
+    size_multiple: int = 1  # input sides must be multiples of this (WaveMix: 32)
 
 
 _BACKBONES: dict[str, BackboneSpec] = {}
@@ -45,6 +46,14 @@ def get_backbone_spec(name: str) -> BackboneSpec:
         return _BACKBONES[name]
     except KeyError:
         raise UserInputError(f"unknown backbone {name!r}; valid backbones: {', '.join(_BACKBONES)}") from None
+
+
+def check_image_size(name: str, image_size: tuple[int, int]) -> None:
+    multiple = get_backbone_spec(name).size_multiple
+    if any(side % multiple for side in image_size):
+        raise UserInputError(f"{name} needs image sides divisible by {multiple}, got "
+                             f"{image_size[0]}x{image_size[1]}; pass e.g. --image-size "
+                             f"{max(multiple, round(image_size[0] / multiple) * multiple)}")
 
 
 def replace_head(model: nn.Module, head_attr: str, num_classes: int) -> nn.Linear:

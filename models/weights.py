@@ -30,7 +30,7 @@ def load_pretrained_state(url: str) -> dict[str, torch.Tensor]:
     """The ImageNet state dict from the hub cache, downloading it first when it is missing."""
     cached = hub_cache_path(url)
     try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, weights_only=True)
+        obj = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, weights_only=True)
     except (urllib.error.URLError, OSError, RuntimeError) as err:
         if cached.exists():
             raise WeightsUnavailableError(f"cached weights {cached} are unreadable ({err}); delete the file "
@@ -38,6 +38,7 @@ def load_pretrained_state(url: str) -> dict[str, torch.Tensor]:
         raise WeightsUnavailableError(
             f"pretrained weights not in the cache and not downloadable ({type(err).__name__}: {err}); "
             f"download {url} to {cached}, or train with --no-pretrained") from err
+    return unwrap_state_dict(obj, cached)
 
 
 def read_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -49,11 +50,17 @@ def read_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise UserInputError(f"weights file {path} is not a readable torch state dict ({err})") from err
+    return unwrap_state_dict(obj, path)
+
+
+def unwrap_state_dict(obj, source) -> dict[str, torch.Tensor]:
+    """The state dict in a loaded file: bare, or inside a checkpoint under 'model' or 'state_dict', with the
+    prefixes of compiled or DDP-wrapped models removed."""
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserInputError(f"weights file {path} holds no state dict of tensors")
+        raise UserInputError(f"weights file {source} holds no state dict of tensors")
     return {_strip_wrapper_prefix(k): v for k, v in obj.items()}
 
 

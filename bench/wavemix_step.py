@@ -1,0 +1,87 @@
+"""WaveMix-192/16 training step, side by side in one process: the reference DWT formulation, the plain-torch
+Haar and the fused kernel, eager and compiled, AMP (bf16 + channels_last) and fp32. Images/s and peak memory.
+
+    python -m engine.bench.wavemix_step                       # batch 128 at 256x256, on the GPU
+    python -m engine.bench.wavemix_step --quick --device cpu  # smoke run
+
+Synthetic data already on the device, AdamW step, random init, 10 classes, as ANCHORS.md measured. Warm-up
+(and compilation) steps are outside the timed region.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+from engine.bench.references import dwt_implementations, use_dwt
+from engine.bench.timing import peak_memory_gib, reset_peak_memory, time_per_call
+from engine.models.wavemix import wavemix_192_16
+
+# (DWT, precision, compile): the reference only in fp32, the one way it runs (it crashes under autocast)
+VARIANTS = [("reference", "fp32", False),
+            ("plain", "fp32", False), ("plain", "amp", False), ("plain", "amp", True),
+            ("fused", "fp32", False), ("fused", "amp", False), ("fused", "fp32", True), ("fused", "amp", True)]
+
+
+def step_rate(dwt_name, dwt, precision, compile_it, batch, size, device, warmup, iterations) -> dict:
+    torch.manual_seed(0)
+    amp = precision == "amp"
+    memory_format = torch.channels_last if amp else torch.contiguous_format
+    model = use_dwt(wavemix_192_16(10), dwt).to(device, memory_format=memory_format)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    forward = torch.compile(model) if compile_it else model
+    images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    labels = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(forward(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    reset_peak_memory(device)
+    started = time.perf_counter()
+    step()  # the first step compiles; kept apart to report its cost
+    warmup_s = time.perf_counter() - started
+    seconds = time_per_call(step, device, warmup, iterations)
+    return {"dwt": dwt_name, "precision": "bf16 AMP + channels_last" if amp else "fp32", "compile": compile_it,
+            "images_per_s": round(batch / seconds, 1), "step_ms": round(seconds * 1e3, 2),
+            "peak_gib": peak_memory_gib(device), "first_step_s": round(warmup_s, 1)}
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--only", default="", help="comma-separated DWT names to run (reference,plain,fused)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled variants")
+    parser.add_argument("--quick", action="store_true", help="batch 2 at 32 px, 1 iteration (smoke test)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    batch, size = (2, 32) if args.quick else (args.batch_size, args.image_size)
+    iterations, warmup = (1, 0) if args.quick else (args.iterations, 3)
+    dwts = dwt_implementations(device)
+    wanted = set(args.only.split(",")) if args.only else set(dwts)
+    print(json.dumps({"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                      "batch": batch, "image_size": size, "torch": torch.__version__}))
+    rows = []
+    for dwt_name, precision, compile_it in VARIANTS:
+        if dwt_name not in wanted or (compile_it and args.no_compile):
+            continue
+        try:
+            row = step_rate(dwt_name, dwts[dwt_name], precision, compile_it, batch, size, device, warmup, iterations)
+        except Exception as err:  # noqa: BLE001 - one failing variant must not hide the others' numbers
+            row = {"dwt": dwt_name, "precision": precision, "compile": compile_it, "error": repr(err)[:300]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""WaveMix-192/16, level 3 (Jeevan et al., 2024), written natively on the fused Haar DWT (kernels/).
+
+Same architecture and the same state_dict keys and shapes as the reference implementation (PyPI `wavemix`
+0.2.4, `WaveMix(num_classes, depth=16, mult=2, ff_channel=192, final_dim=192, dropout=0.5, level=3,
+patch_size=4)`), so its official ImageNet checkpoint loads with strict=True:
+
+    conv      patchify stem: 3x3 conv 3->48, 3x3 conv 48->96, 4x4/4 conv 96->192, GELU, BatchNorm
+    layers.N  16 residual wave blocks (below)
+    pool      AdaptiveAvgPool2d(1), flatten, Linear(192, classes)   (`pool.2` is the classifier)
+
+A wave block reduces 192 channels to 48 with a 1x1 conv, takes 3 DWT levels of that, each level as
+[LL (48), high bands (144)] = 192 channels at 1/2, 1/4, 1/8 of the side, and runs three feed-forward stacks
+(1x1 conv, GELU, dropout, 1x1 conv, 4x4/2 transposed conv, BatchNorm) from the coarsest level up, each one's
+upsampled output concatenated to the next finer level. The reference computes the three levels as six
+single-level DWTs (J=1, 2 and 3 separately); we compute them once, fused.
+No work at import time and no device assumption: the model is built where and when it is asked for.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from engine.kernels import haar_dwt
+from engine.models.registry import BackboneSpec, register_backbone
+
+LEVELS = 3
+SIZE_MULTIPLE = 4 * 2 ** LEVELS  # patch 4, then three halvings: input sides must be multiples of 32
+
+
+def _feedforward(in_channels: int, hidden: int, ff_channel: int, out_channels: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden, 1),
+        nn.GELU(),
+        nn.Dropout(dropout),
+        nn.Conv2d(hidden, ff_channel, 1),
+        nn.ConvTranspose2d(ff_channel, out_channels, 4, stride=2, padding=1),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
+class Level3WaveBlock(nn.Module):
+    def __init__(self, mult: int = 2, ff_channel: int = 192, final_dim: int = 192, dropout: float = 0.5):
+        super().__init__()
+        half, hidden = final_dim // 2, final_dim * mult
+        self.feedforward1 = _feedforward(final_dim + half, hidden, ff_channel, final_dim, dropout)
+        self.feedforward2 = _feedforward(final_dim + half, hidden, ff_channel, half, dropout)
+        self.feedforward3 = _feedforward(final_dim, hidden, ff_channel, half, dropout)
+        self.reduction = nn.Conv2d(final_dim, final_dim // 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        level1, level2, level3 = haar_dwt(self.reduction(x), LEVELS)
+        x3 = self.feedforward3(level3)
+        x2 = self.feedforward2(torch.cat((level2, x3), dim=1))
+        return self.feedforward1(torch.cat((level1, x2), dim=1))
+
+
+class WaveMix(nn.Module):
+    def __init__(self, num_classes: int = 1000, depth: int = 16, mult: int = 2, ff_channel: int = 192,
+                 final_dim: int = 192, dropout: float = 0.5, patch_size: int = 4):
+        super().__init__()
+        self.layers = nn.ModuleList(Level3WaveBlock(mult, ff_channel, final_dim, dropout) for _ in range(depth))
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(final_dim, num_classes))
+        self.conv = nn.Sequential(
+            nn.Conv2d(3, final_dim // 4, 3, 1, 1),
+            nn.Conv2d(final_dim // 4, final_dim // 2, 3, 1, 1),
+            nn.Conv2d(final_dim // 2, final_dim, patch_size, patch_size),
+            nn.GELU(),
+            nn.BatchNorm2d(final_dim),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+            raise ValueError(f"WaveMix needs image sides divisible by {SIZE_MULTIPLE} (patch 4, then 2^{LEVELS} "
+                             f"for the DWT), got {height}x{width}")
+        x = self.conv(images)
+        for block in self.layers:
+            x = block(x) + x
+        return self.pool(x)
+
+
+def wavemix_192_16(num_classes: int = 1000) -> WaveMix:
+    return WaveMix(num_classes=num_classes, depth=16, mult=2, ff_channel=192, final_dim=192, dropout=0.5)
+
+
+register_backbone(BackboneSpec(
+    name="wavemix",
+    paper_name="WaveMix-192/16 (level 3)",
+    build=wavemix_192_16,
+    head_attr="pool.2",
+    weights_name="official WaveMix ImageNet checkpoint (wavemix_192_16_75.06.pth)",
+    weights_url="https://huggingface.co/cloudwalker/wavemix/resolve/main/Saved_Models_Weights/ImageNet/"
+                "wavemix_192_16_75.06.pth",
+    imagenet_top1=75.32,  # paper Table 2
+    size_multiple=SIZE_MULTIPLE,
+))

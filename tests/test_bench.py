@@ -1,0 +1,16 @@
+"""The benchmarks run (tiny shapes, CPU), so they do not rot between GPU sessions. Their numbers are not
+asserted: speed is measured on a GPU and written to bench/NOTES.md."""
+from engine.bench import dwt, wavemix_step
+
+
+def test_dwt_benchmark_reports_every_implementation_against_a_copy(capsys):
+    rows = dwt.main(["--quick", "--device", "cpu", "--dtype", "fp32"])
+    assert [row["implementation"] for row in rows] == ["reference", "plain", "fused"]
+    assert all(row["forward_gb_s"] >= 0 and row["fwd_bwd_of_copy"] >= 0 for row in rows)
+    assert '"copy_gb_s"' in capsys.readouterr().out
+
+
+def test_wavemix_step_benchmark_runs_each_variant():
+    rows = wavemix_step.main(["--quick", "--device", "cpu", "--no-compile", "--only", "plain,fused"])
+    assert [(row["dwt"], row["compile"]) for row in rows] == [("plain", False)] * 2 + [("fused", False)] * 2
+    assert all("error" not in row and row["images_per_s"] > 0 for row in rows)

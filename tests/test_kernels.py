@@ -1,0 +1,109 @@
+"""The Haar DWT: plain torch, the fused operator and the Triton kernels against pytorch_wavelets."""
+import pytest
+import torch
+
+from engine.bench.references import ReferenceDWT
+from engine.kernels import haar_dwt, haar_dwt_backward_torch, haar_dwt_torch
+from engine.kernels.haar_triton import haar_dwt_backward_triton, haar_dwt_triton
+
+SHAPES = [(2, 3, 8, 8), (1, 5, 16, 24), (3, 2, 32, 16)]
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+def weighted_sum(outputs, weights):
+    return sum((output * weight).sum() for output, weight in zip(outputs, weights))
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("implementation", [haar_dwt_torch, haar_dwt], ids=["plain", "operator"])
+def test_dwt_equals_pytorch_wavelets_values_and_gradients(implementation, shape, levels):
+    if min(shape[-2:]) % 2 ** levels:
+        pytest.skip("size not divisible")
+    generator = torch.Generator().manual_seed(hash((shape, levels)) % 2**31)
+    x = torch.randn(shape, generator=generator)
+    reference = ReferenceDWT(levels)
+    x_ours, x_ref = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ours, expected = implementation(x_ours, levels), reference(x_ref)
+    assert len(ours) == levels
+    for level, (mine, theirs) in enumerate(zip(ours, expected), start=1):
+        assert mine.shape == (shape[0], 4 * shape[1], shape[2] >> level, shape[3] >> level)
+        assert relative_error(mine, theirs) < 1e-6
+    weights = [torch.randn(o.shape, generator=generator) for o in expected]
+    weighted_sum(ours, weights).backward()
+    weighted_sum(expected, weights).backward()
+    assert relative_error(x_ours.grad, x_ref.grad) < 1e-6
+
+
+def test_gradcheck_in_float64():
+    x = torch.randn(2, 3, 8, 16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: tuple(haar_dwt_torch(t, 3)), (x,))
+    assert torch.autograd.gradcheck(lambda t: tuple(haar_dwt(t, 3)), (x,))  # the operator's registered backward
+
+
+def test_operator_passes_torch_library_checks():
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    torch.library.opcheck(torch.ops.engine.haar_dwt.default, (x, 3))
+    grads = [torch.randn(2, 12, 8 >> level, 8 >> level) for level in (1, 2, 3)]
+    torch.library.opcheck(torch.ops.engine.haar_dwt_backward.default, (grads, False))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_operator_keeps_the_memory_format(channels_last):
+    x = torch.randn(2, 4, 16, 16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    outputs = haar_dwt(x, 3)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert all(output.is_contiguous(memory_format=fmt) for output in outputs)
+    weighted_sum(outputs, [torch.ones_like(o) for o in outputs]).backward()
+    assert x.grad.is_contiguous(memory_format=fmt)
+
+
+def test_odd_sizes_are_refused_with_the_rule():
+    with pytest.raises(ValueError, match=r"divisible by 2\^3 = 8, got 12x16"):
+        haar_dwt(torch.randn(1, 1, 12, 16), 3)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3, 4])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
+def test_triton_kernels_match_plain_torch(levels, channels_last, dtype, tolerance):
+    """Under TRITON_INTERPRET=1 (tests/conftest.py) the kernels run on CPU tensors."""
+    x = torch.randn(3, 5, 32, 48).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    expected = haar_dwt_torch(x.float(), levels)
+    actual = haar_dwt_triton(x, levels)
+    for mine, theirs in zip(actual, expected):
+        assert mine.dtype == dtype
+        assert relative_error(mine, theirs) < tolerance
+    # Gradients as autograd hands them over: views with arbitrary strides (here, slices of a wider tensor).
+    grads = [torch.randn(o.shape[0], o.shape[1] + 6, *o.shape[2:]).to(dtype)[:, 3:-3] for o in expected]
+    expected_grad = haar_dwt_backward_torch([g.float() for g in grads])
+    actual_grad = haar_dwt_backward_triton(grads, channels_last)
+    assert actual_grad.shape == x.shape and actual_grad.dtype == dtype
+    assert actual_grad.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert relative_error(actual_grad, expected_grad) < tolerance
+
+
+def test_compiles_as_one_graph_with_the_operator():
+    x = torch.randn(2, 4, 16, 16, requires_grad=True)
+    compiled = torch.compile(lambda t: [o * 2 for o in haar_dwt(t, 3)], fullgraph=True, backend="aot_eager")
+    outputs = compiled(x)
+    for mine, theirs in zip(outputs, haar_dwt_torch(x.detach(), 3)):
+        assert torch.allclose(mine, theirs * 2)
+    weighted_sum(outputs, [torch.ones_like(o) for o in outputs]).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_unused_levels_get_zero_gradient():
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    haar_dwt(x, 3)[1].sum().backward()  # only level 2 is used
+    x_plain = x.detach().clone().requires_grad_(True)
+    haar_dwt_torch(x_plain, 3)[1].sum().backward()
+    assert torch.allclose(x.grad, x_plain.grad, atol=1e-6)

@@ -1,0 +1,83 @@
+"""Native WaveMix-192/16 against the published implementation (PyPI wavemix 0.2.4 on pytorch_wavelets)."""
+import json
+
+import pytest
+import torch
+
+from engine.models import build_backbone, hub_cache_path, get_backbone_spec
+from engine.models.wavemix import wavemix_192_16
+from tests.conftest import run_engine
+from tests.oracles import reference_wavemix
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    native = wavemix_192_16(1000).eval()
+    reference = reference_wavemix(1000).eval()
+    return native, reference
+
+
+def test_state_dict_has_the_reference_keys_and_shapes(models):
+    native, reference = models
+    ours, theirs = native.state_dict(), reference.state_dict()
+    assert list(ours) == list(theirs)
+    assert all(ours[key].shape == theirs[key].shape for key in ours)
+    assert round(sum(p.numel() for p in native.parameters()) / 1e6, 2) == 27.86
+
+
+def test_output_equals_the_reference_with_the_same_weights(models):
+    native, reference = models
+    reference.load_state_dict(native.state_dict(), strict=True)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours, theirs = native(images), reference(images)
+    assert ((ours - theirs).norm() / theirs.norm()).item() < 1e-5
+
+
+def test_official_checkpoint_layout_loads_strictly_through_the_hub_cache():
+    torch.manual_seed(1)
+    official = reference_wavemix(1000).state_dict()  # the published model's own keys, as its checkpoint has them
+    path = hub_cache_path(get_backbone_spec("wavemix").weights_url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(official, path)
+    model = build_backbone("wavemix", 7, pretrained=True)
+    assert model.pool[2].out_features == 7
+    for key, value in official.items():
+        if not key.startswith("pool.2."):
+            assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_trains_under_bf16_autocast_and_channels_last():
+    torch.manual_seed(0)
+    model = build_backbone("wavemix", 3).to(memory_format=torch.channels_last)
+    images = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(images)
+    torch.nn.functional.cross_entropy(logits.float(), torch.tensor([0, 2])).backward()
+    assert logits.shape == (2, 3)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_a_block_compiles_as_one_graph():
+    block = wavemix_192_16(3).layers[0].eval()
+    x = torch.randn(2, 192, 16, 16)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), block(x), rtol=1e-5, atol=1e-5)
+
+
+def test_image_sides_must_be_multiples_of_32():
+    with pytest.raises(ValueError, match="divisible by 32"):
+        wavemix_192_16(3)(torch.randn(1, 3, 48, 48))
+
+
+def test_engine_trains_wavemix_end_to_end(tiny_dataset, tmp_path):
+    out = tmp_path / "runs"
+    done = run_engine("train", "--backbone", "wavemix", "--data", str(tiny_dataset), "--no-pretrained",
+                      "--image-size", "32", "--batch-size", "8", "--max-epochs", "1", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "wavemix" / "tiny" / "f1" / "s0" / "result.json").read_text())["epochs"] == 1
+    refused = run_engine("train", "--backbone", "wavemix", "--data", str(tiny_dataset), "--no-pretrained",
+                         "--image-size", "48", "--out", str(out))
+    assert refused.returncode == 2 and "wavemix needs image sides divisible by 32" in refused.stderr
