@@ -38,15 +38,18 @@ def prepare_config(*, backbone: str, data: str, data_root: str | None = None, im
     """Check the user's choices and fill in every default, so config.json says exactly what ran."""
     get_backbone_spec(backbone)  # an unknown name fails before any data is touched
     dataset = resolve_dataset(data, data_root)
-    check_image_size(backbone, image_size or dataset.image_size)
+    image_size = image_size or dataset.image_size
+    check_image_size(backbone, image_size)
     index = scan_dataset(dataset.path, dataset.name, flags.get("test_split", 0.2))
     device = resolve_device(device)
     if flags.get("weights"):
-        flags["pretrained"] = False  # the file replaces the ImageNet weights (all of them, or all but the head)
-        flags["weights"] = str(Path(flags["weights"]).resolve())  # a resumed run may start from another folder
+        weights = Path(flags["weights"]).resolve()  # absolute: a resumed run may start from another folder
+        if not weights.is_file():
+            raise UserInputError(f"weights file {weights} does not exist")
+        flags["weights"], flags["pretrained"] = str(weights), False  # the file replaces the ImageNet weights
     config = RunConfig(
         backbone=backbone, data=data, dataset=dataset.name, data_path=str(Path(dataset.path).resolve()),
-        image_size=image_size or dataset.image_size, augment=dataset.augment if augment is None else augment,
+        image_size=image_size, augment=dataset.augment if augment is None else augment,
         num_classes=index.num_classes, batch_size=batch_size or DEFAULT_BATCH_SIZE[device],
         precision=resolve_precision(precision, device), compile=(device == "cuda") if compile is None else compile,
         loader=resolve_loader(loader), device=device,

@@ -158,6 +158,7 @@ def one_line_error(capsys, *argv):
     (["--image-size", "0x64"], "image size '0x64' is not a positive integer or HxW"),
     (["--seed", "1", "--runs", "3"], "--seed and --runs exclude each other"),
     (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
+    (["--weights", "no_such_file.pt"], "no_such_file.pt does not exist"),
 ])
 def test_bad_flags_fail_with_one_line(capsys, tiny_dataset, tmp_path, flags, expected):
     argv = ["train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"),
