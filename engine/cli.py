@@ -39,30 +39,75 @@ def backbones() -> None:
     _print_table(("backbone", "params_M", "imagenet_top1", "weights"), rows)
 
 
+DATA_ROOT_HELP = "Where built-in datasets live [default: $ENGINE_DATA or ~/.cache/engine/data]."
+
+
 @cli.command()
-@click.option("--data-root", type=click.Path(file_okay=False), default=None,
-              help="Where built-in datasets live [default: $ENGINE_DATA or ~/.cache/engine/data].")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None, help=DATA_ROOT_HELP)
 def datasets(data_root: str | None) -> None:
-    """List the built-in datasets, whether they are on disk, and how to use your own folder."""
+    """List the built-in datasets: the paper's counts, how each is obtained, and whether it is prepared."""
     from pathlib import Path
 
-    from engine.loaders import DATASETS, default_data_root
+    from engine.loaders import default_data_root, is_ready, prepared_counts, registry
 
     root = Path(data_root).expanduser() if data_root else default_data_root()
-    rows = [(spec.name, "x".join(map(str, spec.image_size)), "on" if spec.augment else "off",
-             str(root / spec.name) if spec.is_ready(root) else "no (made on first use)", spec.description)
-            for spec in DATASETS.values()]
-    _print_table(("dataset", "size", "augment", "on disk", "description"), rows)
-    click.echo("\nYour own data: --data PATH, where PATH holds train/<class>/<image> and test/<class>/<image> "
-               "(optionally val/<class>/<image>),\nor just <class>/<image> folders, split into train and test by a "
-               "seeded stratified --test-split (default 0.2).")
+    rows = []
+    for spec in registry().values():
+        counts = prepared_counts(spec, root) if spec.obtain != "generated" else None
+        on_disk = ("no" if not is_ready(spec, root) else
+                   f"{counts['train']}/{counts['test']}" if counts else "yes")
+        rows.append((spec.name, spec.domain, str(spec.classes), f"{spec.paper_counts['train']}/"
+                     f"{spec.paper_counts['test']}", "x".join(map(str, spec.image_size)),
+                     "on" if spec.augment else "off", spec.obtain, on_disk))
+    _print_table(("dataset", "domain", "classes", "paper train/test", "size", "augment", "obtain",
+                  "prepared train/test"), rows)
+    click.echo(f"\nData root: {root}. obtain: auto = downloaded on first use or by `engine data prepare NAME`; "
+               "manual = download it yourself, then `engine data prepare NAME --from PATH`; unsupported = no "
+               "converter yet.\nYour own data: --data PATH, where PATH holds train/<class>/<image> and "
+               "test/<class>/<image> (optionally val/<class>/<image>),\nor just <class>/<image> folders, split "
+               "into train and test by a seeded stratified --test-split (default 0.2).")
+
+
+@cli.group()
+def data() -> None:
+    """Prepare datasets: download (or take a local copy) and convert to the train/test layout."""
+
+
+@data.command()
+@click.argument("name")
+@click.option("--root", type=click.Path(file_okay=False), default=None, help=DATA_ROOT_HELP)
+@click.option("--from", "source", type=click.Path(), default=None,
+              help="A source archive or folder you already have (required for manual datasets).")
+@click.option("--force", is_flag=True, help="Prepare again even if the dataset is already prepared.")
+def prepare(name: str, root: str | None, source: str | None, force: bool) -> None:
+    """Prepare NAME (or `all` that can be downloaded) under the data root: download, resumably and checksummed,
+    or take --from; convert; check counts against the paper; write meta.json. Idempotent."""
+    from pathlib import Path
+
+    from engine.loaders import default_data_root, get_dataset_spec, prepare_dataset, registry
+
+    root_path = Path(root).expanduser() if root else default_data_root()
+    if name == "all":
+        if source:
+            raise click.UsageError("--from takes one dataset's source, not `all`")
+        for spec in registry().values():
+            if spec.obtain == "auto":
+                prepare_dataset(spec, root_path, force=force)
+            elif spec.obtain != "generated":
+                log.info("skipping %s (%s)", spec.name, spec.obtain)
+        return
+    spec = get_dataset_spec(name)
+    if spec.obtain == "generated":
+        raise click.UsageError(f"{name} is generated on first use; nothing to prepare")
+    prepare_dataset(spec, root_path, Path(source) if source else None, force=force)
 
 
 @cli.command()
 @click.option("--backbone", required=True, help="Backbone name (see `engine backbones`).")
 @click.option("--data", required=True, help="Built-in dataset name (see `engine datasets`) or path to an image folder.")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None,
-              help="Where built-in datasets live [default: $ENGINE_DATA or ~/.cache/engine/data].")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None, help=DATA_ROOT_HELP)
+@click.option("--download/--no-download", default=True, show_default=True,
+              help="Download and prepare a built-in dataset that is not prepared yet.")
 @click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="Share of the training images to use, drawn per class by the seed (at least one per class); "
                    "the test set is never subsampled.")

@@ -31,13 +31,14 @@ from engine.trainer import evaluate, fit, make_precision
 log = logging.getLogger("engine")
 
 
-def prepare_config(*, backbone: str, data: str, data_root: str | None = None, image_size: tuple[int, int] | None = None,
+def prepare_config(*, backbone: str, data: str, data_root: str | None = None, download: bool = True,
+                   image_size: tuple[int, int] | None = None,
                    augment: bool | None = None, batch_size: int | None = None, device: str = "auto",
                    precision: str = "auto", compile: bool | None = None, workers: int | None = None,
                    loader: str = "auto", **flags) -> tuple[RunConfig, DatasetIndex]:
     """Check the user's choices and fill in every default, so config.json says exactly what ran."""
     get_backbone_spec(backbone)  # an unknown name fails before any data is touched
-    dataset = resolve_dataset(data, data_root)
+    dataset = resolve_dataset(data, data_root, download)
     image_size = image_size or dataset.image_size
     check_image_size(backbone, image_size)
     index = scan_dataset(dataset.path, dataset.name, flags.get("test_split", 0.2))

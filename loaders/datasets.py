@@ -1,17 +1,25 @@
-"""The dataset registry: built-in datasets by name, with the paper's per-dataset defaults.
+"""The dataset registry: the paper's 20 datasets (paper Table 3, engine/paper/datasets.csv) and `demo`.
 
-`--data` is a registered name (looked up under the data root) or a path to a custom image folder. The
-paper's 20 datasets join this registry with their download/prepare code; today it holds `demo`.
+Each entry knows the paper's facts (domain, classes, counts, image size, TrivialAugment on or off), where its
+source comes from (`auto`: direct download; `manual`: login or dead links, so the user fetches it and passes
+it with --from) and how to convert it (loaders/sources.py). `--data` takes a registered name, looked up under
+the data root, or a path to a custom image folder.
 """
 from __future__ import annotations
 
+import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+from engine.config import parse_image_size
 from engine.errors import UserInputError
+from engine.loaders import sources
 from engine.loaders.demo import ensure_demo, is_current
+from engine.loaders.prepare import is_prepared, prepare_dataset, read_meta
 
 # The paper resizes every dataset to 256x256 (BreakHis 448x672) and uses TrivialAugment except on BreakHis
 # and Galaxy10 (paper section 5); a custom folder gets the common case.
@@ -20,25 +28,101 @@ CUSTOM_DEFAULT_AUGMENT = True
 
 
 @dataclass(frozen=True)
+class SourceFile:
+    url: str
+    filename: str
+    md5: str | None  # None where no published checksum exists; the computed one goes into meta.json
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     name: str
     description: str
+    domain: str
     image_size: tuple[int, int]  # (height, width) the run resizes to unless --image-size says otherwise
     augment: bool  # TrivialAugmentWide on by default
-    locate: Callable[[Path], Path]  # data root -> the dataset's folder, made ready (generated, prepared)
-    is_ready: Callable[[Path], bool]  # data root -> whether it is on disk already
+    obtain: str  # generated | auto | manual | unsupported
+    classes: int | None = None
+    paper_counts: dict = field(default_factory=dict)  # {"train": n, "test": n} of paper Table 3
+    native_resolution: str = ""
+    files: tuple[SourceFile, ...] = ()
+    convert: Callable[[Path, Path], dict] | None = None
+    instructions: str = ""  # for manual sources: what to download from where
+    licence: str = ""
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "demo": DatasetSpec(
-        name="demo",
-        description="6 classes of drawn textured shapes, 64x64 JPEG, 600 train / 180 test; generated on first use",
-        image_size=(64, 64),
-        augment=True,
-        locate=ensure_demo,
-        is_ready=lambda root: is_current(root / "demo"),
-    ),
+# name -> (how it is obtained, source files, converter, instructions or format note, licence)
+SOURCES = {
+    "cifar10": ("auto", [SourceFile("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                                    "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")],
+                sources.cifar10, "", "research use (Krizhevsky 2009)"),
+    "cifar100": ("auto", [SourceFile("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                                     "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85")],
+                 sources.cifar100, "", "research use (Krizhevsky 2009)"),
+    "tiny_imagenet": ("auto", [SourceFile("http://cs231n.stanford.edu/tiny-imagenet-200.zip", "tiny-imagenet-200.zip",
+                                          "90528d7ca1a48142e341f4ef8d21d0de")],
+                      sources.tiny_imagenet, "", "ImageNet terms of access"),
+    "eurosat": ("auto", [SourceFile("https://huggingface.co/datasets/torchgeo/eurosat/resolve/"
+                                    "c877bcd43f099cd0196738f714544e355477f3fd/EuroSAT.zip", "EuroSAT.zip",
+                                    "c8fa014336c82ac7804f0398fcb19387")],
+                sources.class_folders("2750", test_ratio=0.3), "", "MIT"),
+    "uc_merced": ("auto", [SourceFile("http://weegee.vision.ucmerced.edu/datasets/UCMerced_LandUse.zip",
+                                      "UCMerced_LandUse.zip", "5b7ec56793786b6dc8a908e8854ac0e4")],
+                  sources.class_folders("Images", test_ratio=0.2), "", "public domain (USGS imagery)"),
+    "dtd": ("auto", [SourceFile("https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",
+                                "dtd-r1.0.1.tar.gz", "fff73e5086ae6bdbea199a49dfb8a4c1")],
+            sources.dtd, "", "research use"),
+    "food101": ("auto", [SourceFile("http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz", "food-101.tar.gz",
+                                    "85eeb15f3717b99a5da872d97d918f87")],
+                sources.food101, "", "research use (images from foodspotting.com)"),
+    "cub200": ("auto", [SourceFile("https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",
+                                   "CUB_200_2011.tgz", "97eceeb196236b17998738112f37df78")],
+               sources.cub200, "", "research use"),
+    "neu": ("manual", [], sources.neu,
+            "download NEU-CLS (the NEU surface defect database of K. Song, Northeastern University: 1800 BMP images, "
+            "6 classes, 200x200, files named <class>_<n>.bmp) from its authors' page or a mirror", "research use"),
+    "stanford_dogs": ("unsupported", [], None, "source: images.tar + lists.tar (train_list.mat/test_list.mat)", ""),
+    "flowers102": ("unsupported", [], None, "source: 102flowers.tgz + imagelabels.mat + setid.mat", ""),
+    "stanford_cars": ("unsupported", [], None, "source: devkit .mat annotations; the original URL is dead", ""),
+    "plantvillage": ("unsupported", [], None, "source: Mendeley 'without augmentation' zip", "CC BY 4.0"),
+    "plantclef": ("unsupported", [], None, "the paper's 20-class subset is unpublished", ""),
+    "galaxy10": ("unsupported", [], None, "source: Galaxy10_DECals.h5 (HDF5)", ""),
+    "breakhis_40x": ("unsupported", [], None, "source: BreaKHis_v1 tar (web form), split by patient", ""),
+    "breakhis_100x": ("unsupported", [], None, "source: BreaKHis_v1 tar (web form), split by patient", ""),
+    "breakhis_200x": ("unsupported", [], None, "source: BreaKHis_v1 tar (web form), split by patient", ""),
+    "breakhis_400x": ("unsupported", [], None, "source: BreaKHis_v1 tar (web form), split by patient", ""),
+    "rsna_pneumonia": ("unsupported", [], None, "source: Kaggle DICOM + stage_2_train_labels.csv", ""),
 }
+
+
+def _paper_rows() -> list[dict]:
+    text = resources.files("engine").joinpath("paper/datasets.csv").read_text()
+    return list(csv.DictReader(text.splitlines()))
+
+
+@cache
+def registry() -> dict[str, DatasetSpec]:
+    specs = {"demo": DatasetSpec(
+        name="demo", description="6 classes of drawn textured shapes, 64x64 JPEG, 600 train / 180 test; generated "
+                                 "on first use", domain="synthetic", image_size=(64, 64), augment=True,
+        obtain="generated", classes=6, paper_counts={"train": 600, "test": 180}, native_resolution="64x64")}
+    for row in _paper_rows():
+        obtain, files, convert, instructions, licence = SOURCES[row["dataset"]]
+        specs[row["dataset"]] = DatasetSpec(
+            name=row["dataset"], description=row["paper_name"], domain=row["domain"],
+            image_size=parse_image_size(row["image_size_hw"]), augment=row["trivial_augment"] == "yes",
+            obtain=obtain, classes=int(row["classes"]),
+            paper_counts={"train": int(row["train_images"]), "test": int(row["test_images"])},
+            native_resolution=row["native_resolution"], files=tuple(files), convert=convert,
+            instructions=instructions, licence=licence)
+    return specs
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    try:
+        return registry()[name]
+    except KeyError:
+        raise UserInputError(f"unknown dataset {name!r}; known: {', '.join(registry())}") from None
 
 
 @dataclass(frozen=True)
@@ -54,15 +138,43 @@ def default_data_root() -> Path:
     return Path(os.environ.get("ENGINE_DATA") or Path.home() / ".cache" / "engine" / "data").expanduser()
 
 
-def resolve_dataset(data: str, data_root: str | Path | None = None) -> ResolvedDataset:
+def is_ready(spec: DatasetSpec, root: Path) -> bool:
+    return is_current(root / spec.name) if spec.obtain == "generated" else is_prepared(root / spec.name)
+
+
+def prepared_counts(spec: DatasetSpec, root: Path) -> dict | None:
+    meta = read_meta(root / spec.name)
+    return meta.get("counts") if meta else None
+
+
+def _make_ready(spec: DatasetSpec, root: Path, download: bool) -> Path:
+    if spec.obtain == "generated":
+        return ensure_demo(root)
+    if is_prepared(root / spec.name):
+        return root / spec.name
+    if spec.obtain == "auto" and download:
+        return prepare_dataset(spec, root)
+    if spec.obtain == "auto":
+        raise UserInputError(f"{spec.name} is not prepared in {root} and --no-download is set; run "
+                             f"`engine data prepare {spec.name} --root {root}`")
+    if spec.obtain == "manual":
+        raise UserInputError(f"{spec.name} is not prepared in {root}: {spec.instructions}; then run "
+                             f"`engine data prepare {spec.name} --root {root} --from PATH`")
+    raise UserInputError(f"{spec.name} is not prepared in {root}, and preparing it is not supported yet "
+                         f"({spec.instructions}); put it in {root / spec.name}/train/<class>/ and test/<class>/ with "
+                         f"a meta.json, or pass --data PATH")
+
+
+def resolve_dataset(data: str, data_root: str | Path | None = None, download: bool = True) -> ResolvedDataset:
     """A registered dataset (made ready under the data root) or a custom folder at the path `data`."""
     root = Path(data_root).expanduser() if data_root else default_data_root()
-    spec = DATASETS.get(data)
+    spec = registry().get(data)
     if spec is not None:
-        return ResolvedDataset(spec.name, spec.locate(root), spec.image_size, spec.augment, builtin=True)
+        return ResolvedDataset(spec.name, _make_ready(spec, root, download), spec.image_size, spec.augment,
+                               builtin=True)
     path = Path(data).expanduser()
     if not path.exists():
-        raise UserInputError(f"unknown dataset {data!r}: not a built-in dataset ({', '.join(DATASETS)}) and no "
+        raise UserInputError(f"unknown dataset {data!r}: not a built-in dataset (see `engine datasets`) and no "
                              f"folder at that path")
     if not path.is_dir():
         raise UserInputError(f"dataset {data!r} is a file; expected a folder of train/<class>/ and test/<class>/")

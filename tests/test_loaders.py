@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine.errors import UnreadableImageError, UserInputError
-from engine.loaders import (DATASETS, PIPELINES, VAL_RATIO, count_per_class, resolve_dataset, scan_dataset,
+from engine.loaders import (PIPELINES, get_dataset_spec, VAL_RATIO, count_per_class, resolve_dataset, scan_dataset,
                             select_samples, stratified_fraction)
 from engine.loaders.demo import CLASSES, IMAGES_PER_CLASS, draw_image
 from engine.loaders.torch_pipeline import IMAGENET_MEAN, IMAGENET_STD
@@ -112,7 +112,7 @@ def test_select_on_val_with_one_image_per_class_is_refused(tiny_dataset):
 # --- The demo dataset ----------------------------------------------------------------------------------------------
 def test_demo_is_generated_once_in_the_standard_layout(tmp_path):
     dataset = resolve_dataset("demo", tmp_path)
-    assert dataset.image_size == DATASETS["demo"].image_size and dataset.builtin
+    assert dataset.image_size == get_dataset_spec("demo").image_size and dataset.builtin
     index = scan_dataset(dataset.path)
     assert index.classes == sorted(CLASSES) and len(CLASSES) >= 6
     assert count_per_class(index.train, len(CLASSES)) == [IMAGES_PER_CLASS["train"]] * len(CLASSES)

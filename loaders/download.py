@@ -1,0 +1,112 @@
+"""Fetching and unpacking dataset sources: resumable, retried downloads with checksums; safe extraction.
+
+A download goes to `<file>.part` and continues from its length (HTTP Range) after a cut connection or a
+killed process; it is renamed to `<file>` only once complete and, where a checksum is known, verified.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from engine.errors import UserInputError
+
+log = logging.getLogger("engine")
+
+CHUNK = 1 << 20
+RETRIES = 5
+TIMEOUT_S = 60
+
+
+class DownloadError(UserInputError):
+    """A source that could not be fetched, or arrived different from what its checksum says."""
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fetch_rest(url: str, partial: Path) -> None:
+    """Append to `partial` what the server has beyond its current length."""
+    start = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+        if start and response.status != 206:  # the server ignores ranges: start over
+            start = 0
+        total = start + int(response.headers.get("Content-Length") or 0) or None
+        with open(partial, "ab" if start else "wb") as handle, _progress(partial.name, total, start) as bar:
+            for block in iter(lambda: response.read(CHUNK), b""):
+                handle.write(block)
+                bar.update(len(block))
+    received = partial.stat().st_size
+    if total is not None and received < total:  # read() in chunks reports a dropped connection as a short file
+        raise ConnectionError(f"connection closed after {received} of {total} bytes")
+
+
+def _progress(name: str, total: int | None, done: int):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=name, disable=not sys.stderr.isatty(),
+                leave=False)
+
+
+def download(url: str, destination: Path, md5: str | None = None, retries: int = RETRIES) -> Path:
+    """`destination`, downloaded from `url` unless it is already there (and matches `md5`)."""
+    destination = Path(destination)
+    if destination.exists() and (md5 is None or md5_of(destination) == md5):
+        log.info("using %s (already downloaded)", destination)
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(destination.name + ".part")
+    log.info("downloading %s -> %s", url, destination)
+    for attempt in range(1, retries + 1):
+        try:
+            _fetch_rest(url, partial)
+            break
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
+            if isinstance(err, urllib.error.HTTPError) and err.code == 416:  # asked past the end: it is complete
+                break
+            if attempt == retries:
+                raise DownloadError(f"cannot download {url} after {retries} attempts ({err}); rerun to resume, "
+                                    f"or fetch it yourself and pass it with --from") from err
+            log.warning("download of %s interrupted (%s); resuming (attempt %d of %d)", url, err, attempt + 1,
+                        retries)
+            time.sleep(min(2 ** attempt, 30) * _backoff_scale)
+    if md5 is not None:
+        actual = md5_of(partial)
+        if actual != md5:
+            partial.unlink()
+            raise DownloadError(f"checksum mismatch for {url}: expected md5 {md5}, got {actual}; the file was removed, "
+                                f"rerun to download it again")
+    partial.rename(destination)
+    return destination
+
+
+_backoff_scale = 1.0  # tests shrink the waits between retries
+
+
+def extract(archive: Path, into: Path) -> Path:
+    """Unpack a zip or tar (.tar, .tar.gz, .tgz) into `into`, refusing members that would land outside it."""
+    into.mkdir(parents=True, exist_ok=True)
+    log.info("extracting %s", archive)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as bundle:
+            for member in bundle.namelist():
+                if not (into / member).resolve().is_relative_to(into.resolve()):
+                    raise UserInputError(f"{archive} holds a file outside its folder: {member}")
+            bundle.extractall(into)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as bundle:
+            bundle.extractall(into, filter="data")
+    else:
+        raise UserInputError(f"{archive} is neither a zip nor a tar archive")
+    return into

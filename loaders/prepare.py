@@ -1,0 +1,114 @@
+"""`engine data prepare`: fetch a dataset's source (or take the one given with --from), convert it to the
+engine's layout, check its counts against the paper's, and write meta.json.
+
+Work happens in a private temporary folder beside the target and is renamed into place at the end, so an
+interrupted prepare never leaves a dataset that looks complete; downloads are kept in `<root>/.downloads` so a
+second prepare (or --force) does not fetch them again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import engine
+from engine.errors import UserInputError
+from engine.loaders.download import download, extract, md5_of
+from engine.loaders.index import scan_dataset
+
+log = logging.getLogger("engine")
+META = "meta.json"
+
+
+def is_prepared(target: Path) -> bool:
+    return (Path(target) / META).exists()
+
+
+def _fetch(spec, root: Path) -> tuple[list[Path], dict[str, str]]:
+    downloads = root / ".downloads" / spec.name
+    paths, checksums = [], {}
+    for source in spec.files:
+        path = download(source.url, downloads / source.filename, source.md5)
+        paths.append(path)
+        checksums[source.filename] = source.md5 or md5_of(path)
+    return paths, checksums
+
+
+def _unpack(paths: list[Path], work: Path) -> Path:
+    """One folder holding every source: folders as they are, archives extracted (into the work folder)."""
+    if len(paths) == 1 and paths[0].is_dir():
+        return paths[0]
+    raw = work / "raw"
+    for path in paths:
+        if path.is_dir():
+            shutil.copytree(path, raw / path.name, dirs_exist_ok=True)
+        else:
+            extract(path, raw)
+    return raw
+
+
+def _count_warnings(spec, counts: dict[str, int], classes: int) -> list[str]:
+    warnings = []
+    for split in ("train", "test"):
+        expected = spec.paper_counts.get(split)
+        if expected is not None and counts[split] != expected:
+            warnings.append(f"{split}: {counts[split]} images, the paper has {expected}")
+    if spec.classes and classes != spec.classes:
+        warnings.append(f"{classes} classes, the paper has {spec.classes}")
+    return warnings
+
+
+def prepare_dataset(spec, root: Path, source: Path | None = None, force: bool = False) -> Path:
+    """The prepared folder `<root>/<name>`: made now unless it is there already (then left alone, unless force)."""
+    root = Path(root).expanduser()
+    target = root / spec.name
+    if is_prepared(target) and not force:
+        log.info("%s is already prepared in %s (use --force to prepare it again)", spec.name, target)
+        return target
+    if spec.convert is None:
+        raise UserInputError(f"preparing {spec.name} is not supported yet ({spec.instructions}); put it in "
+                             f"{target}/train/<class>/ and {target}/test/<class>/ yourself, or pass --data PATH")
+    if source is None and not spec.files:
+        raise UserInputError(f"{spec.name} cannot be downloaded automatically: {spec.instructions}; then run "
+                             f"`engine data prepare {spec.name} --from PATH`")
+    work = root / f".{spec.name}.tmp-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        if source is not None:
+            source = Path(source).expanduser()
+            if not source.exists():
+                raise UserInputError(f"--from {source} does not exist")
+            paths, checksums = [source], ({source.name: md5_of(source)} if source.is_file() else {})
+        else:
+            paths, checksums = _fetch(spec, root)
+        raw = _unpack(paths, work)
+        out = work / "out"
+        log.info("converting %s into the train/test layout", spec.name)
+        split_rule = spec.convert(raw, out)
+        index = scan_dataset(out, spec.name)
+        counts = {"train": len(index.train), "test": len(index.test)}
+        warnings = _count_warnings(spec, counts, index.num_classes)
+        for warning in warnings:
+            log.warning("%s differs from the paper: %s", spec.name, warning)
+        meta = {"name": spec.name, "classes": index.classes, "counts": counts, "paper_counts": spec.paper_counts,
+                "count_warnings": warnings, "source": str(source) if source else [f.url for f in spec.files],
+                "checksums_md5": checksums, **split_rule, "prepared_by": f"engine {engine.__version__}",
+                "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        (out / META).write_text(json.dumps(meta, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        out.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("prepared %s: %d train / %d test images, %d classes -> %s", spec.name, counts["train"], counts["test"],
+             index.num_classes, target)
+    return target
+
+
+def read_meta(target: Path) -> dict | None:
+    path = Path(target) / META
+    return json.loads(path.read_text()) if path.exists() else None

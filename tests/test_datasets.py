@@ -1,0 +1,276 @@
+"""`engine data prepare` on tiny fixtures in each source's own format, and downloads from a local server."""
+import dataclasses
+import hashlib
+import io
+import json
+import pickle
+import tarfile
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.cli import main
+from engine.errors import UserInputError
+from engine.loaders import (count_per_class, get_dataset_spec, prepare_dataset, registry, resolve_dataset,
+                            scan_dataset)
+from engine.loaders import download as download_module
+from engine.loaders.datasets import SourceFile
+from engine.loaders.download import DownloadError, download
+from tests.conftest import run_engine
+
+
+def image_bytes(colour, fmt="JPEG", side=8) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), colour).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def make_tar(path, files: dict[str, bytes]):
+    with tarfile.open(path, "w:gz") as bundle:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            bundle.addfile(info, io.BytesIO(data))
+    return path
+
+
+def make_zip(path, files: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w") as bundle:
+        for name, data in files.items():
+            bundle.writestr(name, data)
+    return path
+
+
+def prepared(tmp_path, name, source, **kwargs):
+    root = tmp_path / "data"
+    target = prepare_dataset(get_dataset_spec(name), root, source, **kwargs)
+    return target, json.loads((target / "meta.json").read_text()), scan_dataset(target)
+
+
+# --- Converters -----------------------------------------------------------------------------------------------
+def cifar_pickle(labels, labels_key):
+    rng = np.random.default_rng(len(labels))
+    data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
+    return pickle.dumps({b"data": data, labels_key: labels}), data
+
+
+def test_cifar10_pickles(tmp_path):
+    names = [f"class{i}".encode() for i in range(10)]
+    files = {"cifar-10-batches-py/batches.meta": pickle.dumps({b"label_names": names})}
+    first_batch = None
+    for index in range(1, 6):
+        files[f"cifar-10-batches-py/data_batch_{index}"], data = cifar_pickle([index - 1, index + 4], b"labels")
+        first_batch = data if first_batch is None else first_batch
+    files["cifar-10-batches-py/test_batch"], _ = cifar_pickle([0, 1, 2], b"labels")
+    archive = make_tar(tmp_path / "cifar-10-python.tar.gz", files)
+    target, meta, index = prepared(tmp_path, "cifar10", archive)
+    assert meta["counts"] == {"train": 10, "test": 3}
+    assert meta["count_warnings"] and "the paper has 50000" in meta["count_warnings"][0]
+    assert meta["checksums_md5"]["cifar-10-python.tar.gz"] == hashlib.md5(archive.read_bytes()).hexdigest()
+    # The first training image: class 0, pixels as the pickle's RGB planes say.
+    png = np.asarray(Image.open(target / "train" / "class0" / "00000.png"))
+    assert np.array_equal(png, first_batch[0].reshape(3, 32, 32).transpose(1, 2, 0))
+
+
+def test_cifar100_uses_fine_labels(tmp_path):
+    names = [f"fine{i:02d}".encode() for i in range(100)]
+    files = {"cifar-100-python/meta": pickle.dumps({b"fine_label_names": names}),
+             "cifar-100-python/train": cifar_pickle([5, 99, 5], b"fine_labels")[0],
+             "cifar-100-python/test": cifar_pickle([99], b"fine_labels")[0]}
+    _, meta, index = prepared(tmp_path, "cifar100", make_tar(tmp_path / "c.tar.gz", files))
+    assert index.classes == ["fine05", "fine99"] and meta["counts"] == {"train": 3, "test": 1}
+
+
+def test_tiny_imagenet_val_becomes_test(tmp_path):
+    files = {"tiny-imagenet-200/wnids.txt": b"n01\nn02\n"}
+    for wnid in ("n01", "n02"):
+        for i in range(3):
+            files[f"tiny-imagenet-200/train/{wnid}/images/{wnid}_{i}.JPEG"] = image_bytes((10, 20, 30))
+    files["tiny-imagenet-200/val/images/val_0.JPEG"] = image_bytes((1, 2, 3))
+    files["tiny-imagenet-200/val/images/val_1.JPEG"] = image_bytes((4, 5, 6))
+    files["tiny-imagenet-200/val/val_annotations.txt"] = b"val_0.JPEG\tn02\t0\t0\t8\t8\nval_1.JPEG\tn01\t0\t0\t8\t8\n"
+    archive = make_zip(tmp_path / "tiny-imagenet-200.zip", files)
+    target, meta, index = prepared(tmp_path, "tiny_imagenet", archive)
+    assert meta["counts"] == {"train": 6, "test": 2}
+    assert (target / "test" / "n02" / "val_0.jpeg").read_bytes() == files["tiny-imagenet-200/val/images/val_0.JPEG"]
+
+
+def eurosat_zip(tmp_path, per_class=10):
+    files = {f"2750/{name}/{name}_{i}.jpg": image_bytes(colour)
+             for name, colour in (("Forest", (0, 90, 0)), ("River", (0, 0, 200)), ("Highway", (90, 90, 90)))
+             for i in range(per_class)}
+    return make_zip(tmp_path / "EuroSAT.zip", files), files
+
+
+def test_eurosat_gets_a_seeded_stratified_70_30_split(tmp_path):
+    archive, files = eurosat_zip(tmp_path)
+    target, meta, index = prepared(tmp_path, "eurosat", archive)
+    assert count_per_class(index.train, 3) == [7, 7, 7] and count_per_class(index.test, 3) == [3, 3, 3]
+    assert meta["split_seed"] == 0 and "70% train" in meta["split"]
+    assert (target / "train" / "Forest").is_dir()
+    # JPEGs are kept byte for byte.
+    some = sorted((target / "train" / "River").iterdir())[0]
+    assert some.read_bytes() == files[f"2750/River/{some.stem}.jpg"]
+    first = sorted(index.test)
+    again = scan_dataset(prepare_dataset(get_dataset_spec("eurosat"), tmp_path / "data", archive, force=True))
+    assert sorted(again.test) == first  # the same seed, the same split
+
+
+def test_uc_merced_tiff_becomes_png(tmp_path):
+    files = {f"UCMerced_LandUse/Images/{name}/{name}{i:02d}.tif": image_bytes((i * 20, 0, 0), "TIFF")
+             for name in ("beach", "forest") for i in range(5)}
+    target, meta, index = prepared(tmp_path, "uc_merced", make_zip(tmp_path / "UCMerced_LandUse.zip", files))
+    assert count_per_class(index.test, 2) == [1, 1] and count_per_class(index.train, 2) == [4, 4]
+    assert all(path.endswith(".png") for path, _ in index.train)
+    assert np.asarray(Image.open(target / index.train[0][0])).shape == (8, 8, 3)
+
+
+def test_neu_bmp_classes_from_file_names(tmp_path):
+    folder = tmp_path / "NEU-CLS"
+    folder.mkdir()
+    for prefix in ("Cr", "PS", "RS"):
+        for i in range(1, 6):
+            Image.new("L", (8, 8), 100).save(folder / f"{prefix}_{i}.bmp")
+    _, meta, index = prepared(tmp_path, "neu", folder)
+    assert index.classes == ["Cr", "PS", "RS"] and meta["counts"] == {"train": 12, "test": 3}
+
+
+def test_dtd_partition_one(tmp_path):
+    files = {f"dtd/images/{c}/{c}_{i:04d}.jpg": image_bytes((i, i, i)) for c in ("banded", "dotted") for i in range(4)}
+    files["dtd/labels/train1.txt"] = b"banded/banded_0000.jpg\nbanded/banded_0001.jpg\ndotted/dotted_0000.jpg\n"
+    files["dtd/labels/test1.txt"] = b"banded/banded_0002.jpg\ndotted/dotted_0003.jpg\n"
+    _, meta, index = prepared(tmp_path, "dtd", make_tar(tmp_path / "dtd-r1.0.1.tar.gz", files))
+    assert meta["counts"] == {"train": 3, "test": 2} and "partition 1" in meta["split"]
+
+
+def test_food101_json_splits(tmp_path):
+    files = {f"food-101/images/{c}/{i}.jpg": image_bytes((i, 0, 0)) for c in ("pizza", "sushi") for i in range(3)}
+    files["food-101/meta/train.json"] = json.dumps({"pizza": ["pizza/0", "pizza/1"], "sushi": ["sushi/0"]}).encode()
+    files["food-101/meta/test.json"] = json.dumps({"pizza": ["pizza/2"], "sushi": ["sushi/1", "sushi/2"]}).encode()
+    _, meta, index = prepared(tmp_path, "food101", make_tar(tmp_path / "food-101.tar.gz", files))
+    assert meta["counts"] == {"train": 3, "test": 3}
+    assert count_per_class(index.test, 2) == [1, 2]
+
+
+def test_cub200_official_split(tmp_path):
+    classes = ["001.Albatross", "002.Auklet"]
+    images = [f"{classes[i % 2]}/bird_{i}.jpg" for i in range(6)]
+    files = {f"CUB_200_2011/images/{path}": image_bytes((i, i, 0)) for i, path in enumerate(images)}
+    files["CUB_200_2011/images.txt"] = "".join(f"{i + 1} {p}\n" for i, p in enumerate(images)).encode()
+    files["CUB_200_2011/train_test_split.txt"] = "".join(f"{i + 1} {int(i < 4)}\n" for i in range(6)).encode()
+    _, meta, index = prepared(tmp_path, "cub200", make_tar(tmp_path / "CUB_200_2011.tgz", files))
+    assert index.classes == classes and meta["counts"] == {"train": 4, "test": 2}
+
+
+def test_prepare_is_idempotent_and_atomic(tmp_path):
+    archive, _ = eurosat_zip(tmp_path, per_class=4)
+    target, meta, _ = prepared(tmp_path, "eurosat", archive)
+    stamp = (target / "meta.json").stat().st_mtime_ns
+    prepare_dataset(get_dataset_spec("eurosat"), tmp_path / "data", archive)
+    assert (target / "meta.json").stat().st_mtime_ns == stamp
+    broken = make_zip(tmp_path / "broken.zip", {"nothing/here.txt": b"x"})
+    with pytest.raises(UserInputError, match="not found"):
+        prepare_dataset(get_dataset_spec("uc_merced"), tmp_path / "data", broken)
+    assert not (tmp_path / "data" / "uc_merced").exists()
+    assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith(".uc_merced.tmp")]
+
+
+def test_cli_prepare_then_train_from_the_prepared_layout(tmp_path):
+    archive, _ = eurosat_zip(tmp_path)
+    root = tmp_path / "data"
+    done = run_engine("data", "prepare", "eurosat", "--root", str(root), "--from", str(archive))
+    assert done.returncode == 0, done.stderr
+    assert "differs from the paper: train: 21 images, the paper has 18900" in done.stderr
+    listed = run_engine("datasets", "--data-root", str(root))
+    assert any(line.startswith("eurosat") and line.rstrip().endswith("21/9") for line in listed.stdout.splitlines())
+    trained = run_engine("train", "--backbone", "mobilenet_v3_large", "--data", "eurosat", "--data-root", str(root),
+                         "--no-pretrained", "--image-size", "32", "--max-epochs", "1", "--out", str(tmp_path / "r"))
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((tmp_path / "r/mobilenet_v3_large/eurosat/f1/s0/config.json").read_text())["counts"]["test"] == 9
+
+
+def test_manual_and_unsupported_datasets_say_what_to_do(tmp_path, capsys):
+    for name, expected in (("neu", "engine data prepare neu"), ("galaxy10", "not supported yet")):
+        with pytest.raises(SystemExit) as exited:
+            main(["train", "--backbone", "resnet50", "--data", name, "--data-root", str(tmp_path)])
+        assert exited.value.code == 2
+        assert expected in capsys.readouterr().err
+
+
+# --- Downloads ------------------------------------------------------------------------------------------------
+class FlakyServer:
+    """Serves one payload on 127.0.0.1 with HTTP ranges; the first response is cut after `cut` bytes."""
+
+    def __init__(self, payload: bytes, cut: int | None = None):
+        self.payload, self.cut, self.requests = payload, cut, []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+                server.requests.append(start)
+                body = server.payload[start:]
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if server.cut is not None and len(server.requests) == 1:
+                    self.wfile.write(body[:server.cut])
+                    self.wfile.flush()
+                    self.connection.close()  # the connection drops mid-file
+                    return
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/file.zip"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def quick_retries(monkeypatch):
+    monkeypatch.setattr(download_module, "_backoff_scale", 0.0)
+
+
+def test_download_resumes_after_a_cut_connection(tmp_path, quick_retries):
+    payload = bytes(range(256)) * 4000
+    server = FlakyServer(payload, cut=100_000)
+    try:
+        path = download(server.url, tmp_path / "file.zip", hashlib.md5(payload).hexdigest())
+    finally:
+        server.close()
+    assert path.read_bytes() == payload
+    assert server.requests[0] == 0 and server.requests[1] == 100_000  # the second request continued
+    assert not (tmp_path / "file.zip.part").exists()
+
+
+def test_download_checksum_mismatch_is_an_error_and_leaves_nothing(tmp_path, quick_retries):
+    server = FlakyServer(b"not what was promised")
+    try:
+        with pytest.raises(DownloadError, match="checksum mismatch"):
+            download(server.url, tmp_path / "file.zip", "0" * 32)
+    finally:
+        server.close()
+    assert not list(tmp_path.iterdir())
+
+
+def test_train_prepares_an_auto_dataset_on_first_use(tmp_path, monkeypatch, quick_retries):
+    archive, _ = eurosat_zip(tmp_path)
+    server = FlakyServer(archive.read_bytes())
+    spec = get_dataset_spec("eurosat")
+    local = SourceFile(server.url, "EuroSAT.zip", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setitem(registry(), "eurosat", dataclasses.replace(spec, files=(local,)))
+    try:
+        dataset = resolve_dataset("eurosat", tmp_path / "data")
+    finally:
+        server.close()
+    assert (dataset.path / "meta.json").exists() and len(scan_dataset(dataset.path).test) == 9
+    assert (tmp_path / "data" / ".downloads" / "eurosat" / "EuroSAT.zip").exists()
