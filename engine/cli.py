@@ -79,7 +79,10 @@ def data() -> None:
 @click.option("--from", "source", type=click.Path(), default=None,
               help="A source archive or folder you already have (required for manual datasets).")
 @click.option("--force", is_flag=True, help="Prepare again even if the dataset is already prepared.")
-def prepare(name: str, root: str | None, source: str | None, force: bool) -> None:
+@click.option("--split-by", type=click.Choice(["patient", "image"]), default=None,
+              help="BreakHis only: split by patient (default; no patient on both sides) or by image (as the paper's "
+                   "counts suggest, which leaks patients across the split).")
+def prepare(name: str, root: str | None, source: str | None, force: bool, split_by: str | None) -> None:
     """Prepare NAME (or `all` that can be downloaded) under the data root: download, resumably and checksummed,
     or take --from; convert; check counts against the paper; write meta.json. Idempotent."""
     from pathlib import Path
@@ -99,7 +102,7 @@ def prepare(name: str, root: str | None, source: str | None, force: bool) -> Non
     spec = get_dataset_spec(name)
     if spec.obtain == "generated":
         raise click.UsageError(f"{name} is generated on first use; nothing to prepare")
-    prepare_dataset(spec, root_path, Path(source) if source else None, force=force)
+    prepare_dataset(spec, root_path, Path(source) if source else None, force=force, split_by=split_by)
 
 
 @cli.command()

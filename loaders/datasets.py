@@ -49,6 +49,7 @@ class DatasetSpec:
     convert: Callable[[Path, Path], dict] | None = None
     instructions: str = ""  # for manual sources: what to download from where
     licence: str = ""
+    grouped: bool = False  # split by patient by default; `--split-by image` reproduces a by-image split
 
 
 # name -> (how it is obtained, source files, converter, instructions or format note, licence)
@@ -81,17 +82,35 @@ SOURCES = {
     "neu": ("manual", [], sources.neu,
             "download NEU-CLS (the NEU surface defect database of K. Song, Northeastern University: 1800 BMP images, "
             "6 classes, 200x200, files named <class>_<n>.bmp) from its authors' page or a mirror", "research use"),
-    "stanford_dogs": ("unsupported", [], None, "source: images.tar + lists.tar (train_list.mat/test_list.mat)", ""),
-    "flowers102": ("unsupported", [], None, "source: 102flowers.tgz + imagelabels.mat + setid.mat", ""),
+    "stanford_dogs": ("auto", [SourceFile("http://vision.stanford.edu/aditya86/ImageNetDogs/images.tar", "images.tar",
+                                          None),
+                               SourceFile("http://vision.stanford.edu/aditya86/ImageNetDogs/lists.tar", "lists.tar",
+                                          None)],
+                      sources.stanford_dogs, "", "research use (images from ImageNet)"),
+    "flowers102": ("auto", [SourceFile("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",
+                                       "102flowers.tgz", "52808999861908f626f3c1f4e79d11fa"),
+                            SourceFile("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat",
+                                       "imagelabels.mat", "e0620be6f572b9609742df49c70aed4d"),
+                            SourceFile("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/setid.mat", "setid.mat",
+                                       "a5357ecc9cb78c4bef273ce3793fc85c")],
+                   sources.flowers102, "", "research use"),
     "stanford_cars": ("unsupported", [], None, "source: devkit .mat annotations; the original URL is dead", ""),
-    "plantvillage": ("unsupported", [], None, "source: Mendeley 'without augmentation' zip", "CC BY 4.0"),
+    "plantvillage": ("manual", [], sources.class_folders("Plant_leave_diseases_dataset_without_augmentation",
+                                                         test_ratio=0.2),
+                     "download Plant_leave_diseases_dataset_without_augmentation.zip (39 classes with "
+                     "Background_without_leaves, 55448 images) from the PlantVillage record of Mendeley Data "
+                     "(Pandian and Gopal, 2019)", "CC BY 4.0"),
     "plantclef": ("unsupported", [], None, "the paper's 20-class subset is unpublished", ""),
-    "galaxy10": ("unsupported", [], None, "source: Galaxy10_DECals.h5 (HDF5)", ""),
-    "breakhis_40x": ("unsupported", [], None, "source: BreaKHis_v1 tar (web form), split by patient", ""),
-    "breakhis_100x": ("unsupported", [], None, "source: BreaKHis_v1 tar (web form), split by patient", ""),
-    "breakhis_200x": ("unsupported", [], None, "source: BreaKHis_v1 tar (web form), split by patient", ""),
-    "breakhis_400x": ("unsupported", [], None, "source: BreaKHis_v1 tar (web form), split by patient", ""),
-    "rsna_pneumonia": ("unsupported", [], None, "source: Kaggle DICOM + stage_2_train_labels.csv", ""),
+    "galaxy10": ("auto", [SourceFile("https://zenodo.org/records/10845026/files/Galaxy10_DECals.h5",
+                                     "Galaxy10_DECals.h5", None)],
+                 sources.galaxy10, "", "CC BY 4.0 (Leung and Bovy; DECaLS, Galaxy Zoo)"),
+    **{f"breakhis_{mag}x": ("manual", [], sources.breakhis(mag),
+                            "request BreaKHis_v1.tar.gz through the form of the Laboratorio Visao Robotica e Imagem "
+                            "(UFPR), https://web.inf.ufpr.br/vri/databases/breast-cancer-histopathological-database-"
+                            "breakhis/", "research use") for mag in ("40", "100", "200", "400")},
+    "rsna_pneumonia": ("manual", [], sources.rsna_pneumonia,
+                       "accept the rules of the Kaggle competition rsna-pneumonia-detection-challenge and download "
+                       "its data (stage_2_train_images/ and stage_2_train_labels.csv)", "Kaggle competition rules"),
 }
 
 
@@ -114,7 +133,7 @@ def registry() -> dict[str, DatasetSpec]:
             obtain=obtain, classes=int(row["classes"]),
             paper_counts={"train": int(row["train_images"]), "test": int(row["test_images"])},
             native_resolution=row["native_resolution"], files=tuple(files), convert=convert,
-            instructions=instructions, licence=licence)
+            instructions=instructions, licence=licence, grouped=row["dataset"].startswith("breakhis"))
     return specs
 
 

@@ -37,16 +37,26 @@ def _fetch(spec, root: Path) -> tuple[list[Path], dict[str, str]]:
     return paths, checksums
 
 
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".gz")
+
+
+def _source_files(source: Path) -> list[Path] | None:
+    """The downloaded files inside a --from folder (archives and the like at its top level), or None when the
+    folder is an already unpacked source."""
+    top = sorted(p for p in source.iterdir() if p.is_file())
+    return top if any(p.suffix.lower() in ARCHIVE_SUFFIXES for p in top) else None
+
+
 def _unpack(paths: list[Path], work: Path) -> Path:
-    """One folder holding every source: folders as they are, archives extracted (into the work folder)."""
-    if len(paths) == 1 and paths[0].is_dir():
-        return paths[0]
+    """One folder holding every source file: archives extracted, other files (.mat, .h5) linked, not copied
+    (Galaxy10's HDF5 file alone is 2.7 GB)."""
     raw = work / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
     for path in paths:
-        if path.is_dir():
-            shutil.copytree(path, raw / path.name, dirs_exist_ok=True)
-        else:
+        if path.suffix.lower() in ARCHIVE_SUFFIXES:
             extract(path, raw)
+        else:
+            (raw / path.name).symlink_to(path.resolve())
     return raw
 
 
@@ -61,9 +71,13 @@ def _count_warnings(spec, counts: dict[str, int], classes: int) -> list[str]:
     return warnings
 
 
-def prepare_dataset(spec, root: Path, source: Path | None = None, force: bool = False) -> Path:
-    """The prepared folder `<root>/<name>`: made now unless it is there already (then left alone, unless force)."""
+def prepare_dataset(spec, root: Path, source: Path | None = None, force: bool = False,
+                    split_by: str | None = None) -> Path:
+    """The prepared folder `<root>/<name>`: made now unless it is there already (then left alone, unless force).
+    `split_by` ("patient" or "image") chooses the split rule of datasets whose images come from patients."""
     root = Path(root).expanduser()
+    if split_by is not None and not spec.grouped:
+        raise UserInputError(f"--split-by applies to datasets split by patient (BreakHis), not to {spec.name}")
     target = root / spec.name
     if is_prepared(target) and not force:
         log.info("%s is already prepared in %s (use --force to prepare it again)", spec.name, target)
@@ -82,13 +96,14 @@ def prepare_dataset(spec, root: Path, source: Path | None = None, force: bool = 
             source = Path(source).expanduser()
             if not source.exists():
                 raise UserInputError(f"--from {source} does not exist")
-            paths, checksums = [source], ({source.name: md5_of(source)} if source.is_file() else {})
+            files = [source] if source.is_file() else _source_files(source)
+            checksums = {path.name: md5_of(path) for path in files or []}
         else:
-            paths, checksums = _fetch(spec, root)
-        raw = _unpack(paths, work)
+            files, checksums = _fetch(spec, root)
+        raw = _unpack(files, work) if files is not None else source
         out = work / "out"
         log.info("converting %s into the train/test layout", spec.name)
-        split_rule = spec.convert(raw, out)
+        split_rule = spec.convert(raw, out, **({"split_by": split_by} if split_by else {}))
         index = scan_dataset(out, spec.name)
         counts = {"train": len(index.train), "test": len(index.test)}
         warnings = _count_warnings(spec, counts, index.num_classes)

@@ -7,9 +7,12 @@ paper's ratio is drawn (`SPLIT_SEED`), so everyone who prepares the dataset gets
 """
 from __future__ import annotations
 
+import csv
+import importlib
 import json
 import pickle
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from PIL import Image
 
 from engine.errors import UserInputError
 from engine.loaders.index import IMAGE_EXTENSIONS, SPLIT_SEED
-from engine.loaders.splits import stratified_split
+from engine.loaders.splits import grouped_stratified_split, stratified_split
 
 KEEP_AS_IS = (".jpg", ".jpeg", ".png")
 
@@ -30,37 +33,58 @@ def find_one(raw: Path, pattern: str, what: str) -> Path:
     return matches[0]
 
 
-def write_image(source: Path | np.ndarray, out: Path, split: str, class_name: str, stem: str) -> None:
-    """Copy a JPEG/PNG file as it is; convert anything else (a file or an HxWxC uint8 array) to PNG."""
+def write_image(source, out: Path, split: str, class_name: str, stem: str) -> None:
+    """Copy a JPEG/PNG file as it is; convert anything else to PNG: another image file, an HxW(xC) uint8 array,
+    or a function returning one (so sources far larger than memory are read one image at a time)."""
     folder = out / split / class_name
     folder.mkdir(parents=True, exist_ok=True)
+    if callable(source):
+        source = source()
     if isinstance(source, np.ndarray):
         Image.fromarray(source).save(folder / f"{stem}.png")
-    elif source.suffix.lower() in KEEP_AS_IS:
-        shutil.copyfile(source, folder / f"{stem}{source.suffix.lower()}")
-    else:
-        try:
-            with Image.open(source) as image:
+        return
+    try:
+        with Image.open(source) as image:
+            if source.suffix.lower() in KEEP_AS_IS:
+                image.verify()  # header and structure only: cheap, and names a broken file now, not mid-training
+                shutil.copyfile(source, folder / f"{stem}{source.suffix.lower()}")
+            else:
                 image.save(folder / f"{stem}.png")
-        except OSError as err:
-            raise UserInputError(f"cannot read image {source}: {err}") from err
+    except (OSError, SyntaxError) as err:
+        raise UserInputError(f"cannot read image {source}: {err}") from err
 
 
-def _class_images(class_root: Path) -> list[tuple[Path, str]]:
-    return [(path, folder.name) for folder in sorted(p for p in class_root.iterdir() if p.is_dir())
+def _class_images(class_root: Path) -> list[tuple[Path, str, str]]:
+    return [(path, folder.name, path.stem) for folder in sorted(p for p in class_root.iterdir() if p.is_dir())
             for path in sorted(folder.iterdir()) if path.suffix.lower() in IMAGE_EXTENSIONS]
 
 
-def split_and_write(images: list[tuple[Path, str]], out: Path, test_ratio: float) -> dict:
-    """A seeded stratified split of (file, class) pairs, written out; the split rule for meta.json."""
-    classes = sorted({name for _, name in images})
+def optional_module(name: str):
+    """A dependency only some sources need (scipy, h5py, pydicom): imported on use, with the extra to install."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UserInputError(f"this dataset's source needs the Python package {name.split('.')[0]}: "
+                             f"pip install 'engine[datasets]'") from None
+
+
+def split_and_write(images: list[tuple[Path | np.ndarray, str, str]], out: Path, test_ratio: float,
+                    groups: list[str] | None = None) -> dict:
+    """A seeded stratified split of (image, class, file stem) triples, written out; the rule for meta.json.
+    With `groups` (one patient id per image), whole groups go to one side."""
+    classes = sorted({name for _, name, _ in images})
     label = {name: index for index, name in enumerate(classes)}
-    samples = [(str(path), label[name]) for path, name in images]
-    train, test = stratified_split(samples, test_ratio, SPLIT_SEED, "test", classes)
+    samples = [(str(position), label[name]) for position, (_, name, _) in enumerate(images)]
+    if groups is None:
+        train, test = stratified_split(samples, test_ratio, SPLIT_SEED, "test", classes)
+    else:
+        train, test = grouped_stratified_split(samples, groups, test_ratio, SPLIT_SEED)
     for split, chosen in (("train", train), ("test", test)):
-        for path, class_index in chosen:
-            write_image(Path(path), out, split, classes[class_index], Path(path).stem)
-    return {"split": f"seeded stratified, {1 - test_ratio:.0%} train / {test_ratio:.0%} test per class",
+        for position, class_index in chosen:
+            image, _, stem = images[int(position)]
+            write_image(image, out, split, classes[class_index], stem)
+    rule = f"seeded stratified, {1 - test_ratio:.0%} train / {test_ratio:.0%} test per class"
+    return {"split": rule + (", by patient (no patient on both sides)" if groups is not None else ""),
             "split_seed": SPLIT_SEED}
 
 
@@ -78,7 +102,8 @@ def neu(raw: Path, out: Path) -> dict:
     files = sorted(p for p in raw.rglob("*") if p.suffix.lower() == ".bmp")
     if not files:
         raise UserInputError(f"no .bmp images in {raw}; NEU-CLS ships 1800 BMP files named <class>_<n>.bmp")
-    images = [(path, path.stem.rsplit("_", 1)[0] if "_" in path.stem else path.parent.name) for path in files]
+    images = [(path, path.stem.rsplit("_", 1)[0] if "_" in path.stem else path.parent.name, path.stem)
+              for path in files]
     return split_and_write(images, out, test_ratio=0.2)
 
 
@@ -152,3 +177,90 @@ def cub200(raw: Path, out: Path) -> dict:
         split = "train" if is_train[image_id].strip() == "1" else "test"
         write_image(root / "images" / relative, out, split, class_name, Path(name).stem)
     return {"split": "official (train_test_split.txt)"}
+
+
+# --- .mat, HDF5 and DICOM sources ------------------------------------------------------------------------------
+def flowers102(raw: Path, out: Path) -> dict:
+    """jpg/image_NNNNN.jpg; imagelabels.mat `labels` (1-based); setid.mat: train = trnid + valid, test = tstid."""
+    loadmat = optional_module("scipy.io").loadmat
+    labels = loadmat(find_one(raw, "imagelabels.mat", "Flowers-102's imagelabels.mat"))["labels"].ravel()
+    ids = loadmat(find_one(raw, "setid.mat", "Flowers-102's setid.mat"))
+    images = find_one(raw, "image_00001.jpg", "Flowers-102's jpg/ folder").parent
+    for split, keys in (("train", ("trnid", "valid")), ("test", ("tstid",))):
+        for key in keys:
+            for image_id in ids[key].ravel():
+                write_image(images / f"image_{image_id:05d}.jpg", out, split, f"class_{labels[image_id - 1]:03d}",
+                            f"image_{image_id:05d}")
+    return {"split": "official: train = trnid + valid (2040), test = tstid (6149), setid.mat"}
+
+
+def stanford_dogs(raw: Path, out: Path) -> dict:
+    """Images/<wnid-breed>/<file>.jpg with lists train_list.mat / test_list.mat (`file_list`)."""
+    loadmat = optional_module("scipy.io").loadmat
+    images = find_one(raw, "Images", "Stanford Dogs' Images/ folder")
+    for split in ("train", "test"):
+        listing = loadmat(find_one(raw, f"{split}_list.mat", f"Stanford Dogs' {split}_list.mat"))
+        for entry in listing["file_list"].ravel():
+            relative = str(np.asarray(entry).ravel()[0])
+            class_name, name = relative.split("/")
+            write_image(images / class_name / name, out, split, class_name, Path(name).stem)
+    return {"split": "official (train_list.mat / test_list.mat)"}
+
+
+GALAXY10_CLASSES = ["disturbed", "merging", "round_smooth", "in_between_round_smooth", "cigar_shaped_smooth",
+                    "barred_spiral", "unbarred_tight_spiral", "unbarred_loose_spiral", "edge_on_without_bulge",
+                    "edge_on_with_bulge"]
+
+
+def galaxy10(raw: Path, out: Path) -> dict:
+    """Galaxy10_DECals.h5: `images` (N, 256, 256, 3) uint8 and `ans` (class index); class folders '<i>_<name>'."""
+    h5py = optional_module("h5py")
+    with h5py.File(find_one(raw, "*.h5", "Galaxy10's HDF5 file"), "r") as bundle:
+        images, answers = bundle["images"], np.asarray(bundle["ans"]).astype(int)
+        items = [(partial(_row, images, i), f"{answers[i]}_{GALAXY10_CLASSES[answers[i]]}", f"{i:05d}")
+                 for i in range(len(answers))]
+        return split_and_write(items, out, test_ratio=0.1)
+
+
+def _row(array, index: int) -> np.ndarray:
+    return np.asarray(array[index])
+
+
+def breakhis(magnification: str):
+    """BreaKHis_v1: .../{benign,malignant}/SOB/<type>/<patient folder>/<mag>X/SOB_B_A-14-22549AB-40-001.png.
+    The patient is the file name's second and third fields (14-22549AB); ~70/30 by patient, or by image."""
+    def convert(raw: Path, out: Path, split_by: str = "patient") -> dict:
+        files = sorted(path for path in raw.rglob("*.png") if path.parent.name.upper() == f"{magnification}X")
+        if not files:
+            raise UserInputError(f"no {magnification}X PNG images found in {raw}; expected the BreaKHis_v1 tree")
+        items = [(path, "malignant" if "malignant" in [p.lower() for p in path.parts] else "benign", path.stem)
+                 for path in files]
+        patients = ["-".join(path.stem.split("-")[1:3]) for path in files]
+        rule = split_and_write(items, out, test_ratio=0.3, groups=patients if split_by == "patient" else None)
+        return {**rule, "split_by": split_by}
+    return convert
+
+
+def rsna_pneumonia(raw: Path, out: Path) -> dict:
+    """stage_2_train_images/<patientId>.dcm and stage_2_train_labels.csv (one row per box: a patient's Target
+    repeats). One image per patient, so splitting by patient and by image agree; the paper's 30227 images match
+    the CSV's rows, i.e. repeated patients, which we do not copy (they would leak across the split)."""
+    pydicom = optional_module("pydicom")
+    labels_file = find_one(raw, "stage_2_train_labels.csv", "RSNA's stage_2_train_labels.csv")
+    with open(labels_file, newline="") as handle:
+        target = {row["patientId"]: row["Target"] for row in csv.DictReader(handle)}
+    folder = find_one(raw, "stage_2_train_images", "RSNA's stage_2_train_images/ folder")
+    items = [(partial(_dicom_pixels, pydicom, folder / f"{patient}.dcm"), "pneumonia" if value == "1" else "normal",
+              patient) for patient, value in sorted(target.items())]
+    return {**split_and_write(items, out, test_ratio=0.2), "split_by": "patient (one image per patient)"}
+
+
+def _dicom_pixels(pydicom, path: Path) -> np.ndarray:
+    return _to_uint8(pydicom.dcmread(path).pixel_array)
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.uint8:
+        return pixels
+    low, high = float(pixels.min()), float(pixels.max())
+    return ((pixels - low) / max(high - low, 1e-9) * 255).round().astype(np.uint8)

@@ -62,3 +62,33 @@ def count_per_class(samples: list[Sample], num_classes: int) -> list[int]:
     for _, label in samples:
         counts[label] += 1
     return counts
+
+
+def grouped_stratified_split(samples: list[Sample], groups: list[str], ratio: float,
+                             seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split off about `ratio` of each class's samples, moving whole groups (patients): no group on both sides.
+
+    Groups are taken in a seeded random order, each one kept on the split-off side when that brings the side's
+    count closer to round(ratio * n); a class with two or more groups keeps at least one on each side.
+    """
+    rng = np.random.default_rng(seed)
+    chosen: set[int] = set()
+    for positions in _by_class(samples).values():
+        members: dict[str, list[int]] = defaultdict(list)
+        for position in positions:
+            members[groups[position]].append(position)
+        names = sorted(members)
+        target = ratio * len(positions)
+        taken: list[str] = []
+        count = 0
+        for index in rng.permutation(len(names)):
+            size = len(members[names[index]])
+            if abs(count + size - target) < abs(count - target) and len(taken) < len(names) - 1:
+                taken.append(names[index])
+                count += size
+        if not taken and len(names) > 1:
+            taken.append(names[int(rng.integers(len(names)))])
+        chosen.update(position for name in taken for position in members[name])
+    kept = [sample for position, sample in enumerate(samples) if position not in chosen]
+    split_off = [sample for position, sample in enumerate(samples) if position in chosen]
+    return kept, split_off

@@ -39,6 +39,14 @@ def offline(monkeypatch, tmp_path_factory):
         return connect(sock, address, *args, **kwargs)
 
     monkeypatch.setattr(socket.socket, "connect", refuse_network)
+    resolve = socket.getaddrinfo
+
+    def refuse_lookup(host, *args, **kwargs):  # a name lookup would leave the machine before any connect
+        if host not in ("127.0.0.1", "::1", "localhost", None):
+            raise AssertionError(f"a test tried to look up {host}")
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse_lookup)
 
 
 def write_image(path: Path, colour: tuple[int, int, int], side: int = 32, seed: int = 0) -> None:

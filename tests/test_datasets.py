@@ -194,7 +194,7 @@ def test_cli_prepare_then_train_from_the_prepared_layout(tmp_path):
 
 
 def test_manual_and_unsupported_datasets_say_what_to_do(tmp_path, capsys):
-    for name, expected in (("neu", "engine data prepare neu"), ("galaxy10", "not supported yet")):
+    for name, expected in (("neu", "engine data prepare neu"), ("plantclef", "not supported yet")):
         with pytest.raises(SystemExit) as exited:
             main(["train", "--backbone", "resnet50", "--data", name, "--data-root", str(tmp_path)])
         assert exited.value.code == 2
@@ -274,3 +274,132 @@ def test_train_prepares_an_auto_dataset_on_first_use(tmp_path, monkeypatch, quic
         server.close()
     assert (dataset.path / "meta.json").exists() and len(scan_dataset(dataset.path).test) == 9
     assert (tmp_path / "data" / ".downloads" / "eurosat" / "EuroSAT.zip").exists()
+
+
+# --- .mat, HDF5, DICOM and patient-split sources ----------------------------------------------------------------
+def test_flowers102_mat_lists(tmp_path):
+    from scipy.io import savemat
+    folder = tmp_path / "flowers_download"
+    folder.mkdir()
+    make_tar(folder / "102flowers.tgz", {f"jpg/image_{i:05d}.jpg": image_bytes((i, 0, 0)) for i in range(1, 9)})
+    savemat(folder / "imagelabels.mat", {"labels": np.array([[1, 1, 2, 2, 1, 2, 1, 2]])})
+    savemat(folder / "setid.mat", {"trnid": np.array([[1, 3]]), "valid": np.array([[2, 4]]),
+                                   "tstid": np.array([[5, 6, 7, 8]])})
+    target, meta, index = prepared(tmp_path, "flowers102", folder)  # the three downloaded files, side by side
+    assert index.classes == ["class_001", "class_002"] and meta["counts"] == {"train": 4, "test": 4}
+    assert (target / "train" / "class_002" / "image_00004.jpg").exists()
+    assert set(meta["checksums_md5"]) == {"102flowers.tgz", "imagelabels.mat", "setid.mat"}
+
+
+def test_stanford_dogs_mat_lists(tmp_path):
+    from scipy.io import savemat
+    folder = tmp_path / "dogs"
+    folder.mkdir()
+    breeds = ["n02085620-Chihuahua", "n02085782-Japanese_spaniel"]
+    names = [f"{breeds[i % 2]}/{breeds[i % 2][:9]}_{i}.jpg" for i in range(6)]
+    make_tar(folder / "images.tar", {f"Images/{name}": image_bytes((i, i, i)) for i, name in enumerate(names)})
+    lists = {}
+    for split, chosen in (("train", names[:4]), ("test", names[4:])):
+        path = tmp_path / f"{split}_list.mat"
+        savemat(path, {"file_list": np.array([[name] for name in chosen], dtype=object)})
+        lists[f"lists/{split}_list.mat"] = path.read_bytes()
+    make_tar(folder / "lists.tar", lists)
+    _, meta, index = prepared(tmp_path, "stanford_dogs", folder)
+    assert index.classes == breeds and meta["counts"] == {"train": 4, "test": 2}
+
+
+def test_galaxy10_hdf5(tmp_path):
+    import h5py
+    path = tmp_path / "Galaxy10_DECals.h5"
+    answers = np.repeat(np.arange(10), 10)
+    with h5py.File(path, "w") as bundle:
+        bundle["images"] = np.random.default_rng(0).integers(0, 256, (100, 16, 16, 3), dtype=np.uint8)
+        bundle["ans"] = answers
+    target, meta, index = prepared(tmp_path, "galaxy10", path)
+    assert index.classes[0] == "0_disturbed" and index.classes[9] == "9_edge_on_with_bulge"
+    assert count_per_class(index.test, 10) == [1] * 10 and "90% train" in meta["split"]
+    with h5py.File(path) as bundle:
+        first_test = index.test[0][0]
+        expected = bundle["images"][int(first_test.split("/")[-1].split(".")[0])]
+    assert np.array_equal(np.asarray(Image.open(target / first_test)), expected)
+
+
+def breakhis_tree(tmp_path):
+    """Three benign and four malignant patients, four 40X images each (and a 100X image that must be ignored)."""
+    files = {}
+    for kind, code, patients in (("benign", "B", ["14-100", "14-101", "14-102"]),
+                                 ("malignant", "M", ["15-200", "15-201", "15-202", "15-203"])):
+        for patient in patients:
+            for i in range(4):
+                name = f"SOB_{code}_A-{patient}-40-{i:03d}.png"
+                files[f"BreaKHis_v1/histology_slides/breast/{kind}/SOB/x/SOB_{code}_A_{patient}/40X/{name}"] = \
+                    image_bytes((i * 30, 0, 0), "PNG")
+            files[f"BreaKHis_v1/histology_slides/breast/{kind}/SOB/x/SOB_{code}_A_{patient}/100X/"
+                  f"SOB_{code}_A-{patient}-100-000.png"] = image_bytes((0, 0, 0), "PNG")
+    return make_tar(tmp_path / "BreaKHis_v1.tar.gz", files)
+
+
+def patients_of(samples):
+    return {"-".join(path.split("/")[-1].split("-")[1:3]) for path, _ in samples}
+
+
+def test_breakhis_splits_by_patient_and_optionally_by_image(tmp_path):
+    archive = breakhis_tree(tmp_path)
+    _, meta, index = prepared(tmp_path, "breakhis_40x", archive)
+    assert index.classes == ["benign", "malignant"] and meta["counts"]["train"] + meta["counts"]["test"] == 28
+    assert not patients_of(index.train) & patients_of(index.test)
+    assert "by patient" in meta["split"] and meta["split_by"] == "patient"
+    assert all(count > 0 for count in count_per_class(index.test, 2))
+    _, meta, index = prepared(tmp_path, "breakhis_40x", archive, force=True, split_by="image")
+    assert meta["split_by"] == "image" and patients_of(index.train) & patients_of(index.test)
+    with pytest.raises(UserInputError, match="--split-by applies to"):
+        prepare_dataset(get_dataset_spec("eurosat"), tmp_path / "data", archive, split_by="image")
+
+
+def write_dicom(path, value):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows = ds.Columns = 8
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = bytes([value]) * 64
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_rsna_dicom_one_image_per_patient(tmp_path):
+    folder = tmp_path / "rsna" / "stage_2_train_images"
+    folder.mkdir(parents=True)
+    rows = ["patientId,x,y,width,height,Target"]
+    for i in range(10):
+        write_dicom(folder / f"p{i}.dcm", 20 * i)
+        target = i % 2
+        rows += [f"p{i},1,1,2,2,1", f"p{i},3,3,2,2,1"] if target else [f"p{i},,,,,0"]  # boxes repeat a patient
+    (tmp_path / "rsna" / "stage_2_train_labels.csv").write_text("\n".join(rows) + "\n")
+    target_dir, meta, index = prepared(tmp_path, "rsna_pneumonia", tmp_path / "rsna")
+    assert index.classes == ["normal", "pneumonia"] and meta["counts"] == {"train": 8, "test": 2}
+    some = target_dir / index.test[0][0]
+    assert np.asarray(Image.open(some)).shape == (8, 8)
+
+
+def test_plantvillage_is_manual_and_takes_its_zip(tmp_path):
+    with pytest.raises(UserInputError, match="Plant_leave_diseases_dataset_without_augmentation.zip"):
+        resolve_dataset("plantvillage", tmp_path / "data")
+    files = {f"Plant_leave_diseases_dataset_without_augmentation/{c}/{i}.JPG": image_bytes((i, 9, 9))
+             for c in ("Apple___healthy", "Background_without_leaves") for i in range(5)}
+    _, meta, index = prepared(tmp_path, "plantvillage", make_zip(tmp_path / "pv.zip", files))
+    assert index.classes == ["Apple___healthy", "Background_without_leaves"] and meta["counts"]["test"] == 2
+
+
+def test_a_broken_image_in_a_source_is_named(tmp_path):
+    archive = make_zip(tmp_path / "EuroSAT.zip", {"2750/Forest/Forest_1.jpg": b"not a jpeg",
+                                                  "2750/Forest/Forest_2.jpg": image_bytes((0, 90, 0))})
+    with pytest.raises(UserInputError, match="cannot read image .*Forest_1.jpg"):
+        prepare_dataset(get_dataset_spec("eurosat"), tmp_path / "data", archive)
+    assert not (tmp_path / "data" / "eurosat").exists()
