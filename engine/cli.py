@@ -58,12 +58,11 @@ def datasets(data_root: str | None) -> None:
                    f"{counts['train']}/{counts['test']}" if counts else "yes")
         rows.append((spec.name, spec.domain, str(spec.classes), f"{spec.paper_counts['train']}/"
                      f"{spec.paper_counts['test']}", "x".join(map(str, spec.image_size)),
-                     "on" if spec.augment else "off", spec.obtain, on_disk))
+                     "on" if spec.augment else "off", spec.obtain, on_disk, spec.description))
     _print_table(("dataset", "domain", "classes", "paper train/test", "size", "augment", "obtain",
-                  "prepared train/test"), rows)
+                  "prepared train/test", "description"), rows)
     click.echo(f"\nData root: {root}. obtain: auto = downloaded on first use or by `engine data prepare NAME`; "
-               "manual = download it yourself, then `engine data prepare NAME --from PATH`; unsupported = no "
-               "converter yet.\nYour own data: --data PATH, where PATH holds train/<class>/<image> and "
+               "manual = download it yourself, then `engine data prepare NAME --from PATH`.\nYour own data: --data PATH, where PATH holds train/<class>/<image> and "
                "test/<class>/<image> (optionally val/<class>/<image>),\nor just <class>/<image> folders, split "
                "into train and test by a seeded stratified --test-split (default 0.2).")
 

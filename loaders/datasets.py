@@ -41,7 +41,7 @@ class DatasetSpec:
     domain: str
     image_size: tuple[int, int]  # (height, width) the run resizes to unless --image-size says otherwise
     augment: bool  # TrivialAugmentWide on by default
-    obtain: str  # generated | auto | manual | unsupported
+    obtain: str  # generated | auto | manual
     classes: int | None = None
     paper_counts: dict = field(default_factory=dict)  # {"train": n, "test": n} of paper Table 3
     native_resolution: str = ""
@@ -94,13 +94,19 @@ SOURCES = {
                             SourceFile("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/setid.mat", "setid.mat",
                                        "a5357ecc9cb78c4bef273ce3793fc85c")],
                    sources.flowers102, "", "research use"),
-    "stanford_cars": ("unsupported", [], None, "source: devkit .mat annotations; the original URL is dead", ""),
+    "stanford_cars": ("manual", [], sources.stanford_cars,
+                      "the original URL is dead and torchvision no longer downloads it: get cars_train.tgz, "
+                      "cars_test.tgz, car_devkit.tgz and cars_test_annos_withlabels.mat from a mirror (e.g. the "
+                      "Kaggle copy of Stanford Cars) into one folder", "research use (images from the web)"),
     "plantvillage": ("manual", [], sources.class_folders("Plant_leave_diseases_dataset_without_augmentation",
                                                          test_ratio=0.2),
                      "download Plant_leave_diseases_dataset_without_augmentation.zip (39 classes with "
                      "Background_without_leaves, 55448 images) from the PlantVillage record of Mendeley Data "
                      "(Pandian and Gopal, 2019)", "CC BY 4.0"),
-    "plantclef": ("unsupported", [], None, "the paper's 20-class subset is unpublished", ""),
+    "plantclef": ("manual", [], sources.plantclef,
+                  "register with LifeCLEF and download the PlantCLEF 2016 training data (images with one XML file "
+                  "each); the paper's 20-class subset is unpublished, so ours is APPROXIMATE: the 20 species with "
+                  "the most images, 90/10", "CC BY-NC-SA (PlantCLEF / Pl@ntNet)"),
     "galaxy10": ("auto", [SourceFile("https://zenodo.org/records/10845026/files/Galaxy10_DECals.h5",
                                      "Galaxy10_DECals.h5", None)],
                  sources.galaxy10, "", "CC BY 4.0 (Leung and Bovy; DECaLS, Galaxy Zoo)"),
@@ -127,8 +133,9 @@ def registry() -> dict[str, DatasetSpec]:
         obtain="generated", classes=6, paper_counts={"train": 600, "test": 180}, native_resolution="64x64")}
     for row in _paper_rows():
         obtain, files, convert, instructions, licence = SOURCES[row["dataset"]]
+        approximate = " (approximate: our 20-species rule)" if row["dataset"] == "plantclef" else ""
         specs[row["dataset"]] = DatasetSpec(
-            name=row["dataset"], description=row["paper_name"], domain=row["domain"],
+            name=row["dataset"], description=row["paper_name"] + approximate, domain=row["domain"],
             image_size=parse_image_size(row["image_size_hw"]), augment=row["trivial_augment"] == "yes",
             obtain=obtain, classes=int(row["classes"]),
             paper_counts={"train": int(row["train_images"]), "test": int(row["test_images"])},
@@ -176,12 +183,8 @@ def _make_ready(spec: DatasetSpec, root: Path, download: bool) -> Path:
     if spec.obtain == "auto":
         raise UserInputError(f"{spec.name} is not prepared in {root} and --no-download is set; run "
                              f"`engine data prepare {spec.name} --root {root}`")
-    if spec.obtain == "manual":
-        raise UserInputError(f"{spec.name} is not prepared in {root}: {spec.instructions}; then run "
-                             f"`engine data prepare {spec.name} --root {root} --from PATH`")
-    raise UserInputError(f"{spec.name} is not prepared in {root}, and preparing it is not supported yet "
-                         f"({spec.instructions}); put it in {root / spec.name}/train/<class>/ and test/<class>/ with "
-                         f"a meta.json, or pass --data PATH")
+    raise UserInputError(f"{spec.name} is not prepared in {root}: {spec.instructions}; then run "
+                         f"`engine data prepare {spec.name} --root {root} --from PATH`")
 
 
 def resolve_dataset(data: str, data_root: str | Path | None = None, download: bool = True) -> ResolvedDataset:

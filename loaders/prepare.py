@@ -82,9 +82,6 @@ def prepare_dataset(spec, root: Path, source: Path | None = None, force: bool = 
     if is_prepared(target) and not force:
         log.info("%s is already prepared in %s (use --force to prepare it again)", spec.name, target)
         return target
-    if spec.convert is None:
-        raise UserInputError(f"preparing {spec.name} is not supported yet ({spec.instructions}); put it in "
-                             f"{target}/train/<class>/ and {target}/test/<class>/ yourself, or pass --data PATH")
     if source is None and not spec.files:
         raise UserInputError(f"{spec.name} cannot be downloaded automatically: {spec.instructions}; then run "
                              f"`engine data prepare {spec.name} --from PATH`")

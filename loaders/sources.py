@@ -264,3 +264,52 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
         return pixels
     low, high = float(pixels.min()), float(pixels.max())
     return ((pixels - low) / max(high - low, 1e-9) * 255).round().astype(np.uint8)
+
+
+def _folder_name(name: str) -> str:
+    """A class name usable as a folder name ('Ram C/V Cargo Van Minivan 2012' has a slash)."""
+    return name.replace("/", "-").strip()
+
+
+def stanford_cars(raw: Path, out: Path) -> dict:
+    """The devkit: devkit/cars_meta.mat (`class_names`), devkit/cars_train_annos.mat and
+    cars_test_annos_withlabels.mat (`annotations`: fname, class 1-based), images in cars_train/ and cars_test/."""
+    loadmat = optional_module("scipy.io").loadmat
+    names = [_folder_name(str(n)) for n in
+             loadmat(find_one(raw, "cars_meta.mat", "Stanford Cars' devkit/cars_meta.mat"), squeeze_me=True)["class_names"]]
+    for split, annotations, folder in (("train", "cars_train_annos.mat", "cars_train"),
+                                       ("test", "cars_test_annos_withlabels.mat", "cars_test")):
+        images = find_one(raw, folder, f"Stanford Cars' {folder}/ folder")
+        rows = loadmat(find_one(raw, annotations, f"Stanford Cars' {annotations}"), squeeze_me=True)["annotations"]
+        for row in np.atleast_1d(rows):
+            name = str(row["fname"])
+            write_image(images / name, out, split, names[int(row["class"]) - 1], Path(name).stem)
+    return {"split": "official (cars_train_annos.mat / cars_test_annos_withlabels.mat)"}
+
+
+PLANTCLEF_SPECIES = 20
+
+
+def plantclef(raw: Path, out: Path) -> dict:
+    """Our rule for the paper's unpublished 20-class subset: in a PlantCLEF training release whose images come
+    with one XML file each (<ClassId>, <Species>; PlantCLEF 2015-2016), the 20 ClassIds with the most images
+    (ties: the smaller ClassId), split 90/10 by a seeded stratified draw. Approximate: not the paper's subset."""
+    import xml.etree.ElementTree as ElementTree
+
+    entries = []
+    for xml_file in sorted(raw.rglob("*.xml")):
+        fields = {child.tag: (child.text or "").strip() for child in ElementTree.parse(xml_file).getroot()}
+        image = xml_file.with_suffix(".jpg")
+        if "ClassId" in fields and image.exists():
+            entries.append((image, fields["ClassId"], fields.get("Species", "")))
+    if not entries:
+        raise UserInputError(f"no PlantCLEF images with XML metadata (<ClassId>) in {raw}")
+    counts: dict[str, int] = {}
+    for _, class_id, _ in entries:
+        counts[class_id] = counts.get(class_id, 0) + 1
+    chosen = sorted(counts, key=lambda class_id: (-counts[class_id], int(class_id) if class_id.isdigit() else 0,
+                                                  class_id))[:PLANTCLEF_SPECIES]
+    items = [(image, _folder_name(f"{class_id}_{species}".replace(" ", "_")), image.stem)
+             for image, class_id, species in entries if class_id in chosen]
+    return {**split_and_write(items, out, test_ratio=0.1), "approximate": True,
+            "subset_rule": f"the {PLANTCLEF_SPECIES} ClassIds with the most images in the given release"}

@@ -186,15 +186,15 @@ def test_cli_prepare_then_train_from_the_prepared_layout(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "differs from the paper: train: 21 images, the paper has 18900" in done.stderr
     listed = run_engine("datasets", "--data-root", str(root))
-    assert any(line.startswith("eurosat") and line.rstrip().endswith("21/9") for line in listed.stdout.splitlines())
+    assert any(line.startswith("eurosat") and " 21/9 " in line for line in listed.stdout.splitlines())
     trained = run_engine("train", "--backbone", "mobilenet_v3_large", "--data", "eurosat", "--data-root", str(root),
                          "--no-pretrained", "--image-size", "32", "--max-epochs", "1", "--out", str(tmp_path / "r"))
     assert trained.returncode == 0, trained.stderr
     assert json.loads((tmp_path / "r/mobilenet_v3_large/eurosat/f1/s0/config.json").read_text())["counts"]["test"] == 9
 
 
-def test_manual_and_unsupported_datasets_say_what_to_do(tmp_path, capsys):
-    for name, expected in (("neu", "engine data prepare neu"), ("plantclef", "not supported yet")):
+def test_manual_datasets_say_what_to_do(tmp_path, capsys):
+    for name, expected in (("neu", "engine data prepare neu"), ("plantclef", "APPROXIMATE")):
         with pytest.raises(SystemExit) as exited:
             main(["train", "--backbone", "resnet50", "--data", name, "--data-root", str(tmp_path)])
         assert exited.value.code == 2
@@ -403,3 +403,38 @@ def test_a_broken_image_in_a_source_is_named(tmp_path):
     with pytest.raises(UserInputError, match="cannot read image .*Forest_1.jpg"):
         prepare_dataset(get_dataset_spec("eurosat"), tmp_path / "data", archive)
     assert not (tmp_path / "data" / "eurosat").exists()
+
+
+def test_stanford_cars_devkit(tmp_path):
+    from scipy.io import savemat
+    folder = tmp_path / "cars"
+    (folder / "devkit").mkdir(parents=True)
+    savemat(folder / "devkit" / "cars_meta.mat",
+            {"class_names": np.array([["AM General Hummer SUV 2000", "Ram C/V Cargo Van Minivan 2012"]], dtype=object)})
+    fields = [("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"), ("bbox_y2", "O"), ("class", "O"), ("fname", "O")]
+    for split, count in (("train", 4), ("test", 2)):
+        (folder / f"cars_{split}").mkdir()
+        rows = []
+        for i in range(1, count + 1):
+            (folder / f"cars_{split}" / f"{i:05d}.jpg").write_bytes(image_bytes((i, 0, 0)))
+            rows.append((1, 1, 5, 5, 1 + i % 2, f"{i:05d}.jpg"))
+        name = "devkit/cars_train_annos.mat" if split == "train" else "cars_test_annos_withlabels.mat"
+        savemat(folder / name, {"annotations": np.array([rows], dtype=fields)})
+    _, meta, index = prepared(tmp_path, "stanford_cars", folder)
+    assert index.classes == ["AM General Hummer SUV 2000", "Ram C-V Cargo Van Minivan 2012"]
+    assert meta["counts"] == {"train": 4, "test": 2}
+
+
+def test_plantclef_rule_takes_the_20_largest_species(tmp_path):
+    folder = tmp_path / "PlantCLEF2016Train"
+    folder.mkdir()
+    for class_id in range(25):  # species k has 10 + k images: the 20 largest are 5..24
+        for i in range(10 + class_id):
+            stem = f"{class_id}_{i}"
+            (folder / f"{stem}.jpg").write_bytes(image_bytes((class_id, i, 0)))
+            (folder / f"{stem}.xml").write_text(f"<Image><ClassId>{class_id}</ClassId>"
+                                                f"<Species>Species {class_id}</Species></Image>")
+    _, meta, index = prepared(tmp_path, "plantclef", folder)
+    assert len(index.classes) == 20 and "4_Species_4" not in index.classes and "24_Species_24" in index.classes
+    assert meta["approximate"] is True and "90% train" in meta["split"]
+    assert "approximate" in get_dataset_spec("plantclef").description
