@@ -48,21 +48,23 @@ def datasets(data_root: str | None) -> None:
     """List the built-in datasets: the paper's counts, how each is obtained, and whether it is prepared."""
     from pathlib import Path
 
-    from engine.loaders import default_data_root, is_ready, prepared_counts, registry
+    from engine.loaders import default_data_root, is_ready, prepared_meta, registry
 
     root = Path(data_root).expanduser() if data_root else default_data_root()
     rows = []
     for spec in registry().values():
-        counts = prepared_counts(spec, root) if spec.obtain != "generated" else None
-        on_disk = ("no" if not is_ready(spec, root) else
-                   f"{counts['train']}/{counts['test']}" if counts else "yes")
+        meta = prepared_meta(spec, root) if spec.obtain != "generated" else None
+        on_disk = ("no" if not is_ready(spec, root) else "yes" if not meta else
+                   f"{meta['counts']['train']}/{meta['counts']['test']}"
+                   + (" (differs)" if meta.get("count_warnings") else ""))
         rows.append((spec.name, spec.domain, str(spec.classes), f"{spec.paper_counts['train']}/"
                      f"{spec.paper_counts['test']}", "x".join(map(str, spec.image_size)),
                      "on" if spec.augment else "off", spec.obtain, on_disk, spec.description))
     _print_table(("dataset", "domain", "classes", "paper train/test", "size", "augment", "obtain",
                   "prepared train/test", "description"), rows)
     click.echo(f"\nData root: {root}. obtain: auto = downloaded on first use or by `engine data prepare NAME`; "
-               "manual = download it yourself, then `engine data prepare NAME --from PATH`.\nYour own data: --data PATH, where PATH holds train/<class>/<image> and "
+               "manual = download it yourself, then `engine data prepare NAME --from PATH`; (differs): the prepared "
+               "counts are not the paper's (meta.json says how).\nYour own data: --data PATH, where PATH holds train/<class>/<image> and "
                "test/<class>/<image> (optionally val/<class>/<image>),\nor just <class>/<image> folders, split "
                "into train and test by a seeded stratified --test-split (default 0.2).")
 

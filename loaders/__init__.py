@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.loaders.datasets import (DatasetSpec, ResolvedDataset, default_data_root, get_dataset_spec, is_ready,
-                                     prepared_counts, registry, resolve_dataset)
+                                     prepared_meta, registry, resolve_dataset)
 from engine.loaders.prepare import prepare_dataset
 from engine.loaders.index import IMAGE_EXTENSIONS, SPLIT_SEED, DatasetIndex, scan_dataset
 from engine.loaders.splits import Sample, count_per_class, stratified_fraction, stratified_split
@@ -46,7 +46,7 @@ def select_samples(index: DatasetIndex, fraction: float, seed: int, select_on: s
     return RunSamples(train, val, index.test, select_on)
 
 
-__all__ = ["DatasetSpec", "IMAGE_EXTENSIONS", "get_dataset_spec", "is_ready", "prepare_dataset", "prepared_counts",
+__all__ = ["DatasetSpec", "IMAGE_EXTENSIONS", "get_dataset_spec", "is_ready", "prepare_dataset", "prepared_meta",
            "registry", "PIPELINES", "SPLIT_SEED", "VAL_RATIO", "DatasetIndex", "ResolvedDataset",
            "RunSamples", "Sample", "count_per_class", "default_data_root", "resolve_dataset", "scan_dataset",
            "select_samples", "stratified_fraction", "stratified_split"]

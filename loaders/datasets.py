@@ -168,9 +168,8 @@ def is_ready(spec: DatasetSpec, root: Path) -> bool:
     return is_current(root / spec.name) if spec.obtain == "generated" else is_prepared(root / spec.name)
 
 
-def prepared_counts(spec: DatasetSpec, root: Path) -> dict | None:
-    meta = read_meta(root / spec.name)
-    return meta.get("counts") if meta else None
+def prepared_meta(spec: DatasetSpec, root: Path) -> dict | None:
+    return read_meta(root / spec.name)
 
 
 def _make_ready(spec: DatasetSpec, root: Path, download: bool) -> Path:

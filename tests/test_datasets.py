@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import pickle
+import sys
 import tarfile
 import threading
 import zipfile
@@ -45,9 +46,16 @@ def make_zip(path, files: dict[str, bytes]):
     return path
 
 
-def prepared(tmp_path, name, source, **kwargs):
+def prepared(tmp_path, name, source, force=False, split_by=None):
+    """`engine data prepare NAME --from SOURCE`, as a user runs it; then the result's meta.json and index."""
     root = tmp_path / "data"
-    target = prepare_dataset(get_dataset_spec(name), root, source, **kwargs)
+    argv = ["data", "prepare", name, "--root", str(root), "--from", str(source)]
+    argv += ["--force"] if force else []
+    argv += ["--split-by", split_by] if split_by else []
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 0
+    target = root / name
     return target, json.loads((target / "meta.json").read_text()), scan_dataset(target)
 
 
@@ -186,7 +194,7 @@ def test_cli_prepare_then_train_from_the_prepared_layout(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "differs from the paper: train: 21 images, the paper has 18900" in done.stderr
     listed = run_engine("datasets", "--data-root", str(root))
-    assert any(line.startswith("eurosat") and " 21/9 " in line for line in listed.stdout.splitlines())
+    assert any(line.startswith("eurosat") and " 21/9 (differs) " in line for line in listed.stdout.splitlines())
     trained = run_engine("train", "--backbone", "mobilenet_v3_large", "--data", "eurosat", "--data-root", str(root),
                          "--no-pretrained", "--image-size", "32", "--max-epochs", "1", "--out", str(tmp_path / "r"))
     assert trained.returncode == 0, trained.stderr
@@ -395,6 +403,13 @@ def test_plantvillage_is_manual_and_takes_its_zip(tmp_path):
              for c in ("Apple___healthy", "Background_without_leaves") for i in range(5)}
     _, meta, index = prepared(tmp_path, "plantvillage", make_zip(tmp_path / "pv.zip", files))
     assert index.classes == ["Apple___healthy", "Background_without_leaves"] and meta["counts"]["test"] == 2
+
+
+def test_a_missing_optional_reader_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "h5py", None)  # as if h5py were not installed
+    (tmp_path / "Galaxy10_DECals.h5").write_bytes(b"")
+    with pytest.raises(UserInputError, match=r"needs the Python package h5py: pip install 'engine\[datasets\]'"):
+        prepare_dataset(get_dataset_spec("galaxy10"), tmp_path / "data", tmp_path / "Galaxy10_DECals.h5")
 
 
 def test_a_broken_image_in_a_source_is_named(tmp_path):
