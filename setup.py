@@ -32,7 +32,7 @@ setup(
     extras_require={
         # pytest, and the references the tests compare against: pytorch_wavelets' DWT and the published WaveMix
         "dev": ["pytest", "pytorch_wavelets==1.3.0", "PyWavelets", "wavemix==0.2.4", "einops", "scipy", "h5py",
-                "pydicom"],
+                "pydicom", "nvidia-dali-cuda130"],
         # readers of some datasets' sources: .mat (Flowers-102, Stanford Dogs), HDF5 (Galaxy10), DICOM (RSNA)
         "datasets": ["scipy", "h5py", "pydicom"],
         "dali": ["nvidia-dali-cuda130"],

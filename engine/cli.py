@@ -138,10 +138,14 @@ def prepare(name: str, root: str | None, source: str | None, force: bool, split_
 @click.option("--compile/--no-compile", default=None, help="torch.compile the model [default: on with a GPU, off on the CPU].")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
               help="Model and batches in channels_last memory format.")
-@click.option("--loader", type=click.Choice(["auto", "torch"]), default="auto", show_default=True,
-              help="Input pipeline. torch: PIL + torchvision transforms in DataLoader workers.")
+@click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto", show_default=True,
+              help="Input pipeline. dali: NVIDIA DALI, decoding and augmenting on the GPU; torch: PIL + torchvision "
+                   "transforms in DataLoader workers. auto: dali with a GPU when it is installed, else torch.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Loader processes [default: cores - 1, at most 8, with a GPU; 0 (main process) on the CPU].")
+              help="Loader processes (DALI: threads) [default: cores - 1, at most 8, with a GPU; 0 (main process) "
+                   "on the CPU].")
+@click.option("--skip-bad-images", is_flag=True,
+              help="Leave unreadable images out (counted and listed in config.json) instead of stopping.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
 @click.option("--select-on", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="What early stopping and model selection look at. test: as the paper; val: a seeded "

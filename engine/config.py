@@ -47,6 +47,7 @@ class RunConfig:
     select_on: str = "test"
     test_split: float = 0.2  # share of a one-folder dataset that becomes its test set
     workers: int = 0
+    skip_bad_images: bool = False  # leave unreadable images out (listed in config.json) instead of stopping
     out: str = DEFAULT_OUT
     protocol: dict = field(default_factory=lambda: {"adamw": ADAMW, "sgd": SGD})
 

@@ -24,7 +24,8 @@ import engine
 from engine import results
 from engine.config import DEFAULT_BATCH_SIZE, RunConfig, default_workers, resolve_device, resolve_precision
 from engine.errors import UserInputError
-from engine.loaders import PIPELINES, DatasetIndex, count_per_class, resolve_dataset, scan_dataset, select_samples
+from engine.loaders import (PIPELINES, DatasetIndex, count_per_class, dali_available, drop_unreadable,
+                            resolve_dataset, scan_dataset, select_samples)
 from engine.models import build_backbone, check_image_size, get_backbone_spec
 from engine.trainer import evaluate, fit, make_precision
 
@@ -53,17 +54,24 @@ def prepare_config(*, backbone: str, data: str, data_root: str | None = None, do
         image_size=image_size, augment=dataset.augment if augment is None else augment,
         num_classes=index.num_classes, batch_size=batch_size or DEFAULT_BATCH_SIZE[device],
         precision=resolve_precision(precision, device), compile=(device == "cuda") if compile is None else compile,
-        loader=resolve_loader(loader), device=device,
+        loader=resolve_loader(loader, device), device=device,
         workers=default_workers(device) if workers is None else workers, **flags)
     return config, index
 
 
-def resolve_loader(requested: str) -> str:
-    # The torch pipeline is the only one installed so far; DALI joins PIPELINES when it lands.
-    name = "torch" if requested == "auto" else requested
-    if name not in PIPELINES:
-        raise UserInputError(f"unknown loader {requested!r}; available: auto, {', '.join(PIPELINES)}")
-    return name
+def resolve_loader(requested: str, device: str) -> str:
+    """auto: DALI when it imports and a GPU is there (it decodes and augments on the GPU), else the torch loader."""
+    if requested == "dali" and not dali_available():
+        raise UserInputError("--loader dali needs NVIDIA DALI: pip install 'engine[dali]'")
+    if requested != "auto":
+        return requested
+    if device == "cuda" and dali_available():
+        log.info("loader: dali (auto: DALI is installed and a GPU is present)")
+        return "dali"
+    reason = "no GPU: DALI's CPU path is no faster here" if device != "cuda" else \
+        "DALI is not installed (pip install 'engine[dali]'); decoding on the CPU may starve the GPU"
+    log.info("loader: torch (auto: %s)", reason)
+    return "torch"
 
 
 def environment() -> dict:
@@ -119,13 +127,21 @@ def train_run(config: RunConfig, index: DatasetIndex, force: bool = False) -> di
 def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
     started = time.perf_counter()
     samples = select_samples(index, config.fraction, config.seed, config.select_on)
+    skipped = []
+    # DALI aborts the process on an undecodable file, so its runs check every file first; so does
+    # --skip-bad-images, which needs the list. The torch loader otherwise names a bad file when it meets it.
+    if config.loader == "dali" or config.skip_bad_images:
+        skipped = drop_unreadable(samples, index, config.skip_bad_images)
+        if skipped:
+            log.warning("left out %d unreadable images (--skip-bad-images): %s", len(skipped), ", ".join(skipped[:5]))
     counts = {split: len(files) for split, files in
               (("train", samples.train), ("selection", samples.selection), ("test", samples.test))}
     results.write_json(run_dir / results.FILES, {
         "root": str(index.root), "classes": index.classes, "select_on": config.select_on,
         **{split: [path for path, _ in getattr(samples, split)] for split in ("train", "selection", "test")}})
     results.write_json(run_dir / results.CONFIG, {
-        **config.to_json(), "counts": counts, "train_per_class": count_per_class(samples.train, index.num_classes),
+        **config.to_json(), "counts": counts, "skipped_images": skipped,
+        "train_per_class": count_per_class(samples.train, index.num_classes),
         "classes": index.classes, "environment": environment(), "command": sys.argv})
     log.info("%s on %s: %d classes, %d train / %d %s / %d test images, %dx%d, augment %s, batch %d, %s, %s%s, "
              "loader %s (%d workers) -> %s", config.backbone, config.dataset, index.num_classes, counts["train"],

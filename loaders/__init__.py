@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.errors import UnreadableImageError
 from engine.loaders.datasets import (DatasetSpec, ResolvedDataset, default_data_root, get_dataset_spec, is_ready,
                                      prepared_meta, registry, resolve_dataset)
 from engine.loaders.prepare import prepare_dataset
 from engine.loaders.index import IMAGE_EXTENSIONS, SPLIT_SEED, DatasetIndex, scan_dataset
 from engine.loaders.splits import Sample, count_per_class, stratified_fraction, stratified_split
-from engine.loaders.torch_pipeline import TorchBatches
+from engine.loaders.dali_pipeline import DaliBatches, dali_available
+from engine.loaders.torch_pipeline import TorchBatches, unreadable_files
 
 # Input pipelines by --loader name; each takes (index, samples, **options) and yields device batches.
-PIPELINES = {"torch": TorchBatches}
+PIPELINES = {"torch": TorchBatches, "dali": DaliBatches}
 
 # Share of the (fraction-selected) training images carved out as validation set under --select-on val when the
 # dataset has no val/ folder of its own. 10 %, stratified, at least one image per class.
@@ -29,6 +31,20 @@ class RunSamples:
     selection: list[Sample]  # what early stopping and model selection look at (test or val)
     test: list[Sample]
     select_on: str  # "test" or "val"
+
+
+def drop_unreadable(run: RunSamples, index: DatasetIndex, skip: bool) -> list[str]:
+    """Check every file of the run. Broken ones are an error naming the first, or with `skip` are removed from
+    the run and returned (the run's config.json lists them)."""
+    files = sorted(set(run.train) | set(run.selection) | set(run.test))
+    bad = unreadable_files(index, files)
+    if bad and not skip:
+        raise UnreadableImageError(f"cannot read image {index.root / bad[0]}" + (
+            f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") + "; --skip-bad-images leaves them out")
+    broken = set(bad)
+    for split in ("train", "selection", "test"):
+        setattr(run, split, [sample for sample in getattr(run, split) if sample[0] not in broken])
+    return bad
 
 
 def select_samples(index: DatasetIndex, fraction: float, seed: int, select_on: str) -> RunSamples:
@@ -46,7 +62,7 @@ def select_samples(index: DatasetIndex, fraction: float, seed: int, select_on: s
     return RunSamples(train, val, index.test, select_on)
 
 
-__all__ = ["DatasetSpec", "IMAGE_EXTENSIONS", "get_dataset_spec", "is_ready", "prepare_dataset", "prepared_meta",
+__all__ = ["drop_unreadable", "unreadable_files", "DaliBatches", "dali_available", "DatasetSpec", "IMAGE_EXTENSIONS", "get_dataset_spec", "is_ready", "prepare_dataset", "prepared_meta",
            "registry", "PIPELINES", "SPLIT_SEED", "VAL_RATIO", "DatasetIndex", "ResolvedDataset",
            "RunSamples", "Sample", "count_per_class", "default_data_root", "resolve_dataset", "scan_dataset",
            "select_samples", "stratified_fraction", "stratified_split"]

@@ -137,3 +137,17 @@ class TorchBatches:
         self.sampler.set_epoch(epoch)
         for images, labels in self.loader:
             yield self.normalise(images, labels)
+
+
+def unreadable_files(index: DatasetIndex, samples: list[Sample]) -> list[str]:
+    """Files among `samples` whose image header or structure is broken (PIL's verify: no full decode, so a
+    100k-image dataset takes seconds). Truncated image data can still pass; the torch loader then names the file
+    when it decodes it."""
+    bad = []
+    for relative_path, _ in samples:
+        try:
+            with Image.open(index.root / relative_path) as image:
+                image.verify()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            bad.append(relative_path)
+    return bad

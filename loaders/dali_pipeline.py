@@ -1,0 +1,95 @@
+"""The DALI input pipeline: decode (nvJPEG on the GPU, `device="mixed"`), resize with antialiasing,
+TrivialAugmentWide and normalisation inside DALI, handed to torch as NCHW batches that are channels_last in
+memory. Without a GPU the same operators run on the CPU (`device_id=None`), which is how the tests run it.
+
+Same files as the torch pipeline (it reads the run's file list), one full reshuffle per epoch (the list is
+first permuted with the run's seed, since DALI's own reshuffle starts after the first epoch), sharding
+arguments ready for several GPUs. Evaluation reads every file exactly once per pass; its last batch is partial.
+
+TrivialAugmentWide is set to torchvision's parameters: 31 magnitude bins, translation up to 32 pixels, fill 0,
+nearest-neighbour interpolation. Remaining differences (README): DALI's own random streams, and its
+implementations of sharpness, equalize and posterize, which are close to but not bit-identical with PIL's.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.loaders.index import DatasetIndex
+from engine.loaders.splits import Sample
+from engine.loaders.torch_pipeline import IMAGENET_MEAN, IMAGENET_STD
+
+READER = "reader"
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment: bool, train: bool,
+                    batch_size: int, device: torch.device, seed: int, workers: int, shard_id: int,
+                    num_shards: int):
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali.auto_aug import trivial_augment
+
+    on_gpu = device.type == "cuda"
+
+    @pipeline_def(enable_conditionals=True)
+    def pipeline():
+        encoded, label = fn.readers.file(files=files, labels=labels, name=READER, shuffle_after_epoch=train,
+                                         shard_id=shard_id, num_shards=num_shards, pad_last_batch=not train)
+        images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
+        images = fn.resize(images, size=list(image_size), antialias=True)
+        if augment and train:
+            images = trivial_augment.trivial_augment_wide(images, num_magnitude_bins=31, fill_value=0,
+                                                          interp_type=types.INTERP_NN, max_translate_abs=32)
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="HWC",
+                                          mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
+        return images, label
+
+    device_id = (device.index or 0) if on_gpu else None  # None: a CPU-only pipeline
+    return pipeline(batch_size=batch_size, num_threads=max(1, workers), device_id=device_id, seed=seed,
+                    prefetch_queue_depth=2)
+
+
+class DaliBatches:
+    """Batches of one split for the trainer, with the torch pipeline's interface."""
+
+    def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
+                 batch_size: int, train: bool, device: torch.device, seed: int, workers: int, channels_last: bool,
+                 shard_id: int = 0, num_shards: int = 1):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        order = np.random.default_rng(seed).permutation(len(samples)) if train else np.arange(len(samples))
+        files = [str(index.root / samples[i][0]) for i in order]
+        labels = [samples[i][1] for i in order]
+        self.batch_size = min(batch_size, len(samples))
+        self.size = len(samples)
+        self.drop_last = train and self.size > self.batch_size  # as the torch pipeline: fixed shapes in training
+        self.channels_last = channels_last
+        self.device = device
+        pipe = _build_pipeline(files, labels, image_size=image_size, augment=augment, train=train,
+                               batch_size=self.batch_size, device=device, seed=seed, workers=workers,
+                               shard_id=shard_id, num_shards=num_shards)
+        policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
+        self.iterator = DALIGenericIterator([pipe], ["images", "labels"], reader_name=READER,
+                                            last_batch_policy=policy, auto_reset=True)
+
+    @property
+    def num_images(self) -> int:
+        return len(self) * self.batch_size if self.drop_last else self.size
+
+    def __len__(self) -> int:
+        full, partial = divmod(self.size, self.batch_size)
+        return full + (1 if partial and not self.drop_last else 0)
+
+    def epoch(self, epoch: int):
+        for batch in self.iterator:
+            images = batch[0]["images"].permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels_last, no copy
+            if not self.channels_last:
+                images = images.contiguous()
+            yield images.to(self.device, non_blocking=True), batch[0]["labels"].view(-1).long().to(self.device)
