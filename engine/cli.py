@@ -138,9 +138,11 @@ def prepare(name: str, root: str | None, source: str | None, force: bool, split_
 @click.option("--compile/--no-compile", default=None, help="torch.compile the model [default: on with a GPU, off on the CPU].")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
               help="Model and batches in channels_last memory format.")
-@click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto", show_default=True,
-              help="Input pipeline. dali: NVIDIA DALI, decoding and augmenting on the GPU; torch: PIL + torchvision "
-                   "transforms in DataLoader workers. auto: dali with a GPU when it is installed, else torch.")
+@click.option("--loader", type=click.Choice(["auto", "dali", "resident", "torch"]), default="auto", show_default=True,
+              help="Input pipeline. dali: NVIDIA DALI, decoding and augmenting on the GPU; resident: every image "
+                   "decoded once (cached next to the dataset) and kept on the device; torch: PIL + torchvision "
+                   "transforms in DataLoader workers. auto, with a GPU: resident for images up to 64 px, else dali "
+                   "when installed; torch otherwise.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Loader processes (DALI: threads) [default: cores - 1, at most 8, with a GPU; 0 (main process) "
                    "on the CPU].")

@@ -25,7 +25,7 @@ from engine import results
 from engine.config import DEFAULT_BATCH_SIZE, RunConfig, default_workers, resolve_device, resolve_precision
 from engine.errors import UserInputError
 from engine.loaders import (PIPELINES, DatasetIndex, count_per_class, dali_available, drop_unreadable,
-                            resolve_dataset, scan_dataset, select_samples)
+                            has_small_images, resolve_dataset, scan_dataset, select_samples)
 from engine.models import build_backbone, check_image_size, get_backbone_spec
 from engine.trainer import evaluate, fit, make_precision
 
@@ -54,17 +54,21 @@ def prepare_config(*, backbone: str, data: str, data_root: str | None = None, do
         image_size=image_size, augment=dataset.augment if augment is None else augment,
         num_classes=index.num_classes, batch_size=batch_size or DEFAULT_BATCH_SIZE[device],
         precision=resolve_precision(precision, device), compile=(device == "cuda") if compile is None else compile,
-        loader=resolve_loader(loader, device), device=device,
+        loader=resolve_loader(loader, device, index), device=device,
         workers=default_workers(device) if workers is None else workers, **flags)
     return config, index
 
 
-def resolve_loader(requested: str, device: str) -> str:
-    """auto: DALI when it imports and a GPU is there (it decodes and augments on the GPU), else the torch loader."""
+def resolve_loader(requested: str, device: str, index: DatasetIndex) -> str:
+    """auto, with a GPU: small images (<= 64 px) stay decoded on the GPU (resident); others go through DALI when
+    it imports. Without a GPU, or without DALI, the torch loader."""
     if requested == "dali" and not dali_available():
         raise UserInputError("--loader dali needs NVIDIA DALI: pip install 'engine[dali]'")
     if requested != "auto":
         return requested
+    if device == "cuda" and has_small_images(index):
+        log.info("loader: resident (auto: small images, decoded once and kept on the GPU)")
+        return "resident"
     if device == "cuda" and dali_available():
         log.info("loader: dali (auto: DALI is installed and a GPU is present)")
         return "dali"

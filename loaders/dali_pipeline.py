@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from engine.loaders.batching import BatchCounts
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
 from engine.loaders.torch_pipeline import IMAGENET_MEAN, IMAGENET_STD
@@ -56,7 +57,7 @@ def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment:
                     prefetch_queue_depth=2)
 
 
-class DaliBatches:
+class DaliBatches(BatchCounts):
     """Batches of one split for the trainer, with the torch pipeline's interface."""
 
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
@@ -67,9 +68,7 @@ class DaliBatches:
         order = np.random.default_rng(seed).permutation(len(samples)) if train else np.arange(len(samples))
         files = [str(index.root / samples[i][0]) for i in order]
         labels = [samples[i][1] for i in order]
-        self.batch_size = min(batch_size, len(samples))
-        self.size = len(samples)
-        self.drop_last = train and self.size > self.batch_size  # as the torch pipeline: fixed shapes in training
+        self._set_counts(len(samples), batch_size, train)
         self.channels_last = channels_last
         self.device = device
         pipe = _build_pipeline(files, labels, image_size=image_size, augment=augment, train=train,
@@ -78,14 +77,6 @@ class DaliBatches:
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
         self.iterator = DALIGenericIterator([pipe], ["images", "labels"], reader_name=READER,
                                             last_batch_policy=policy, auto_reset=True)
-
-    @property
-    def num_images(self) -> int:
-        return len(self) * self.batch_size if self.drop_last else self.size
-
-    def __len__(self) -> int:
-        full, partial = divmod(self.size, self.batch_size)
-        return full + (1 if partial and not self.drop_last else 0)
 
     def epoch(self, epoch: int):
         for batch in self.iterator:

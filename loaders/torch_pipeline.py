@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from engine.errors import UnreadableImageError
+from engine.loaders.batching import BatchCounts
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
 
@@ -100,7 +101,7 @@ class DeviceNormaliser:
         return (images.float() - self.mean) * self.inverse_std, labels.to(self.device, non_blocking=True)
 
 
-class TorchBatches:
+class TorchBatches(BatchCounts):
     """Batches of one split for the trainer: `len()` steps, `epoch(e)` iterates them on the device.
 
     Training batches are reshuffled each epoch from a generator seeded by (seed, epoch), and each image's
@@ -112,26 +113,14 @@ class TorchBatches:
                  batch_size: int, train: bool, device: torch.device, seed: int, workers: int,
                  channels_last: bool):
         self.dataset = ImageFiles(index, samples, build_transform(image_size, augment and train), seed)
-        self.batch_size = min(batch_size, len(samples))
+        self._set_counts(len(samples), batch_size, train)
         self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format)
-        # Training drops the last partial batch: a fixed batch shape keeps compiled graphs and BatchNorm
-        # statistics well-formed (a last batch of one image breaks BatchNorm); the order changes every
-        # epoch, so every image is still seen.
-        self.drop_last = train and len(samples) > self.batch_size
         self.sampler = EpochSampler(len(samples), seed, shuffle=train)
         self.loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
                                  drop_last=self.drop_last, num_workers=workers, persistent_workers=workers > 0,
                                  pin_memory=device.type == "cuda",
                                  # its own generator: the loader's seed draws stay out of the training RNG stream
                                  generator=torch.Generator().manual_seed(draw_seed(seed, -1)))
-
-    @property
-    def num_images(self) -> int:
-        return len(self) * self.batch_size if self.drop_last else len(self.dataset)
-
-    def __len__(self) -> int:
-        full, partial = divmod(len(self.dataset), self.batch_size)
-        return full + (1 if partial and not self.drop_last else 0)
 
     def epoch(self, epoch: int):
         self.sampler.set_epoch(epoch)

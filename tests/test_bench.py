@@ -14,3 +14,11 @@ def test_wavemix_step_benchmark_runs_each_variant():
     rows = wavemix_step.main(["--quick", "--device", "cpu", "--no-compile", "--only", "plain,fused"])
     assert [(row["dwt"], row["compile"]) for row in rows] == [("plain", False)] * 2 + [("fused", False)] * 2
     assert all("error" not in row and row["images_per_s"] > 0 for row in rows)
+
+
+def test_loader_benchmark_compares_every_pipeline_with_synthetic_data():
+    from engine.bench import loaders
+    rows = loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--workers", "1", "--backbone",
+                         "mobilenet_v3_large"])
+    assert [row["loader"] for row in rows] == ["synthetic (on device)", "torch", "dali", "resident"]
+    assert all(row["train_img_s"] > 0 for row in rows if "error" not in row)

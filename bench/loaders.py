@@ -1,0 +1,98 @@
+"""Input pipelines side by side on the same files: loader-only images/s for each (torch, DALI, resident), and
+end-to-end training images/s with each against the same model fed synthetic data already on the device.
+
+    python -m engine.bench.loaders --data eurosat --backbone resnet50 --image-size 256   # on a GPU
+    python -m engine.bench.loaders --data demo --quick --device cpu                     # smoke run
+
+A loader keeps up when its end-to-end rate is close to the synthetic one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from itertools import islice
+
+import torch
+import torch.nn.functional as F
+
+from engine.config import parse_image_size
+from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
+from engine.models import build_backbone
+
+
+def _rate(batches, steps: int, warmup: int, work, device: torch.device) -> float:
+    """Images per second over `steps` batches after `warmup` ones, each batch passed to `work`."""
+    stream = batches()
+    for images, labels in islice(stream, warmup):
+        work(images, labels)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seen, started = 0, time.perf_counter()
+    for images, labels in islice(stream, steps):
+        work(images, labels)
+        seen += labels.numel()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return seen / (time.perf_counter() - started)
+
+
+def _epochs(pipeline):
+    """Endless batches: epoch after epoch."""
+    epoch = 1
+    while True:
+        yield from pipeline.epoch(epoch)
+        epoch += 1
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="demo", help="built-in dataset name or folder")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--image-size", default="256")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--quick", action="store_true", help="32 px, batch 8, 2 steps (smoke test)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    size = (32, 32) if args.quick else parse_image_size(args.image_size)
+    batch, steps, warmup = (8, 2, 1) if args.quick else (args.batch_size, args.steps, 3)
+    index = scan_dataset(resolve_dataset(args.data, args.data_root).path)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    model = build_backbone(args.backbone, index.num_classes).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def train_step(images, labels):
+        with amp:
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    synthetic = (torch.randn(batch, 3, *size, device=device).contiguous(memory_format=torch.channels_last),
+                 torch.randint(0, index.num_classes, (batch,), device=device))
+    rows = [{"loader": "synthetic (on device)", "loader_only_img_s": None,
+             "train_img_s": round(_rate(lambda: iter(lambda: synthetic, None), steps, warmup, train_step, device), 1)}]
+    for name in ("torch", "dali", "resident"):
+        if name == "dali" and not dali_available():
+            rows.append({"loader": name, "error": "DALI is not installed"})
+            continue
+        pipeline = PIPELINES[name](index, index.train, image_size=size, augment=True, batch_size=batch, train=True,
+                                   device=device, seed=0, workers=args.workers, channels_last=True)
+        rows.append({"loader": name,
+                     "loader_only_img_s": round(_rate(lambda: _epochs(pipeline), steps, warmup,
+                                                      lambda x, y: None, device), 1),
+                     "train_img_s": round(_rate(lambda: _epochs(pipeline), steps, warmup, train_step, device), 1)})
+    print(json.dumps({"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                      "data": args.data, "images": len(index.train), "image_size": size, "batch": batch,
+                      "backbone": args.backbone, "torch": torch.__version__}))
+    for row in rows:
+        print(json.dumps(row))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""What every input pipeline shares: how many batches an epoch has and how many images they hold."""
+from __future__ import annotations
+
+
+class BatchCounts:
+    """Training drops the last partial batch when there is more than one batch: a fixed batch shape keeps
+    compiled graphs and BatchNorm statistics well-formed (a last batch of one image breaks BatchNorm), and the
+    order changes every epoch, so every image is still seen. Evaluation keeps every image."""
+
+    def _set_counts(self, size: int, batch_size: int, train: bool) -> None:
+        self.size = size
+        self.batch_size = min(batch_size, size)
+        self.drop_last = train and size > self.batch_size
+
+    @property
+    def num_images(self) -> int:
+        return len(self) * self.batch_size if self.drop_last else self.size
+
+    def __len__(self) -> int:
+        full, partial = divmod(self.size, self.batch_size)
+        return full + (1 if partial and not self.drop_last else 0)

@@ -1,0 +1,137 @@
+"""The GPU-resident pipeline for datasets of small images (CIFAR 32 px, EuroSAT and Tiny ImageNet 64 px, any
+dataset whose decoded copy fits a memory budget): every image is decoded once into a uint8 array, cached on
+disk next to the dataset, and kept on the training device; each batch is gathered, resized and augmented
+there, so no epoch decodes a file again (the airbench way).
+
+Augmentation is torchvision's TrivialAugmentWide applied image by image on device tensors, each image's draw
+seeded by (seed, epoch, image) as in the torch pipeline. A batched implementation would launch fewer kernels;
+this one keeps torchvision's exact semantics.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms import v2
+
+from engine.errors import UserInputError
+from engine.loaders.batching import BatchCounts
+from engine.loaders.index import DatasetIndex
+from engine.loaders.splits import Sample
+from engine.loaders.torch_pipeline import DeviceNormaliser, draw_seed, read_rgb
+
+log = logging.getLogger("engine")
+
+SMALL_SIDE = 64  # images up to this side are worth keeping resident
+CPU_BUDGET_BYTES = 4 << 30
+GPU_BUDGET_SHARE = 0.25  # of the card's memory, leaving the rest to the model
+
+
+def image_sides(index: DatasetIndex, samples: list[Sample], probe: int | None = None) -> set[tuple[int, int]]:
+    """The distinct (height, width) of the samples' images (of the first `probe` ones), read from headers."""
+    sides = set()
+    for relative_path, _ in samples[:probe]:
+        with Image.open(index.root / relative_path) as image:
+            sides.add((image.height, image.width))
+    return sides
+
+
+def has_small_images(index: DatasetIndex, probe: int = 16) -> bool:
+    return all(max(side) <= SMALL_SIDE for side in image_sides(index, index.train, probe))
+
+
+def _budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * GPU_BUDGET_SHARE)
+    return CPU_BUDGET_BYTES
+
+
+def _cache_folder(index: DatasetIndex) -> Path:
+    folder = index.root / ".engine-cache"
+    try:
+        folder.mkdir(exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return folder
+    except OSError:
+        pass
+    fallback = Path.home() / ".cache" / "engine" / "resident" / index.name
+    log.info("%s is not writable: caching decoded images in %s", index.root, fallback)
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
+def decoded_images(index: DatasetIndex, samples: list[Sample], side: tuple[int, int]) -> np.ndarray:
+    """(N, H, W, 3) uint8 of the samples, from the disk cache, or decoded (and resized to `side` where a source
+    image differs) and cached."""
+    key = hashlib.sha1("\n".join(path for path, _ in samples).encode()).hexdigest()[:16]
+    path = _cache_folder(index) / f"{key}-{side[0]}x{side[1]}.npy"
+    if path.exists():
+        return np.load(path)
+    log.info("decoding %d images once into %s", len(samples), path)
+    array = np.empty((len(samples), side[0], side[1], 3), np.uint8)
+    for position, (relative_path, _) in enumerate(samples):
+        image = read_rgb(index.root / relative_path)
+        if image.size != (side[1], side[0]):
+            image = image.resize((side[1], side[0]), Image.BILINEAR)
+        array[position] = np.asarray(image)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
+    np.save(temporary, array)
+    os.replace(temporary, path)
+    return array
+
+
+class ResidentBatches(BatchCounts):
+    """Batches of one split, from a uint8 copy of the whole split held on the device."""
+
+    def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
+                 batch_size: int, train: bool, device: torch.device, seed: int, workers: int, channels_last: bool):
+        sides = image_sides(index, samples)
+        side = sides.pop() if len(sides) == 1 else tuple(image_size)  # mixed sizes: store at the run's size
+        needed = len(samples) * side[0] * side[1] * 3
+        if needed > _budget(device):
+            raise UserInputError(f"{index.name}'s decoded images need {needed / 2**30:.1f} GiB, over the resident "
+                                 f"loader's budget on {device}; use --loader dali or torch")
+        array = decoded_images(index, samples, side)
+        # NHWC bytes seen as NCHW: channels_last without a copy.
+        self.images = torch.from_numpy(array).to(device).permute(0, 3, 1, 2)
+        self.labels = torch.tensor([label for _, label in samples], device=device)
+        self.image_size = tuple(image_size)
+        self.augment = v2.TrivialAugmentWide() if augment and train else None
+        self._set_counts(len(samples), batch_size, train)
+        self.train, self.seed, self.device = train, seed, device
+        self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format)
+
+    def _resized(self, images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[-2:]) == self.image_size:
+            return images
+        resized = F.interpolate(images.float(), size=self.image_size, mode="bilinear", antialias=True)
+        return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+    def _augmented(self, images: torch.Tensor, positions: torch.Tensor, epoch: int) -> torch.Tensor:
+        out = torch.empty_like(images)
+        for slot, (image, position) in enumerate(zip(images, positions.tolist())):
+            with torch.random.fork_rng(devices=[]):  # TrivialAugmentWide draws from the CPU generator
+                torch.manual_seed(draw_seed(self.seed, epoch, position))
+                out[slot] = self.augment(image)
+        return out
+
+    def epoch(self, epoch: int):
+        count = len(self.labels)
+        if self.train:
+            generator = torch.Generator().manual_seed(draw_seed(self.seed, epoch))
+            order = torch.randperm(count, generator=generator)
+        else:
+            order = torch.arange(count)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            positions = order[start:start + self.batch_size]
+            on_device = positions.to(self.device)
+            images = self._resized(self.images[on_device])
+            if self.augment is not None:
+                images = self._augmented(images, positions, epoch)
+            yield self.normalise(images, self.labels[on_device])

@@ -1,0 +1,61 @@
+"""The resident pipeline: decoded once, cached next to the dataset, batches gathered on the device."""
+import json
+
+import torch
+
+from engine.loaders import PIPELINES, has_small_images, scan_dataset
+from tests.conftest import CLASS_COLOURS, make_dataset, run_engine
+
+
+def batches(kind, index, samples, train, augment=False, size=(32, 32), seed=0, batch_size=5):
+    return PIPELINES[kind](index, samples, image_size=size, augment=augment, batch_size=batch_size, train=train,
+                           device=torch.device("cpu"), seed=seed, workers=0, channels_last=True)
+
+
+def test_without_augmentation_at_native_size_it_equals_the_torch_loader(tiny_dataset):
+    index = scan_dataset(tiny_dataset)
+    resident = torch.cat([x for x, _ in batches("resident", index, index.test, train=False).epoch(0)])
+    reference = torch.cat([x for x, _ in batches("torch", index, index.test, train=False).epoch(0)])
+    labels = torch.cat([y for _, y in batches("resident", index, index.test, train=False).epoch(0)])
+    assert torch.equal(resident, reference)
+    assert labels.tolist() == [label for _, label in index.test]
+    assert resident.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_cached_next_to_the_dataset_and_reused(tiny_dataset):
+    index = scan_dataset(tiny_dataset)
+    batches("resident", index, index.train, train=True)
+    cached = list((tiny_dataset / ".engine-cache").glob("*.npy"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    batches("resident", index, index.train, train=True)
+    assert cached[0].stat().st_mtime_ns == stamp
+    assert scan_dataset(tiny_dataset).classes == index.classes  # the cache folder is not a class
+
+
+def test_resized_and_augmented_batches_are_seeded_and_labelled(tiny_dataset):
+    index = scan_dataset(tiny_dataset)
+
+    def first(seed):
+        return next(iter(batches("resident", index, index.train, train=True, augment=True, size=(16, 16),
+                                 seed=seed).epoch(1)))
+
+    (a, la), (b, lb), (c, _) = first(0), first(0), first(1)
+    assert a.shape == (5, 3, 16, 16) and torch.equal(a, b) and torch.equal(la, lb) and not torch.equal(a, c)
+    plain = batches("resident", index, index.train, train=True, size=(16, 16), batch_size=8)
+    epoch = [y for _, y in plain.epoch(1)]
+    assert len(epoch) == 4 and sum(len(y) for y in epoch) == 32  # the partial batch is dropped
+
+
+def test_small_images_are_detected(tmp_path):
+    assert has_small_images(scan_dataset(make_dataset(tmp_path / "small", {"train": 2, "test": 1}, side=32)))
+    assert not has_small_images(scan_dataset(make_dataset(tmp_path / "big", {"train": 2, "test": 1}, side=96)))
+
+
+def test_engine_trains_with_the_resident_loader(tiny_dataset, tmp_path):
+    done = run_engine("train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--no-pretrained",
+                      "--image-size", "32", "--batch-size", "8", "--max-epochs", "1", "--loader", "resident",
+                      "--out", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
+    config = json.loads(next((tmp_path / "r").rglob("config.json")).read_text())
+    assert config["loader"] == "resident" and len(CLASS_COLOURS) == config["num_classes"]
