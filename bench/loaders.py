@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -19,30 +17,7 @@ import torch.nn.functional as F
 from engine.config import parse_image_size
 from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
 from engine.models import build_backbone
-
-
-def _rate(batches, steps: int, warmup: int, work, device: torch.device) -> float:
-    """Images per second over `steps` batches after `warmup` ones, each batch passed to `work`."""
-    stream = batches()
-    for images, labels in islice(stream, warmup):
-        work(images, labels)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seen, started = 0, time.perf_counter()
-    for images, labels in islice(stream, steps):
-        work(images, labels)
-        seen += labels.numel()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return seen / (time.perf_counter() - started)
-
-
-def _epochs(pipeline):
-    """Endless batches: epoch after epoch."""
-    epoch = 1
-    while True:
-        yield from pipeline.epoch(epoch)
-        epoch += 1
+from engine.profile import endless, images_per_s
 
 
 def main(argv=None) -> list[dict]:
@@ -75,7 +50,7 @@ def main(argv=None) -> list[dict]:
     synthetic = (torch.randn(batch, 3, *size, device=device).contiguous(memory_format=torch.channels_last),
                  torch.randint(0, index.num_classes, (batch,), device=device))
     rows = [{"loader": "synthetic (on device)", "loader_only_img_s": None,
-             "train_img_s": round(_rate(lambda: iter(lambda: synthetic, None), steps, warmup, train_step, device), 1)}]
+             "train_img_s": round(images_per_s(iter(lambda: synthetic, None), steps, warmup, train_step, device), 1)}]
     for name in ("torch", "dali", "resident"):
         if name == "dali" and not dali_available():
             rows.append({"loader": name, "error": "DALI is not installed"})
@@ -83,9 +58,9 @@ def main(argv=None) -> list[dict]:
         pipeline = PIPELINES[name](index, index.train, image_size=size, augment=True, batch_size=batch, train=True,
                                    device=device, seed=0, workers=args.workers, channels_last=True)
         rows.append({"loader": name,
-                     "loader_only_img_s": round(_rate(lambda: _epochs(pipeline), steps, warmup,
-                                                      lambda x, y: None, device), 1),
-                     "train_img_s": round(_rate(lambda: _epochs(pipeline), steps, warmup, train_step, device), 1)})
+                     "loader_only_img_s": round(images_per_s(endless(pipeline), steps, warmup,
+                                                             lambda x, y: None, device), 1),
+                     "train_img_s": round(images_per_s(endless(pipeline), steps, warmup, train_step, device), 1)})
     print(json.dumps({"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                       "data": args.data, "images": len(index.train), "image_size": size, "batch": batch,
                       "backbone": args.backbone, "torch": torch.__version__}))

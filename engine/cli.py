@@ -13,6 +13,25 @@ from engine.errors import UserInputError
 log = logging.getLogger("engine")
 
 USAGE_ERROR = 2  # bad input, as click and argparse use it
+
+
+class BatchSizeType(click.ParamType):
+    """A positive integer, or `auto`."""
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if number < 1:
+            self.fail(f"{value!r} is not a positive integer or auto", param, ctx)
+        return number
+
+
+BATCH_SIZE = BatchSizeType()
 INTERRUPTED = 130
 
 
@@ -126,9 +145,10 @@ def prepare(name: str, root: str | None, source: str | None, force: bool, split_
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="Start from a local state dict: a full model, or a backbone whose classifier is re-initialised "
                    "when its classes differ. Replaces --pretrained.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help=f"Images per step [default: {DEFAULT_BATCH_SIZE['cuda']} on a GPU, {DEFAULT_BATCH_SIZE['cpu']} on "
-                   f"the CPU; never more than the training set].")
+@click.option("--batch-size", type=BATCH_SIZE, default=None,
+              help=f"Images per step, or auto [default: auto on a GPU: the fastest batch that fits, measured once "
+                   f"per GPU, model, size and precision and kept in the profile store; {DEFAULT_BATCH_SIZE['cpu']} "
+                   f"on the CPU]. Never more than the training set.")
 @click.option("--max-epochs", type=click.IntRange(min=1), default=None,
               help="Cap on the total epochs of both phases [default: none, early stopping alone ends the run].")
 @click.option("--patience", type=click.IntRange(min=1), default=PATIENCE, show_default=True,
@@ -171,6 +191,38 @@ def train(seed: int | None, runs: int | None, force: bool, **flags) -> None:
     config, index = prepare_config(**flags)
     seeds = list(range(runs)) if runs else [seed or 0]
     train_seeds(config, index, seeds, force=force)
+
+
+@cli.command("profile")
+@click.option("--backbone", required=True, help="Backbone name (see `engine backbones`).")
+@click.option("--data", default=None, help="Dataset name or folder: also measure the loader and the whole pipeline.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None, help=DATA_ROOT_HELP)
+@click.option("--batch-size", type=BATCH_SIZE, default=None, help="Images per step, or auto (as engine train).")
+@click.option("--image-size", callback=lambda ctx, param, value: value and parse_image_size(value),
+              help="SIZE or HxW [default: the dataset's; 256 without --data].")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True)
+@click.option("--compile/--no-compile", default=None, help="[default: on with a GPU, off on the CPU]")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True)
+@click.option("--loader", type=click.Choice(["auto", "dali", "resident", "torch"]), default="auto", show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=None)
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Measured steps per part.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the table.")
+def profile_command(steps: int, as_json: bool, **flags) -> None:
+    """Measure a training step: the model on synthetic data (forward/backward/optimizer, peak memory, first-step
+    compile time), the loader alone and the whole pipeline, with a verdict naming the bottleneck."""
+    import json as json_module
+
+    from engine.profile import profile
+    from engine.run import prepare_profile_config
+
+    config, index = prepare_profile_config(**flags)
+    report = profile(config, index, steps=steps, warmup=3)
+    if as_json:
+        click.echo(json_module.dumps(report, indent=2))
+        return
+    _print_table(("measure", "value"), [(key, str(value)) for key, value in report.items() if key != "verdict"])
+    click.echo(f"\nverdict: {report['verdict']}")
 
 
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

@@ -37,6 +37,7 @@ class RunConfig:
     pretrained: bool = True
     weights: str | None = None
     batch_size: int = 32
+    batch_size_reason: str = ""  # "--batch-size", "CPU default ...", or how the autotuner chose it
     max_epochs: int | None = None
     patience: int = PATIENCE
     precision: str = "fp32"  # bf16 | fp16 | fp32, resolved from "auto" before the run
@@ -52,7 +53,7 @@ class RunConfig:
     protocol: dict = field(default_factory=lambda: {"adamw": ADAMW, "sgd": SGD})
 
     # Fields that may change between a killed run and its resumption without changing what is computed.
-    RESUMABLE_CHANGES = ("workers", "out", "data", "data_path", "max_epochs")
+    RESUMABLE_CHANGES = ("workers", "out", "data", "data_path", "max_epochs", "batch_size_reason")
 
     def run_dir(self) -> Path:
         return Path(self.out) / self.backbone / self.dataset / f"f{self.fraction:g}" / f"s{self.seed}"

@@ -27,6 +27,7 @@ from engine.errors import UserInputError
 from engine.loaders import (PIPELINES, DatasetIndex, count_per_class, dali_available, drop_unreadable,
                             has_small_images, resolve_dataset, scan_dataset, select_samples)
 from engine.models import build_backbone, check_image_size, get_backbone_spec
+from engine.scheduler import choose_batch_size
 from engine.trainer import evaluate, fit, make_precision
 
 log = logging.getLogger("engine")
@@ -34,7 +35,7 @@ log = logging.getLogger("engine")
 
 def prepare_config(*, backbone: str, data: str, data_root: str | None = None, download: bool = True,
                    image_size: tuple[int, int] | None = None,
-                   augment: bool | None = None, batch_size: int | None = None, device: str = "auto",
+                   augment: bool | None = None, batch_size: int | str | None = None, device: str = "auto",
                    precision: str = "auto", compile: bool | None = None, workers: int | None = None,
                    loader: str = "auto", **flags) -> tuple[RunConfig, DatasetIndex]:
     """Check the user's choices and fill in every default, so config.json says exactly what ran."""
@@ -49,14 +50,44 @@ def prepare_config(*, backbone: str, data: str, data_root: str | None = None, do
         if not weights.is_file():
             raise UserInputError(f"weights file {weights} does not exist")
         flags["weights"], flags["pretrained"] = str(weights), False  # the file replaces the ImageNet weights
+    precision = resolve_precision(precision, device)
+    compile = (device == "cuda") if compile is None else compile
+    batch_size, batch_size_reason = choose_batch_size(
+        batch_size, device=device, default=DEFAULT_BATCH_SIZE[device], backbone=backbone,
+        num_classes=index.num_classes, image_size=image_size, precision=precision, compile_model=compile,
+        channels_last=flags.get("channels_last", True),
+        train_images=max(index.num_classes, round(flags.get("fraction", 1.0) * len(index.train))))
     config = RunConfig(
         backbone=backbone, data=data, dataset=dataset.name, data_path=str(Path(dataset.path).resolve()),
         image_size=image_size, augment=dataset.augment if augment is None else augment,
-        num_classes=index.num_classes, batch_size=batch_size or DEFAULT_BATCH_SIZE[device],
-        precision=resolve_precision(precision, device), compile=(device == "cuda") if compile is None else compile,
+        num_classes=index.num_classes, batch_size=batch_size, batch_size_reason=batch_size_reason,
+        precision=precision, compile=compile,
         loader=resolve_loader(loader, device, index), device=device,
         workers=default_workers(device) if workers is None else workers, **flags)
     return config, index
+
+
+def prepare_profile_config(*, backbone: str, data: str | None, image_size: tuple[int, int] | None = None,
+                           **flags) -> tuple[RunConfig, DatasetIndex | None]:
+    """The configuration `engine profile` measures: a run's, or without --data one on 1000 classes at 256 px."""
+    if data is not None:
+        return prepare_config(backbone=backbone, data=data, image_size=image_size, pretrained=False, **flags)
+    get_backbone_spec(backbone)
+    image_size = image_size or (256, 256)
+    check_image_size(backbone, image_size)
+    device = resolve_device(flags.get("device", "auto"))
+    precision = resolve_precision(flags.get("precision", "auto"), device)
+    compile_model = (device == "cuda") if flags.get("compile") is None else flags["compile"]
+    channels_last = flags.get("channels_last", True)
+    batch_size, reason = choose_batch_size(flags.get("batch_size"), device=device, default=DEFAULT_BATCH_SIZE[device],
+                                           backbone=backbone, num_classes=1000, image_size=image_size,
+                                           precision=precision, compile_model=compile_model,
+                                           channels_last=channels_last, train_images=10**9)
+    config = RunConfig(backbone=backbone, data="synthetic", dataset="synthetic", data_path="", image_size=image_size,
+                       augment=False, num_classes=1000, pretrained=False, batch_size=batch_size,
+                       batch_size_reason=reason, precision=precision, compile=compile_model,
+                       channels_last=channels_last, device=device)
+    return config, None
 
 
 def resolve_loader(requested: str, device: str, index: DatasetIndex) -> str:

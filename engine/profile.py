@@ -1,0 +1,129 @@
+"""`engine profile`: where a training step's time goes, for the whole pipeline (timm's benchmark.py, extended
+to the loader): the model on synthetic data (forward / backward / optimizer split, peak memory, compile time),
+the loader alone, and both together, with a one-line verdict naming the bottleneck."""
+from __future__ import annotations
+
+import time
+from itertools import islice
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from engine.config import RunConfig
+from engine.loaders import PIPELINES, DatasetIndex
+from engine.models import build_backbone
+from engine.scheduler import synchronize
+from engine.trainer import FIRST_PHASE, OPTIMIZERS, make_precision
+
+INPUT_BOUND = 0.9  # end-to-end below this share of the model-only rate: the loader is the bottleneck
+
+
+def images_per_s(batches: Iterable, steps: int, warmup: int, work: Callable, device: torch.device) -> float:
+    """Images/s over `steps` batches after `warmup` ones, each batch handed to `work(images, labels)`."""
+    stream = iter(batches)
+    for images, labels in islice(stream, warmup):
+        work(images, labels)
+    synchronize(device)
+    seen, started = 0, time.perf_counter()
+    for images, labels in islice(stream, steps):
+        work(images, labels)
+        seen += labels.numel()
+    synchronize(device)
+    return seen / (time.perf_counter() - started)
+
+
+def endless(pipeline) -> Iterable:
+    """Batches epoch after epoch."""
+    epoch = 1
+    while True:
+        yield from pipeline.epoch(epoch)
+        epoch += 1
+
+
+class TrainStep:
+    """The run's training step (precision, memory format, compile as configured), with per-phase timing."""
+
+    def __init__(self, config: RunConfig, num_classes: int):
+        self.device = torch.device(config.device)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        model = build_backbone(config.backbone, num_classes).to(self.device, memory_format=self.memory_format)
+        self.model = torch.compile(model) if config.compile else model
+        self.optimizer = OPTIMIZERS[FIRST_PHASE](model.parameters())
+        self.precision = make_precision(config.precision, self.device.type)
+        self.phase_s = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+
+    def _timed(self, phase: str, fn):
+        synchronize(self.device)
+        started = time.perf_counter()
+        result = fn()
+        synchronize(self.device)
+        self.phase_s[phase] += time.perf_counter() - started
+        return result
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        def forward():
+            with self.precision.autocast():
+                return F.cross_entropy(self.model(images), labels)
+
+        loss = self._timed("forward", forward)
+        scaled = loss if self.precision.scaler is None else self.precision.scaler.scale(loss)
+        self._timed("backward", scaled.backward)
+        self._timed("optimizer", self._step)
+
+    def _step(self) -> None:
+        if self.precision.scaler is None:
+            self.optimizer.step()
+        else:
+            self.precision.scaler.step(self.optimizer)
+            self.precision.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def profile(config: RunConfig, index: DatasetIndex | None, steps: int, warmup: int) -> dict:
+    device = torch.device(config.device)
+    step = TrainStep(config, index.num_classes if index else 1000)
+    batch = config.batch_size
+    synthetic = (torch.randn(batch, 3, *config.image_size, device=device).contiguous(memory_format=step.memory_format),
+                 torch.randint(0, index.num_classes if index else 1000, (batch,), device=device))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    step(*synthetic)  # the first step compiles when --compile is on; it is reported, not averaged in
+    synchronize(device)
+    first_step_s = time.perf_counter() - started
+    step.phase_s = dict.fromkeys(step.phase_s, 0.0)
+    model_rate = images_per_s(iter(lambda: synthetic, None), steps, warmup, step, device)
+    per_step_ms = {phase: round(seconds / (steps + warmup) * 1e3, 2) for phase, seconds in step.phase_s.items()}
+    report = {
+        "backbone": config.backbone, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "image_size": list(config.image_size), "precision": config.precision, "compile": config.compile,
+        "channels_last": config.channels_last, "batch_size": batch, "batch_size_reason": config.batch_size_reason,
+        "first_step_s": round(first_step_s, 2), "model_images_per_s": round(model_rate, 1),
+        "step_ms": round(batch / model_rate * 1e3, 2), "phase_ms": per_step_ms,
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "loader": None, "loader_images_per_s": None, "end_to_end_images_per_s": None,
+    }
+    if index is not None:
+        pipeline = PIPELINES[config.loader](index, index.train, image_size=config.image_size, augment=config.augment,
+                                            batch_size=batch, train=True, device=device, seed=0,
+                                            workers=config.workers, channels_last=config.channels_last)
+        report["loader"] = config.loader
+        report["loader_images_per_s"] = round(images_per_s(endless(pipeline), steps, warmup,
+                                                           lambda x, y: None, device), 1)
+        report["end_to_end_images_per_s"] = round(images_per_s(endless(pipeline), steps, warmup, step, device), 1)
+    report["verdict"] = verdict(report)
+    return report
+
+
+def verdict(report: dict) -> str:
+    model = report["model_images_per_s"]
+    end_to_end = report["end_to_end_images_per_s"]
+    if end_to_end is None:
+        slowest = max(report["phase_ms"], key=report["phase_ms"].get)
+        return f"model only: {model:.0f} img/s; the {slowest} pass takes the most time (no --data: loader not measured)"
+    share = end_to_end / model
+    if share < INPUT_BOUND:
+        return (f"input-bound: the {report['loader']} loader delivers {report['loader_images_per_s']:.0f} img/s, "
+                f"end to end {end_to_end:.0f} img/s is {share:.0%} of the model's {model:.0f}")
+    return f"compute-bound: end to end {end_to_end:.0f} img/s is {share:.0%} of the model-only {model:.0f} img/s"
