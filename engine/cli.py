@@ -207,17 +207,23 @@ def train(seed: int | None, runs: int | None, force: bool, **flags) -> None:
 @click.option("--workers", type=click.IntRange(min=0), default=None)
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Measured steps per part.")
+@click.option("--packing", is_flag=True,
+              help="Also measure 1, 2 and 3 such runs at once on the device and store the best count for the grid.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the table.")
-def profile_command(steps: int, as_json: bool, **flags) -> None:
+def profile_command(steps: int, packing: bool, as_json: bool, **flags) -> None:
     """Measure a training step: the model on synthetic data (forward/backward/optimizer, peak memory, first-step
     compile time), the loader alone and the whole pipeline, with a verdict naming the bottleneck."""
     import json as json_module
 
     from engine.profile import profile
     from engine.run import prepare_profile_config
+    from engine.scheduler import measure_packing
 
     config, index = prepare_profile_config(**flags)
     report = profile(config, index, steps=steps, warmup=3)
+    if packing:
+        best, rates = measure_packing(config.backbone, config.image_size, config.batch_size, config.device, steps)
+        report["packing"] = {"best_concurrency": best, "total_images_per_s": rates}
     if as_json:
         click.echo(json_module.dumps(report, indent=2))
         return

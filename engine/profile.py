@@ -14,7 +14,7 @@ from engine.config import RunConfig
 from engine.loaders import PIPELINES, DatasetIndex
 from engine.models import build_backbone
 from engine.scheduler import synchronize
-from engine.trainer import FIRST_PHASE, OPTIMIZERS, make_precision
+from engine.trainer import FIRST_PHASE, OPTIMIZERS, compiled, make_precision
 
 INPUT_BOUND = 0.9  # end-to-end below this share of the model-only rate: the loader is the bottleneck
 
@@ -48,7 +48,7 @@ class TrainStep:
         self.device = torch.device(config.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         model = build_backbone(config.backbone, num_classes).to(self.device, memory_format=self.memory_format)
-        self.model = torch.compile(model) if config.compile else model
+        self.model = compiled(model) if config.compile else model
         self.optimizer = OPTIMIZERS[FIRST_PHASE](model.parameters())
         self.precision = make_precision(config.precision, self.device.type)
         self.phase_s = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}

@@ -80,3 +80,39 @@ def summarize_seeds(results: dict[int, dict]) -> dict:
         "mean_acc": statistics.fmean(accuracies),
         "std_acc": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
     }
+
+
+def _snapshot(obj):
+    """A copy of every tensor in `obj` on the CPU, so training can go on changing the originals."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: _snapshot(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_snapshot(value) for value in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Checkpoint writes off the training loop's critical path: the tensors are copied to host memory at once
+    (fast), the file is written by one background thread (slow), in submission order. `wait()` before reading a
+    file back and before the run ends."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending = []
+
+    def save(self, path: Path, obj) -> None:
+        self._pending.append(self._executor.submit(save_checkpoint, path, _snapshot(obj)))
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()  # re-raises a failed write here, in the training thread
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._executor.shutdown(wait=True)

@@ -155,6 +155,8 @@ def train_run(config: RunConfig, index: DatasetIndex, force: bool = False) -> di
         shutil.rmtree(run_dir)
     _check_resumable(config, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.tmp-*"):  # a write a kill interrupted: never renamed, never to be read
+        stale.unlink()
     with run_log(run_dir):
         return _train(config, index, run_dir)
 

@@ -212,3 +212,52 @@ def choose_batch_size(requested: int | str | None, *, device: str, default: int,
         free_memory()
     log.info("batch size %d: %s", choice.batch_size, choice.reason)
     return choice.batch_size, f"autotuned: {choice.reason}"
+
+
+# --- Packing: several runs on one GPU -----------------------------------------------------------------------
+PACKING_OPTIONS = (1, 2, 3)
+PACKING_MARGIN = 1.05  # more processes must bring at least 5 % more images/s to be worth their memory
+
+
+def best_concurrency(total_rate: Callable[[int], float], options=PACKING_OPTIONS) -> tuple[int, dict[int, float]]:
+    """The number of concurrent runs with the most images/s in total (fewer unless more pays by the margin)."""
+    rates = {count: total_rate(count) for count in options}
+    best = options[0]
+    for count in options[1:]:
+        if rates[count] >= rates[best] * PACKING_MARGIN:
+            best = count
+    return best, rates
+
+
+def packing_key(gpu: str, backbone: str, image_size: tuple[int, int]) -> str:
+    return "|".join(["packing", gpu, f"torch {torch.__version__}", backbone, f"{image_size[0]}x{image_size[1]}"])
+
+
+def concurrent_profile_rate(count: int, backbone: str, image_size: tuple[int, int], batch_size: int,
+                            steps: int, device: str) -> float:
+    """Total model-only images/s of `count` `engine profile` processes run at once on the same device."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "engine", "profile", "--backbone", backbone, "--image-size",
+               f"{image_size[0]}x{image_size[1]}", "--batch-size", str(batch_size), "--steps", str(steps),
+               "--device", device, "--json"]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(count)]
+    total = 0.0
+    for process in processes:
+        out, err = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"a packed profile failed: {err.strip().splitlines()[-1] if err.strip() else ''}")
+        total += json.loads(out)["model_images_per_s"]
+    return total
+
+
+def measure_packing(backbone: str, image_size: tuple[int, int], batch_size: int, device: str, steps: int = 20,
+                    path: Path | None = None) -> tuple[int, dict[int, float]]:
+    gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    best, rates = best_concurrency(lambda count: concurrent_profile_rate(count, backbone, image_size, batch_size,
+                                                                         steps, device))
+    save_profile(packing_key(gpu, backbone, image_size), {"concurrency": best, "images_per_s": rates,
+                                                          "batch_size": batch_size}, path)
+    return best, rates

@@ -9,6 +9,7 @@ with real epochs and checkpoints so that a killed run continues from its last fi
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 import time
@@ -24,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.config import ADAMW, SGD, RunConfig
-from engine.results import BEST, LAST, METRICS, load_checkpoint, save_checkpoint, write_metrics
+from engine.results import BEST, LAST, METRICS, BackgroundWriter, load_checkpoint, write_metrics
 
 log = logging.getLogger("engine")
 
@@ -34,6 +35,18 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": lambda params: torch.optim.SGD(params, **SGD),
 }
 FIRST_PHASE, FINAL_PHASE = "adamw", "sgd"
+
+
+# --- Compilation ---------------------------------------------------------------------------------------------
+def compiled(model: nn.Module) -> nn.Module:
+    """torch.compile with its caches on disk in ~/.cache/engine/inductor, shared by every run of this user, so a
+    second run of the same backbone and shapes skips most of the compile (ANCHORS.md: 30-60 s the first time).
+    The variables are read when inductor is first imported, which is here."""
+    cache = Path(os.environ.get("ENGINE_CACHE") or Path.home() / ".cache" / "engine") / "inductor"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    return torch.compile(model)
 
 
 # --- Precision, decided once -----------------------------------------------------------------------------------------
@@ -197,8 +210,8 @@ class Fit:
     wall_s: float
 
 
-def _save_resume_point(run_dir: Path, model, optimizer, precision, state, history, wall_s) -> None:
-    save_checkpoint(run_dir / LAST, {
+def _save_resume_point(writer, run_dir: Path, model, optimizer, precision, state, history, wall_s) -> None:
+    writer.save(run_dir / LAST, {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scaler": precision.scaler.state_dict() if precision.scaler else None,
         "protocol": asdict(state), "history": history, "wall_s": wall_s, "rng": _rng_state()})
@@ -227,33 +240,39 @@ def fit(model: nn.Module, train_batches, eval_batches, config: RunConfig, run_di
     """Train `model` (already on the device, in its memory format) by the protocol, writing the run folder.
 
     Continues from `run_dir/last.pt` when it is there. Each finished epoch leaves best.pt (when it is a new
-    best), last.pt and metrics.csv, each replaced atomically.
+    best), last.pt and metrics.csv, each replaced atomically; the checkpoints are written by a background
+    thread while the next epoch trains.
     """
     device = torch.device(config.device)
     show_progress = sys.stderr.isatty() if show_progress is None else show_progress
     precision = make_precision(config.precision, device.type)
-    step_model = torch.compile(model) if config.compile else model
+    step_model = compiled(model) if config.compile else model
     state, optimizer, history, wall_s = _resume(run_dir, model, precision)
     write_metrics(run_dir / METRICS, history)  # a kill between last.pt and metrics.csv leaves one row behind
-    while state.stop_reason is None:
-        started = time.perf_counter()
-        row = {"epoch": state.epoch + 1, "phase": state.phase, "lr": optimizer.param_groups[0]["lr"]}
-        row |= train_fn(step_model, train_batches, optimizer, precision, state.epoch + 1, device, show_progress)
-        eval_started = time.perf_counter()
-        row["eval_acc"] = evaluate_fn(step_model, eval_batches, precision, device)
-        row["eval_s"] = time.perf_counter() - eval_started
-        improved, action = record_epoch(state, row["eval_acc"], config.patience, config.max_epochs)
-        history.append(_rounded(row))
-        if improved:
-            save_checkpoint(run_dir / BEST, {"model": model.state_dict(), "epoch": state.epoch,
+    writer = BackgroundWriter()
+    try:
+        while state.stop_reason is None:
+            started = time.perf_counter()
+            row = {"epoch": state.epoch + 1, "phase": state.phase, "lr": optimizer.param_groups[0]["lr"]}
+            row |= train_fn(step_model, train_batches, optimizer, precision, state.epoch + 1, device, show_progress)
+            eval_started = time.perf_counter()
+            row["eval_acc"] = evaluate_fn(step_model, eval_batches, precision, device)
+            row["eval_s"] = time.perf_counter() - eval_started
+            improved, action = record_epoch(state, row["eval_acc"], config.patience, config.max_epochs)
+            history.append(_rounded(row))
+            if improved:
+                writer.save(run_dir / BEST, {"model": model.state_dict(), "epoch": state.epoch,
                                              "eval_acc": state.best_acc, "phase": state.best_phase})
-        if action == "switch":
-            model.load_state_dict(load_checkpoint(run_dir / BEST)["model"])
-            optimizer = OPTIMIZERS[FINAL_PHASE](model.parameters())
-        wall_s += time.perf_counter() - started
-        _save_resume_point(run_dir, model, optimizer, precision, state, history, wall_s)
-        write_metrics(run_dir / METRICS, history)
-        _log_epoch(row, improved, action, state)
+            if action == "switch":
+                writer.wait()  # best.pt must be on disk before it is read back
+                model.load_state_dict(load_checkpoint(run_dir / BEST)["model"])
+                optimizer = OPTIMIZERS[FINAL_PHASE](model.parameters())
+            wall_s += time.perf_counter() - started
+            _save_resume_point(writer, run_dir, model, optimizer, precision, state, history, wall_s)
+            write_metrics(run_dir / METRICS, history)
+            _log_epoch(row, improved, action, state)
+    finally:
+        writer.close()
     return Fit(state, history, wall_s)
 
 

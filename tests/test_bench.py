@@ -22,3 +22,9 @@ def test_loader_benchmark_compares_every_pipeline_with_synthetic_data():
                          "mobilenet_v3_large"])
     assert [row["loader"] for row in rows] == ["synthetic (on device)", "torch", "dali", "resident"]
     assert all(row["train_img_s"] > 0 for row in rows if "error" not in row)
+
+
+def test_compare_runs_the_engine_and_the_authors_loop_on_the_same_files():
+    from engine.bench import compare
+    rows = compare.main(["--data", "demo", "--quick", "--device", "cpu", "--backbones", "mobilenet_v3_large"])
+    assert rows[0]["engine_img_s"] > 0 and rows[0]["reference_img_s"] > 0 and rows[0]["ratio"] > 0

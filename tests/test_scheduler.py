@@ -80,3 +80,17 @@ def test_the_real_step_measures_images_per_second_on_cpu():
     rate = scheduler.training_step_rate("mobilenet_v3_large", 3, (32, 32), "fp32", True, torch.device("cpu"),
                                         steps=1, warmup=1)
     assert rate(4) > 0
+
+
+def test_packing_takes_more_runs_only_when_they_pay():
+    assert scheduler.best_concurrency({1: 100.0, 2: 180.0, 3: 185.0}.get)[0] == 2  # 3 adds under 5 %
+    assert scheduler.best_concurrency({1: 100.0, 2: 103.0, 3: 104.0}.get)[0] == 1
+    assert scheduler.best_concurrency({1: 100.0, 2: 90.0, 3: 150.0}.get)[0] == 3
+
+
+def test_packing_is_measured_with_real_processes_and_stored(tmp_path):
+    path = tmp_path / "profiles.json"
+    best, rates = scheduler.measure_packing("shufflenet_v2_x2_0", (32, 32), 4, "cpu", steps=1, path=path)
+    assert set(rates) == {1, 2, 3} and all(rate > 0 for rate in rates.values()) and best in rates
+    stored = read_profiles(path)[scheduler.packing_key("cpu", "shufflenet_v2_x2_0", (32, 32))]
+    assert stored["concurrency"] == best and stored["batch_size"] == 4

@@ -1,0 +1,66 @@
+"""The engine against the authors' loop, on the same image files and backbone, in one process: epoch images/s
+of each and their ratio, per backbone.
+
+    python -m engine.bench.compare --data /tmp/jpgs --backbones resnet50,convnext_tiny,regnet_y_3_2gf   # GPU
+    python -m engine.bench.compare --data demo --quick --device cpu                                   # smoke
+
+The engine side is `engine train`'s own step and loader as configured by default for the machine (on a GPU:
+bf16, channels_last, torch.compile, DALI or resident loader, autotuned batch), timed over one epoch's batches
+after warm-up; the reference side is bench/reference_loop.py at the same batch size the authors' loop would
+need to fit (128, as ANCHORS.md measured).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import torch
+
+from engine.bench.reference_loop import reference_epoch_rate
+from engine.profile import TrainStep, endless, images_per_s
+from engine.run import prepare_config
+from engine.loaders import PIPELINES
+
+
+def engine_epoch_rate(data: str, backbone: str, image_size: tuple[int, int], device: str, batch_size, steps: int | None):
+    config, index = prepare_config(backbone=backbone, data=data, image_size=image_size, device=device,
+                                   batch_size=batch_size, pretrained=False)
+    step = TrainStep(config, index.num_classes)
+    pipeline = PIPELINES[config.loader](index, index.train, image_size=config.image_size, augment=config.augment,
+                                        batch_size=config.batch_size, train=True, device=torch.device(config.device),
+                                        seed=0, workers=config.workers, channels_last=config.channels_last)
+    steps = steps or len(pipeline)
+    return images_per_s(endless(pipeline), steps, 3, step, torch.device(config.device)), config, index
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="dataset name or a folder with train/<class>/<image>")
+    parser.add_argument("--backbones", default="resnet50,convnext_tiny,regnet_y_3_2gf,mobilenet_v3_large")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=128, help="the reference loop's batch")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="32 px, batch 8, 2 steps each (smoke test)")
+    args = parser.parse_args(argv)
+    size = (32, 32) if args.quick else (args.image_size, args.image_size)
+    batch, steps = (8, 2) if args.quick else (args.batch_size, None)
+    rows = []
+    for backbone in args.backbones.split(","):
+        engine_rate, config, index = engine_epoch_rate(args.data, backbone, size, args.device,
+                                                       batch if args.quick else None, steps)
+        reference_rate = reference_epoch_rate(str(index.root / "train"), backbone, size, batch,
+                                              torch.device(config.device), max_steps=steps)
+        rows.append({"backbone": backbone, "engine_img_s": round(engine_rate, 1),
+                     "engine_setup": f"{config.precision}, batch {config.batch_size}, {config.loader}"
+                                     f"{', compile' if config.compile else ''}",
+                     "reference_img_s": round(reference_rate, 1), "ratio": round(engine_rate / reference_rate, 2)})
+        print(json.dumps(rows[-1]), flush=True)
+    geometric_mean = math.exp(sum(math.log(row["ratio"]) for row in rows) / len(rows))
+    print(json.dumps({"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                      "geometric_mean_ratio": round(geometric_mean, 2)}))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The paper's authors' published training loop, faithfully: an fp32 model with autocast around the loss only,
+a GradScaler, PIL + torchvision transforms (Resize, TrivialAugmentWide, ToTensor, Normalize), a DataLoader with 2
+workers, and a `.item()` every batch. Used by bench/compare.py as the baseline the engine is measured against.
+On a machine without CUDA the autocast and the scaler are off (the loop is otherwise the same)."""
+from __future__ import annotations
+
+import time
+
+import torch
+import torchvision
+import torchvision.transforms as T
+
+from engine.loaders.torch_pipeline import IMAGENET_MEAN, IMAGENET_STD
+
+AUTHORS_WORKERS = 2
+
+
+def reference_epoch_rate(folder: str, backbone: str, image_size: tuple[int, int], batch_size: int,
+                         device: torch.device, workers: int = AUTHORS_WORKERS, warmup_steps: int = 3,
+                         max_steps: int | None = None) -> float:
+    """Images/s of one epoch of the authors' loop over an ImageFolder (`folder`/<class>/<image>), after
+    `warmup_steps` steps that are not timed."""
+    transform = T.Compose([T.Resize(list(image_size)), T.TrivialAugmentWide(), T.ToTensor(),
+                           T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    dataset = torchvision.datasets.ImageFolder(folder, transform=transform)
+    model = torchvision.models.get_model(backbone, weights=None, num_classes=len(dataset.classes)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    cuda = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    criterion = torch.nn.CrossEntropyLoss()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                         pin_memory=cuda, drop_last=True)
+
+    def run(limit: int | None) -> float:
+        seen, started = 0, time.perf_counter()
+        for step, (images, labels) in enumerate(loader):
+            images, labels = images.to(device), labels.to(device)
+            optimizer.zero_grad()
+            outputs = model(images)  # fp32: the authors' autocast covers only the loss
+            with torch.autocast(device.type, enabled=cuda):
+                loss = criterion(outputs, labels)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            _ = loss.item()  # the per-batch host synchronisation of the original
+            seen += len(images)
+            if limit is not None and step + 1 >= limit:
+                break
+        if cuda:
+            torch.cuda.synchronize(device)
+        return seen / (time.perf_counter() - started)
+
+    run(warmup_steps)
+    return run(max_steps)
