@@ -193,6 +193,40 @@ def train(seed: int | None, runs: int | None, force: bool, **flags) -> None:
     train_seeds(config, index, seeds, force=force)
 
 
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--backbones", required=True, help="Comma-separated names or patterns (regnet*), or all.")
+@click.option("--datasets", required=True, help="Comma-separated built-in names or folders, or all (the paper's 20).")
+@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--fractions", default="1", show_default=True, help="e.g. 1,0.1,0.01 (Tables 7 and 8).")
+@click.option("--out", type=click.Path(file_okay=False), default=DEFAULT_OUT, show_default=True)
+@click.option("--launcher", type=click.Choice(["local"]), default="local", show_default=True,
+              help="local: one cell per GPU (CPU: one at a time).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and an estimate of GPU-hours; run nothing.")
+@click.option("--retry-failed", is_flag=True, help="Run cells that failed before again.")
+@click.pass_context
+def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fractions: str, out: str, launcher: str,
+         dry_run: bool, retry_failed: bool) -> None:
+    """Run the grid backbones x datasets x seeds x fractions, each cell an `engine train` in its own process.
+
+    Any other `engine train` flag (e.g. --max-epochs 30 --no-pretrained --image-size 128) is passed to every
+    cell. Finished cells are skipped, killed ones resume, failed ones are listed with their reason.
+    """
+    from pathlib import Path
+
+    from engine import grid as grid_module
+
+    train_flags = list(ctx.args)
+    train.make_context("train", ["--backbone", "resnet50", "--data", "demo", *train_flags])  # fails on a bad flag
+    cells = grid_module.expand_cells(backbones, datasets, seeds, fractions)
+    if dry_run:
+        for line in grid_module.dry_run(cells, Path(out)):
+            click.echo(line)
+        return
+    result = grid_module.run_grid(cells, Path(out), train_flags, retry_failed=retry_failed)
+    if result["failed"]:
+        sys.exit(1)
+
+
 @cli.command("profile")
 @click.option("--backbone", required=True, help="Backbone name (see `engine backbones`).")
 @click.option("--data", default=None, help="Dataset name or folder: also measure the loader and the whole pipeline.")

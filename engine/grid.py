@@ -1,0 +1,198 @@
+"""`engine grid`: backbones x datasets x seeds x fractions, each cell an `engine train` in its own process (one
+crash or out-of-memory stays in its cell), resumable: a cell with result.json is done and skipped, a killed cell
+continues from its last epoch, a failed cell is recorded with its reason and rerun by --retry-failed.
+
+Launcher: local. One cell at a time on the CPU; with GPUs, one worker per GPU (CUDA_VISIBLE_DEVICES), times the
+concurrency the profile store's packing measurement found worth it.
+"""
+from __future__ import annotations
+
+import ctypes
+import fnmatch
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.errors import UserInputError
+from engine.loaders import registry
+from engine.models import list_backbones
+from engine.results import RESULT, read_json, write_json
+
+log = logging.getLogger("engine")
+GRID_FOLDER = ".grid"  # under --out: per-cell logs and failure records
+
+
+@dataclass(frozen=True)
+class Cell:
+    backbone: str
+    data: str  # as the user gave it (a registry name or a path)
+    seed: int
+    fraction: float
+
+    @property
+    def dataset(self) -> str:
+        return self.data if self.data in registry() else Path(self.data).expanduser().resolve().name
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone}__{self.dataset}__f{self.fraction:g}__s{self.seed}"
+
+    def run_dir(self, out: Path) -> Path:
+        return out / self.backbone / self.dataset / f"f{self.fraction:g}" / f"s{self.seed}"
+
+    def command(self, out: Path, train_flags: list[str]) -> list[str]:
+        return [sys.executable, "-m", "engine", "train", "--backbone", self.backbone, "--data", self.data,
+                "--seed", str(self.seed), "--fraction", f"{self.fraction:g}", "--out", str(out), *train_flags]
+
+
+def _pick(requested: str, known: list[str], what: str) -> list[str]:
+    """'all', or comma-separated names and shell patterns ('regnet*'), each of which must match something."""
+    if requested == "all":
+        return list(known)
+    chosen = []
+    for item in requested.split(","):
+        matches = [name for name in known if fnmatch.fnmatch(name, item)] if any(c in item for c in "*?[") else \
+            ([item] if item in known or what == "dataset" else [])
+        if not matches:
+            raise UserInputError(f"no {what} matches {item!r}; known: {', '.join(known)}")
+        chosen += [name for name in matches if name not in chosen]
+    return chosen
+
+
+def expand_cells(backbones: str, datasets: str, seeds: str, fractions: str) -> list[Cell]:
+    backbone_names = _pick(backbones, list_backbones(), "backbone")
+    dataset_names = _pick(datasets, [name for name in registry() if name != "demo"], "dataset")
+    try:
+        seed_values = [int(seed) for seed in seeds.split(",")]
+        fraction_values = [float(fraction) for fraction in fractions.split(",")]
+    except ValueError as err:
+        raise UserInputError(f"--seeds takes integers and --fractions numbers, comma-separated ({err})") from None
+    if any(not 0 < fraction <= 1 for fraction in fraction_values):
+        raise UserInputError(f"fractions must be in (0, 1], got {fractions}")
+    return [Cell(backbone, data, seed, fraction) for data in dataset_names for fraction in fraction_values
+            for backbone in backbone_names for seed in seed_values]
+
+
+def _failure_path(out: Path, cell: Cell) -> Path:
+    return out / GRID_FOLDER / "failed" / f"{cell.name}.json"
+
+
+def cell_status(out: Path, cell: Cell) -> str:
+    if (cell.run_dir(out) / RESULT).exists():
+        return "done"
+    if _failure_path(out, cell).exists():
+        return "failed"
+    return "started" if cell.run_dir(out).exists() else "pending"
+
+
+def _die_with_parent() -> None:
+    """In the child: be killed when the grid process dies (even by SIGKILL), so that a rerun of the grid never
+    trains a cell twice at the same time."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _worker_slots() -> list[dict]:
+    """Environment overrides for each concurrent cell: one per GPU; on the CPU a single slot."""
+    gpus = torch.cuda.device_count()
+    if gpus == 0:
+        return [{}]
+    return [{"CUDA_VISIBLE_DEVICES": str(index)} for index in range(gpus)]
+
+
+def run_grid(cells: list[Cell], out: Path, train_flags: list[str], retry_failed: bool = False,
+             slots: list[dict] | None = None) -> dict[str, list[Cell]]:
+    """Run every cell that is not done (failed ones only with retry_failed); returns cells by final status."""
+    out = Path(out)
+    todo = [cell for cell in cells if cell_status(out, cell) != "done"
+            and (retry_failed or cell_status(out, cell) != "failed")]
+    for cell in todo:
+        _failure_path(out, cell).unlink(missing_ok=True)
+    done_before = len(cells) - len(todo) - sum(cell_status(out, c) == "failed" for c in cells if c not in todo)
+    log.info("grid: %d cells, %d already done, %d to run -> %s", len(cells), done_before, len(todo), out)
+    logs = out / GRID_FOLDER / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    free = list(slots if slots is not None else _worker_slots())
+    running: dict[subprocess.Popen, tuple[Cell, dict, float]] = {}
+    queue, started_at, finished_s = list(todo), time.time(), []
+    while queue or running:
+        while queue and free:
+            cell, slot = queue.pop(0), free.pop(0)
+            with open(logs / f"{cell.name}.log", "a") as handle:
+                process = subprocess.Popen(cell.command(out, train_flags), stdout=handle, stderr=subprocess.STDOUT,
+                                           env={**os.environ, **slot}, preexec_fn=_die_with_parent)
+            running[process] = (cell, slot, time.time())
+        time.sleep(0.2)
+        for process in [p for p in running if p.poll() is not None]:
+            cell, slot, began = running.pop(process)
+            free.append(slot)
+            finished_s.append(time.time() - began)
+            if process.returncode != 0 or not (cell.run_dir(out) / RESULT).exists():
+                reason = _last_line(logs / f"{cell.name}.log") or f"exit code {process.returncode}"
+                write_json(_failure_path(out, cell), {"cell": cell.name, "exit_code": process.returncode,
+                                                      "reason": reason})
+                log.warning("grid: %s failed: %s", cell.name, reason)
+            _log_progress(cells, out, len(running), queue, finished_s, len(free) + len(running))
+    by_status: dict[str, list[Cell]] = {"done": [], "failed": [], "pending": [], "started": []}
+    for cell in cells:
+        by_status[cell_status(out, cell)].append(cell)
+    for cell in by_status["failed"]:
+        log.warning("grid: failed %s: %s (rerun with --retry-failed)", cell.name,
+                    read_json(_failure_path(out, cell))["reason"])
+    log.info("grid finished in %.0f s: %d done, %d failed", time.time() - started_at, len(by_status["done"]),
+             len(by_status["failed"]))
+    return by_status
+
+
+def _last_line(path: Path) -> str:
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()] \
+        if path.exists() else []
+    return lines[-1] if lines else ""
+
+
+def _log_progress(cells, out, running: int, queue: list, finished_s: list[float], slots: int) -> None:
+    statuses = [cell_status(out, cell) for cell in cells]
+    average = sum(finished_s) / len(finished_s)
+    eta = average * (len(queue) + running) / max(slots, 1)
+    log.info("grid: %d done, %d running, %d failed, %d left; ETA %.0f min", statuses.count("done"), running,
+             statuses.count("failed"), len(queue), eta / 60)
+
+
+ASSUMED_EPOCHS = 40  # a typical DualOpt run: the best epoch, two patience windows, and the SGD phase's gains
+
+
+def dry_run(cells: list[Cell], out: Path) -> list[str]:
+    """The plan, one line per cell with its status, and an estimate of GPU-hours from the profile store's
+    measured images/s (the fastest entry per backbone), where it has them."""
+    from engine.scheduler import read_profiles
+
+    rates: dict[str, float] = {}
+    for key, entry in read_profiles().items():
+        parts = key.split("|")
+        if parts[0] != "packing" and entry.get("images_per_s"):
+            rates[parts[2]] = max(rates.get(parts[2], 0.0), max(float(v) for v in entry["images_per_s"].values()))
+    lines, seconds, unknown = [], 0.0, set()
+    for cell in cells:
+        lines.append(f"{cell_status(out, cell):8s} {cell.name}")
+        spec = registry().get(cell.data)
+        if cell_status(out, cell) == "done":
+            continue
+        if cell.backbone not in rates or spec is None:
+            unknown.add(cell.backbone if cell.backbone not in rates else cell.data)
+            continue
+        seconds += spec.paper_counts["train"] * cell.fraction * ASSUMED_EPOCHS / rates[cell.backbone]
+    if seconds:
+        lines.append(f"estimate: {seconds / 3600:.1f} GPU-hours for the cells left (profile store rates, "
+                     f"{ASSUMED_EPOCHS} epochs a cell)")
+    if unknown:
+        lines.append(f"no estimate for {', '.join(sorted(unknown))}: the profile store has no rate for it (run "
+                     f"`engine profile --backbone NAME` on the GPU) or it is not a built-in dataset")
+    return lines

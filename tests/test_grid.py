@@ -1,0 +1,104 @@
+"""`engine grid` on the CPU: cells as processes, resumable after SIGKILL, failures recorded and retried."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.errors import UserInputError
+from engine.grid import cell_status, expand_cells
+from engine.results import read_metrics
+from tests.conftest import make_dataset, run_engine
+
+FLAGS = ["--no-pretrained", "--image-size", "32", "--batch-size", "8"]
+
+
+def test_cells_expand_names_patterns_and_all():
+    cells = expand_cells("mobilenet*,resnet50", "demo,/tmp/x", "0,1", "1,0.1")
+    assert len(cells) == 2 * 2 * 2 * 2
+    assert {cell.backbone for cell in cells} == {"mobilenet_v3_large", "resnet50"}
+    assert len({cell.name for cell in cells}) == len(cells)
+    assert len(expand_cells("all", "all", "0", "1")) == 11 * 20
+    with pytest.raises(UserInputError, match="no backbone matches 'vgg\\*'"):
+        expand_cells("vgg*", "demo", "0", "1")
+    with pytest.raises(UserInputError, match="fractions must be in"):
+        expand_cells("resnet50", "demo", "0", "0")
+
+
+def train_processes(out: Path) -> list[int]:
+    """PIDs of `engine train` processes writing to `out`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"train" in command and str(out).encode() in command:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_grid_survives_sigkill_and_finishes_every_cell_once(tmp_path):
+    data = make_dataset(tmp_path / "tiny", {"train": 12, "test": 4})
+    out = tmp_path / "runs"
+    args = ["grid", "--backbones", "mobilenet_v3_large,shufflenet_v2_x2_0", "--datasets", str(data), "--seeds", "0,1",
+            "--out", str(out), "--max-epochs", "2", *FLAGS]
+    grid = subprocess.Popen([sys.executable, "-m", "engine", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(out.rglob("result.json")):
+        assert grid.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1.0)  # into the next cell
+    os.kill(grid.pid, signal.SIGKILL)
+    grid.wait()
+    time.sleep(1.0)
+    assert train_processes(out) == []  # the running cell died with the grid: no cell trains twice at once
+    first = next(out.rglob("result.json"))
+    stamp = first.stat().st_mtime_ns
+
+    rerun = run_engine(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "already done" in rerun.stderr
+    results = sorted(out.rglob("result.json"))
+    assert len(results) == 4 and first.stat().st_mtime_ns == stamp  # finished work kept, not retrained
+    for result in results:
+        assert [int(row["epoch"]) for row in read_metrics(result.parent / "metrics.csv")] == [1, 2]
+
+
+def test_failed_cells_are_reported_and_retried(tmp_path):
+    good = make_dataset(tmp_path / "good", {"train": 6, "test": 2})
+    bad = make_dataset(tmp_path / "bad", {"train": 6, "test": 2})
+    broken = bad / "train" / "blue" / "blue_001.png"
+    broken.write_bytes(b"broken")
+    out = tmp_path / "runs"
+    args = ["grid", "--backbones", "mobilenet_v3_large", "--datasets", f"{good},{bad}", "--seeds", "0",
+            "--out", str(out), "--max-epochs", "1", *FLAGS]
+    failed = run_engine(*args)
+    assert failed.returncode == 1
+    assert f"failed mobilenet_v3_large__bad__f1__s0: engine: error: cannot read image {broken}" in failed.stderr
+    cells = expand_cells("mobilenet_v3_large", f"{good},{bad}", "0", "1")
+    assert [cell_status(out, cell) for cell in cells] == ["done", "failed"]
+    record = json.loads((out / ".grid" / "failed" / "mobilenet_v3_large__bad__f1__s0.json").read_text())
+    assert record["exit_code"] == 2
+
+    again = run_engine(*args)  # without --retry-failed the failure stands
+    assert again.returncode == 1 and [cell_status(out, cell) for cell in cells] == ["done", "failed"]
+    make_dataset(tmp_path / "fixed", {"train": 6, "test": 2})
+    broken.write_bytes((tmp_path / "fixed" / "train" / "blue" / "blue_001.png").read_bytes())
+    retried = run_engine(*args, "--retry-failed")
+    assert retried.returncode == 0, retried.stderr
+    assert [cell_status(out, cell) for cell in cells] == ["done", "done"]
+
+
+def test_dry_run_lists_the_plan(tmp_path):
+    done = run_engine("grid", "--backbones", "resnet50", "--datasets", "eurosat,cifar10", "--seeds", "0,1",
+                      "--fractions", "1,0.1", "--out", str(tmp_path), "--dry-run")
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert sum(line.startswith("pending") for line in lines) == 8
+    assert "no estimate" in done.stdout or "GPU-hours" in done.stdout
