@@ -227,6 +227,22 @@ def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fraction
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex"]), default="md", show_default=True)
+@click.option("--plots", type=click.Path(file_okay=False), default=None,
+              help="Also write PNG plots here: accuracy against training fraction per dataset, and a heat map.")
+def report(folder: str, fmt: str, plots: str | None) -> None:
+    """The paper's tables from the run folders under FOLDER, each number beside the paper's."""
+    from engine import report as report_module
+
+    entries = report_module.collect(folder)
+    click.echo(report_module.render(entries, fmt))
+    if plots:
+        for path in report_module.write_plots(entries, plots):
+            log.info("wrote %s", path)
+
+
 @cli.command("profile")
 @click.option("--backbone", required=True, help="Backbone name (see `engine backbones`).")
 @click.option("--data", default=None, help="Dataset name or folder: also measure the loader and the whole pipeline.")

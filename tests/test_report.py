@@ -1,0 +1,77 @@
+"""`engine report`: tables from run folders beside the paper's numbers, in md, csv and latex; plots."""
+import csv
+import io
+
+import pytest
+from PIL import Image
+
+from engine.cli import main
+from engine.report import paper_values
+from engine.results import write_json
+
+# (dataset, fraction, backbone) -> test accuracy of seeds 0 and 1
+RUNS = {
+    ("cifar10", 1.0, "resnet50"): (94.0, 95.0), ("cifar10", 1.0, "convnext_tiny"): (96.0, 97.0),
+    ("cifar10", 0.1, "resnet50"): (85.0, 87.0), ("cifar10", 0.1, "convnext_tiny"): (90.0, 88.0),
+    ("cifar10", 0.01, "resnet50"): (60.0, 62.0), ("cifar10", 0.01, "convnext_tiny"): (70.0, 71.0),
+    ("dtd", 1.0, "resnet50"): (70.0, 72.0), ("dtd", 1.0, "convnext_tiny"): (69.0, 71.0),
+}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    for (dataset, fraction, backbone), accuracies in RUNS.items():
+        for seed, accuracy in enumerate(accuracies):
+            write_json(tmp_path / backbone / dataset / f"f{fraction:g}" / f"s{seed}" / "result.json",
+                       {"status": "finished", "backbone": backbone, "dataset": dataset, "fraction": fraction,
+                        "seed": seed, "test_acc": accuracy})
+    (tmp_path / "resnet50" / "dtd" / "f1" / "s9").mkdir()  # an unfinished run: no result.json, not counted
+    return tmp_path
+
+
+def report(capsys, *argv):
+    with pytest.raises(SystemExit) as exited:
+        main(["report", *argv])
+    assert exited.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_csv_rows_hold_best_mean_rank_and_the_papers_number(runs, capsys):
+    rows = list(csv.DictReader(io.StringIO(report(capsys, str(runs), "--format", "csv"))))
+    assert len(rows) == len(RUNS)
+    paper = paper_values()
+    for row in rows:
+        key = (row["dataset"], float(row["fraction"]), row["backbone"])
+        accuracies = RUNS[key]
+        assert float(row["best"]) == max(accuracies) and float(row["mean"]) == pytest.approx(sum(accuracies) / 2)
+        assert row["seeds"] == "2"
+        assert float(row["paper"]) == paper[key]
+        assert float(row["difference"]) == pytest.approx(max(accuracies) - paper[key], abs=0.011)
+    ranks = {(r["dataset"], r["fraction"], r["backbone"]): r["rank"] for r in rows}
+    assert ranks[("dtd", "1", "resnet50")] == "1" and ranks[("dtd", "1", "convnext_tiny")] == "2"
+
+
+def test_markdown_tables_group_by_domain_and_mark_the_top_three(runs, capsys):
+    text = report(capsys, str(runs))
+    assert "full training sets, natural" in text and "full training sets, texture" in text
+    paper = paper_values()
+    assert f"97.00¹ (96.50±0.71) [paper {paper[('cifar10', 1.0, 'convnext_tiny')]:.2f}" in text
+    assert "by training fraction" in text and "cifar10 @0.01" in text
+    table_one = text[text.index("Table 1"):]
+    assert "| overall | convnext_tiny (1.5) | resnet50 (1.5) |" in table_one or \
+        "| overall | resnet50 (1.5) | convnext_tiny (1.5) |" in table_one
+
+
+def test_latex_and_plots(runs, capsys, tmp_path):
+    latex = report(capsys, str(runs), "--format", "latex", "--plots", str(tmp_path / "plots"))
+    assert latex.count("\\begin{tabular}") >= 3 and "convnext\\_tiny" in latex
+    heat = Image.open(tmp_path / "plots" / "heatmap.png")
+    curve = Image.open(tmp_path / "plots" / "fraction_cifar10.png")
+    assert heat.format == curve.format == "PNG" and heat.size[0] > 200
+    assert not (tmp_path / "plots" / "fraction_dtd.png").exists()  # one fraction only: no curve
+
+
+def test_a_folder_without_runs_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["report", str(tmp_path)])
+    assert exited.value.code == 2 and "no finished runs" in capsys.readouterr().err
