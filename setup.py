@@ -32,7 +32,8 @@ setup(
     extras_require={
         # pytest, and the references the tests compare against: pytorch_wavelets' DWT and the published WaveMix
         "dev": ["pytest", "pytorch_wavelets==1.3.0", "PyWavelets", "wavemix==0.2.4", "einops", "scipy", "h5py",
-                "pydicom", "nvidia-dali-cuda130", "matplotlib"],
+                "pydicom", "nvidia-dali-cuda130", "matplotlib", "submitit"],
+        "slurm": ["submitit"],  # engine grid --launcher slurm
         "report": ["matplotlib"],  # engine report --plots
         # readers of some datasets' sources: .mat (Flowers-102, Stanford Dogs), HDF5 (Galaxy10), DICOM (RSNA)
         "datasets": ["scipy", "h5py", "pydicom"],

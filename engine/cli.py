@@ -199,13 +199,21 @@ def train(seed: int | None, runs: int | None, force: bool, **flags) -> None:
 @click.option("--seeds", default="0,1,2", show_default=True)
 @click.option("--fractions", default="1", show_default=True, help="e.g. 1,0.1,0.01 (Tables 7 and 8).")
 @click.option("--out", type=click.Path(file_okay=False), default=DEFAULT_OUT, show_default=True)
-@click.option("--launcher", type=click.Choice(["local"]), default="local", show_default=True,
-              help="local: one cell per GPU (CPU: one at a time).")
+@click.option("--launcher", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
+              show_default=True, help="local: one cell per GPU (CPU: one at a time); slurm: one job array through "
+                                      "submitit (requeued on preemption); submitit-local: that path on this machine.")
+@click.option("--partition", default=None, help="Slurm partition.")
+@click.option("--time-limit", "time_min", type=click.IntRange(min=1), default=24 * 60, show_default=True,
+              help="Slurm time limit per cell, minutes (a cell that runs out is requeued and resumes).")
+@click.option("--gpus-per-task", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--array-parallelism", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Slurm: cells running at once.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and an estimate of GPU-hours; run nothing.")
 @click.option("--retry-failed", is_flag=True, help="Run cells that failed before again.")
 @click.pass_context
 def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fractions: str, out: str, launcher: str,
-         dry_run: bool, retry_failed: bool) -> None:
+         partition: str | None, time_min: int, gpus_per_task: int, array_parallelism: int, dry_run: bool,
+         retry_failed: bool) -> None:
     """Run the grid backbones x datasets x seeds x fractions, each cell an `engine train` in its own process.
 
     Any other `engine train` flag (e.g. --max-epochs 30 --no-pretrained --image-size 128) is passed to every
@@ -222,7 +230,11 @@ def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fraction
         for line in grid_module.dry_run(cells, Path(out)):
             click.echo(line)
         return
-    result = grid_module.run_grid(cells, Path(out), train_flags, retry_failed=retry_failed)
+    if launcher == "local":
+        result = grid_module.run_grid(cells, Path(out), train_flags, retry_failed=retry_failed)
+    else:
+        result = grid_module.submit_grid(cells, Path(out), train_flags, launcher, retry_failed, partition, time_min,
+                                         gpus_per_task, array_parallelism)
     if result["failed"]:
         sys.exit(1)
 

@@ -196,3 +196,67 @@ def dry_run(cells: list[Cell], out: Path) -> list[str]:
         lines.append(f"no estimate for {', '.join(sorted(unknown))}: the profile store has no rate for it (run "
                      f"`engine profile --backbone NAME` on the GPU) or it is not a built-in dataset")
     return lines
+
+
+# --- Slurm, through submitit -----------------------------------------------------------------------------------
+class CellTask:
+    """One cell as a submitit task. Preempted or timed out, submitit calls `checkpoint` and requeues the same
+    task, which resumes from the cell's last.pt; a cell already done is not trained again."""
+
+    def __init__(self, cell: Cell, out: Path, train_flags: list[str]):
+        self.cell, self.out, self.train_flags = cell, Path(out), list(train_flags)
+
+    def __call__(self) -> str:
+        if cell_status(self.out, self.cell) == "done":
+            return "done"
+        logs = self.out / GRID_FOLDER / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"{self.cell.name}.log", "a") as handle:
+            code = subprocess.call(self.cell.command(self.out, self.train_flags), stdout=handle,
+                                   stderr=subprocess.STDOUT)
+        if code != 0:
+            reason = _last_line(logs / f"{self.cell.name}.log") or f"exit code {code}"
+            write_json(_failure_path(self.out, self.cell), {"cell": self.cell.name, "exit_code": code,
+                                                            "reason": reason})
+            raise RuntimeError(f"{self.cell.name} failed: {reason}")
+        return "done"
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+        return submitit.helpers.DelayedSubmission(self)
+
+
+SLURM_CLUSTERS = {"slurm": "slurm", "submitit-local": "local"}
+
+
+def submit_grid(cells: list[Cell], out: Path, train_flags: list[str], launcher: str, retry_failed: bool = False,
+                partition: str | None = None, time_min: int = 24 * 60, gpus_per_task: int = 1,
+                parallelism: int = 64) -> dict[str, list[Cell]]:
+    """One job array for the cells left; waits for it and returns cells by status (as run_grid)."""
+    try:
+        import submitit
+    except ImportError:
+        raise UserInputError("the Slurm launcher needs submitit: pip install 'engine[slurm]'") from None
+    out = Path(out)
+    todo = [cell for cell in cells if cell_status(out, cell) != "done"
+            and (retry_failed or cell_status(out, cell) != "failed")]
+    for cell in todo:
+        _failure_path(out, cell).unlink(missing_ok=True)
+    executor = submitit.AutoExecutor(folder=out / GRID_FOLDER / "submitit", cluster=SLURM_CLUSTERS[launcher])
+    parameters = {"timeout_min": time_min, "name": "engine-grid"}
+    if launcher == "slurm":
+        parameters |= {"slurm_array_parallelism": parallelism, "gpus_per_node": gpus_per_task,
+                       **({"slurm_partition": partition} if partition else {})}
+    executor.update_parameters(**parameters)
+    log.info("grid: %d cells, %d to submit as one job array (%s)", len(cells), len(todo), launcher)
+    jobs = executor.submit_array([CellTask(cell, out, train_flags) for cell in todo]) if todo else []
+    for job, cell in zip(jobs, todo):
+        try:
+            job.result()
+        except Exception as error:  # noqa: BLE001 - a failed cell is reported, the others go on
+            log.warning("grid: %s failed (%s)", cell.name, str(error).strip().splitlines()[-1][:300])
+    by_status: dict[str, list[Cell]] = {"done": [], "failed": [], "pending": [], "started": []}
+    for cell in cells:
+        by_status[cell_status(out, cell)].append(cell)
+    log.info("grid: %d done, %d failed", len(by_status["done"]), len(by_status["failed"]))
+    return by_status

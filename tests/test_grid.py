@@ -102,3 +102,21 @@ def test_dry_run_lists_the_plan(tmp_path):
     lines = done.stdout.splitlines()
     assert sum(line.startswith("pending") for line in lines) == 8
     assert "no estimate" in done.stdout or "GPU-hours" in done.stdout
+
+
+def test_the_submitit_path_runs_a_job_array_locally(tmp_path):
+    pytest.importorskip("submitit")
+    good = make_dataset(tmp_path / "good", {"train": 6, "test": 2})
+    bad = make_dataset(tmp_path / "bad", {"train": 6, "test": 2})
+    (bad / "train" / "red" / "red_000.png").write_bytes(b"broken")
+    out = tmp_path / "runs"
+    args = ["grid", "--backbones", "mobilenet_v3_large", "--datasets", f"{good},{bad}", "--seeds", "0",
+            "--out", str(out), "--launcher", "submitit-local", "--max-epochs", "1", *FLAGS]
+    done = run_engine(*args)
+    assert done.returncode == 1  # the broken dataset's cell failed; the other finished
+    cells = expand_cells("mobilenet_v3_large", f"{good},{bad}", "0", "1")
+    assert [cell_status(out, cell) for cell in cells] == ["done", "failed"]
+    assert list((out / ".grid" / "submitit").iterdir())  # submitit's own job folders
+    stamp = next(out.rglob("result.json")).stat().st_mtime_ns
+    again = run_engine(*args)
+    assert "0 to submit" in again.stderr and next(out.rglob("result.json")).stat().st_mtime_ns == stamp
