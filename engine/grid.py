@@ -93,6 +93,28 @@ def cell_status(out: Path, cell: Cell) -> str:
     return "started" if cell.run_dir(out).exists() else "pending"
 
 
+def _cells_to_run(cells: list[Cell], out: Path, retry_failed: bool) -> list[Cell]:
+    """Cells not done (failed ones only when retried: their failure record is cleared)."""
+    todo = [cell for cell in cells if cell_status(out, cell) != "done"
+            and (retry_failed or cell_status(out, cell) != "failed")]
+    for cell in todo:
+        _failure_path(out, cell).unlink(missing_ok=True)
+    return todo
+
+
+def _by_status(cells: list[Cell], out: Path) -> dict[str, list[Cell]]:
+    by_status: dict[str, list[Cell]] = {"done": [], "failed": [], "pending": [], "started": []}
+    for cell in cells:
+        by_status[cell_status(out, cell)].append(cell)
+    return by_status
+
+
+def _record_failure(out: Path, cell: Cell, exit_code: int, log_file: Path) -> str:
+    reason = _last_line(log_file) or f"exit code {exit_code}"
+    write_json(_failure_path(out, cell), {"cell": cell.name, "exit_code": exit_code, "reason": reason})
+    return reason
+
+
 def _die_with_parent() -> None:
     """In the child: be killed when the grid process dies (even by SIGKILL), so that a rerun of the grid never
     trains a cell twice at the same time."""
@@ -112,10 +134,7 @@ def run_grid(cells: list[Cell], out: Path, train_flags: list[str], retry_failed:
              slots: list[dict] | None = None) -> dict[str, list[Cell]]:
     """Run every cell that is not done (failed ones only with retry_failed); returns cells by final status."""
     out = Path(out)
-    todo = [cell for cell in cells if cell_status(out, cell) != "done"
-            and (retry_failed or cell_status(out, cell) != "failed")]
-    for cell in todo:
-        _failure_path(out, cell).unlink(missing_ok=True)
+    todo = _cells_to_run(cells, out, retry_failed)
     done_before = len(cells) - len(todo) - sum(cell_status(out, c) == "failed" for c in cells if c not in todo)
     log.info("grid: %d cells, %d already done, %d to run -> %s", len(cells), done_before, len(todo), out)
     logs = out / GRID_FOLDER / "logs"
@@ -136,14 +155,10 @@ def run_grid(cells: list[Cell], out: Path, train_flags: list[str], retry_failed:
             free.append(slot)
             finished_s.append(time.time() - began)
             if process.returncode != 0 or not (cell.run_dir(out) / RESULT).exists():
-                reason = _last_line(logs / f"{cell.name}.log") or f"exit code {process.returncode}"
-                write_json(_failure_path(out, cell), {"cell": cell.name, "exit_code": process.returncode,
-                                                      "reason": reason})
+                reason = _record_failure(out, cell, process.returncode, logs / f"{cell.name}.log")
                 log.warning("grid: %s failed: %s", cell.name, reason)
             _log_progress(cells, out, len(running), queue, finished_s, len(free) + len(running))
-    by_status: dict[str, list[Cell]] = {"done": [], "failed": [], "pending": [], "started": []}
-    for cell in cells:
-        by_status[cell_status(out, cell)].append(cell)
+    by_status = _by_status(cells, out)
     for cell in by_status["failed"]:
         log.warning("grid: failed %s: %s (rerun with --retry-failed)", cell.name,
                     read_json(_failure_path(out, cell))["reason"])
@@ -215,9 +230,7 @@ class CellTask:
             code = subprocess.call(self.cell.command(self.out, self.train_flags), stdout=handle,
                                    stderr=subprocess.STDOUT)
         if code != 0:
-            reason = _last_line(logs / f"{self.cell.name}.log") or f"exit code {code}"
-            write_json(_failure_path(self.out, self.cell), {"cell": self.cell.name, "exit_code": code,
-                                                            "reason": reason})
+            reason = _record_failure(self.out, self.cell, code, logs / f"{self.cell.name}.log")
             raise RuntimeError(f"{self.cell.name} failed: {reason}")
         return "done"
 
@@ -238,10 +251,7 @@ def submit_grid(cells: list[Cell], out: Path, train_flags: list[str], launcher: 
     except ImportError:
         raise UserInputError("the Slurm launcher needs submitit: pip install 'engine[slurm]'") from None
     out = Path(out)
-    todo = [cell for cell in cells if cell_status(out, cell) != "done"
-            and (retry_failed or cell_status(out, cell) != "failed")]
-    for cell in todo:
-        _failure_path(out, cell).unlink(missing_ok=True)
+    todo = _cells_to_run(cells, out, retry_failed)
     executor = submitit.AutoExecutor(folder=out / GRID_FOLDER / "submitit", cluster=SLURM_CLUSTERS[launcher])
     parameters = {"timeout_min": time_min, "name": "engine-grid"}
     if launcher == "slurm":
@@ -255,8 +265,6 @@ def submit_grid(cells: list[Cell], out: Path, train_flags: list[str], launcher: 
             job.result()
         except Exception as error:  # noqa: BLE001 - a failed cell is reported, the others go on
             log.warning("grid: %s failed (%s)", cell.name, str(error).strip().splitlines()[-1][:300])
-    by_status: dict[str, list[Cell]] = {"done": [], "failed": [], "pending": [], "started": []}
-    for cell in cells:
-        by_status[cell_status(out, cell)].append(cell)
+    by_status = _by_status(cells, out)
     log.info("grid: %d done, %d failed", len(by_status["done"]), len(by_status["failed"]))
     return by_status
