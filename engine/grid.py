@@ -2,8 +2,8 @@
 crash or out-of-memory stays in its cell), resumable: a cell with result.json is done and skipped, a killed cell
 continues from its last epoch, a failed cell is recorded with its reason and rerun by --retry-failed.
 
-Launcher: local. One cell at a time on the CPU; with GPUs, one worker per GPU (CUDA_VISIBLE_DEVICES), times the
-concurrency the profile store's packing measurement found worth it.
+Launchers: local (one cell at a time on the CPU; with GPUs, one worker per GPU through CUDA_VISIBLE_DEVICES, times
+the concurrency the profile store's packing measurement found worth it), and Slurm through submitit.
 """
 from __future__ import annotations
 
@@ -122,12 +122,26 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _worker_slots() -> list[dict]:
-    """Environment overrides for each concurrent cell: one per GPU; on the CPU a single slot."""
+def packed_concurrency(backbones: set[str]) -> int:
+    """Cells per GPU: the concurrency `engine profile --packing` stored for this GPU, the smallest over the grid's
+    backbones (a big backbone must not be packed because a small one could be); 1 where nothing is stored."""
+    from engine.scheduler import read_profiles
+
+    gpu = torch.cuda.get_device_name()
+    counts = {key.split("|")[3]: entry["concurrency"] for key, entry in read_profiles().items()
+              if key.startswith("packing|") and key.split("|")[1] == gpu}
+    return min((counts.get(backbone, 1) for backbone in backbones), default=1)
+
+
+def _worker_slots(cells: list[Cell]) -> list[dict]:
+    """Environment overrides for each concurrent cell: per GPU, as many as packing pays for; the CPU: one."""
     gpus = torch.cuda.device_count()
     if gpus == 0:
         return [{}]
-    return [{"CUDA_VISIBLE_DEVICES": str(index)} for index in range(gpus)]
+    per_gpu = packed_concurrency({cell.backbone for cell in cells})
+    if per_gpu > 1:
+        log.info("grid: %d cells per GPU (the profile store's packing measurement)", per_gpu)
+    return [{"CUDA_VISIBLE_DEVICES": str(index)} for index in range(gpus) for _ in range(per_gpu)]
 
 
 def run_grid(cells: list[Cell], out: Path, train_flags: list[str], retry_failed: bool = False,
@@ -139,7 +153,7 @@ def run_grid(cells: list[Cell], out: Path, train_flags: list[str], retry_failed:
     log.info("grid: %d cells, %d already done, %d to run -> %s", len(cells), done_before, len(todo), out)
     logs = out / GRID_FOLDER / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    free = list(slots if slots is not None else _worker_slots())
+    free = list(slots if slots is not None else _worker_slots(todo))
     running: dict[subprocess.Popen, tuple[Cell, dict, float]] = {}
     queue, started_at, finished_s = list(todo), time.time(), []
     while queue or running:

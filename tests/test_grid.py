@@ -120,3 +120,17 @@ def test_the_submitit_path_runs_a_job_array_locally(tmp_path):
     stamp = next(out.rglob("result.json")).stat().st_mtime_ns
     again = run_engine(*args)
     assert "0 to submit" in again.stderr and next(out.rglob("result.json")).stat().st_mtime_ns == stamp
+
+
+def test_local_launcher_packs_cells_per_gpu_as_the_profile_store_says(tmp_path, monkeypatch):
+    from engine import grid, scheduler
+    monkeypatch.setenv("ENGINE_PROFILES", str(tmp_path / "profiles.json"))
+    monkeypatch.setattr(grid.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(grid.torch.cuda, "get_device_name", lambda *args: "FakeGPU")
+    for backbone, concurrency in (("mobilenet_v3_large", 3), ("shufflenet_v2_x2_0", 2)):
+        scheduler.save_profile(scheduler.packing_key("FakeGPU", backbone, (256, 256)),
+                               {"concurrency": concurrency, "batch_size": 128})
+    small = expand_cells("mobilenet*,shufflenet*", "demo", "0", "1")
+    slots = grid._worker_slots(small)
+    assert [slot["CUDA_VISIBLE_DEVICES"] for slot in slots] == ["0", "0", "1", "1"]  # the smaller count wins
+    assert len(grid._worker_slots(expand_cells("resnet50,mobilenet*", "demo", "0", "1"))) == 2  # nothing stored
