@@ -103,7 +103,7 @@ def resolve_loader(requested: str, device: str, index: DatasetIndex) -> str:
     if device == "cuda" and dali_available():
         log.info("loader: dali (auto: DALI is installed and a GPU is present)")
         return "dali"
-    reason = "no GPU: DALI's CPU path is no faster here" if device != "cuda" else \
+    reason = "no GPU: the portable default; --loader dali runs DALI's CPU operators" if device != "cuda" else \
         "DALI is not installed (pip install 'engine[dali]'); decoding on the CPU may starve the GPU"
     log.info("loader: torch (auto: %s)", reason)
     return "torch"

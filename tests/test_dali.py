@@ -113,7 +113,7 @@ def test_engine_trains_with_the_dali_loader(tiny_dataset, tmp_path):
     assert json.loads((folder / "result.json").read_text())["epochs"] == 2
     auto = run_engine("train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--no-pretrained",
                       "--image-size", "32", "--max-epochs", "1", "--out", str(tmp_path / "auto"))
-    assert "loader: torch (auto: no GPU" in auto.stderr
+    assert "loader: torch (auto: no GPU: the portable default" in auto.stderr
 
 
 @pytest.mark.parametrize("loader", ["dali", "torch"])
