@@ -56,7 +56,7 @@ class RunConfig:
     RESUMABLE_CHANGES = ("workers", "out", "data", "data_path", "max_epochs", "batch_size_reason")
 
     def run_dir(self) -> Path:
-        return Path(self.out) / self.backbone / self.dataset / f"f{self.fraction:g}" / f"s{self.seed}"
+        return run_folder(self.out, self.backbone, self.dataset, self.fraction, self.seed)
 
     def to_json(self) -> dict:
         return json_ready(dataclasses.asdict(self))
@@ -66,6 +66,11 @@ class RunConfig:
         mine = self.to_json()
         return [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in mine.items()
                 if key not in self.RESUMABLE_CHANGES and saved.get(key) != value]
+
+
+def run_folder(out: str | Path, backbone: str, dataset: str, fraction: float, seed: int) -> Path:
+    """Where a run lives: <out>/<backbone>/<dataset>/f<fraction>/s<seed> (the grid finds runs the same way)."""
+    return Path(out) / backbone / dataset / f"f{fraction:g}" / f"s{seed}"
 
 
 def json_ready(value):

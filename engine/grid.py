@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from engine.config import run_folder
 from engine.errors import UserInputError
 from engine.loaders import registry
 from engine.models import list_backbones
@@ -46,7 +47,7 @@ class Cell:
         return f"{self.backbone}__{self.dataset}__f{self.fraction:g}__s{self.seed}"
 
     def run_dir(self, out: Path) -> Path:
-        return out / self.backbone / self.dataset / f"f{self.fraction:g}" / f"s{self.seed}"
+        return run_folder(out, self.backbone, self.dataset, self.fraction, self.seed)
 
     def command(self, out: Path, train_flags: list[str]) -> list[str]:
         return [sys.executable, "-m", "engine", "train", "--backbone", self.backbone, "--data", self.data,

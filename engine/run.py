@@ -50,13 +50,9 @@ def prepare_config(*, backbone: str, data: str, data_root: str | None = None, do
         if not weights.is_file():
             raise UserInputError(f"weights file {weights} does not exist")
         flags["weights"], flags["pretrained"] = str(weights), False  # the file replaces the ImageNet weights
-    precision = resolve_precision(precision, device)
-    compile = (device == "cuda") if compile is None else compile
-    batch_size, batch_size_reason = choose_batch_size(
-        batch_size, device=device, default=DEFAULT_BATCH_SIZE[device], backbone=backbone,
-        num_classes=index.num_classes, image_size=image_size, precision=precision, compile_model=compile,
-        channels_last=flags.get("channels_last", True),
-        train_images=max(index.num_classes, round(flags.get("fraction", 1.0) * len(index.train))))
+    precision, compile, batch_size, batch_size_reason = _step_settings(
+        backbone, device, precision, compile, batch_size, index.num_classes, image_size,
+        flags.get("channels_last", True), max(index.num_classes, round(flags.get("fraction", 1.0) * len(index.train))))
     config = RunConfig(
         backbone=backbone, data=data, dataset=dataset.name, data_path=str(Path(dataset.path).resolve()),
         image_size=image_size, augment=dataset.augment if augment is None else augment,
@@ -76,18 +72,28 @@ def prepare_profile_config(*, backbone: str, data: str | None, image_size: tuple
     image_size = image_size or (256, 256)
     check_image_size(backbone, image_size)
     device = resolve_device(flags.get("device", "auto"))
-    precision = resolve_precision(flags.get("precision", "auto"), device)
-    compile_model = (device == "cuda") if flags.get("compile") is None else flags["compile"]
     channels_last = flags.get("channels_last", True)
-    batch_size, reason = choose_batch_size(flags.get("batch_size"), device=device, default=DEFAULT_BATCH_SIZE[device],
-                                           backbone=backbone, num_classes=1000, image_size=image_size,
-                                           precision=precision, compile_model=compile_model,
-                                           channels_last=channels_last, train_images=10**9)
+    precision, compile_model, batch_size, reason = _step_settings(
+        backbone, device, flags.get("precision", "auto"), flags.get("compile"), flags.get("batch_size"), 1000,
+        image_size, channels_last, train_images=10**9)
     config = RunConfig(backbone=backbone, data="synthetic", dataset="synthetic", data_path="", image_size=image_size,
                        augment=False, num_classes=1000, pretrained=False, batch_size=batch_size,
                        batch_size_reason=reason, precision=precision, compile=compile_model,
                        channels_last=channels_last, device=device)
     return config, None
+
+
+def _step_settings(backbone: str, device: str, precision: str, compile_model: bool | None,
+                   batch_size: int | str | None, num_classes: int, image_size: tuple[int, int], channels_last: bool,
+                   train_images: int) -> tuple[str, bool, int, str]:
+    """(precision, compile, batch size, why that batch) for a resolved device: what shapes a training step."""
+    precision = resolve_precision(precision, device)
+    compile_model = (device == "cuda") if compile_model is None else compile_model
+    batch_size, reason = choose_batch_size(batch_size, device=device, default=DEFAULT_BATCH_SIZE[device],
+                                           backbone=backbone, num_classes=num_classes, image_size=image_size,
+                                           precision=precision, compile_model=compile_model,
+                                           channels_last=channels_last, train_images=train_images)
+    return precision, compile_model, batch_size, reason
 
 
 def resolve_loader(requested: str, device: str, index: DatasetIndex) -> str:
