@@ -8,11 +8,10 @@ import sys
 import click
 
 from engine.config import DEFAULT_BATCH_SIZE, DEFAULT_OUT, PATIENCE, parse_image_size
-from engine.errors import UserInputError
+from engine.errors import USAGE_ERROR, UserInputError
 
 log = logging.getLogger("engine")
 
-USAGE_ERROR = 2  # bad input, as click and argparse use it
 
 
 class BatchSizeType(click.ParamType):
@@ -177,20 +176,36 @@ def prepare(name: str, root: str | None, source: str | None, force: bool, split_
 @click.option("--out", type=click.Path(file_okay=False), default=DEFAULT_OUT, show_default=True,
               help="Runs go to OUT/<backbone>/<dataset>/f<fraction>/s<seed>/.")
 @click.option("--force", is_flag=True, help="Train again even if the run folder holds a finished or different run.")
-def train(seed: int | None, runs: int | None, force: bool, **flags) -> None:
+@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train the run on N GPUs of this machine with DistributedDataParallel: N processes started "
+                   "through torchrun (`torchrun --nproc_per_node N -m engine train ...` does the same, and spans "
+                   "machines). --batch-size is per GPU. With --device cpu: N CPU processes over gloo, for tests.")
+@click.pass_context
+def train(ctx: click.Context, seed: int | None, runs: int | None, force: bool, gpus: int, **flags) -> None:
     """Fine-tune a backbone on a dataset by the paper's protocol.
 
     AdamW until --patience epochs bring no new best, then the best weights are reloaded and a fresh SGD runs
     until --patience epochs bring nothing better; the best accuracy is reported. A killed run, rerun with the
     same command, continues from its last finished epoch; a finished one is skipped.
     """
-    from engine.run import prepare_config, train_seeds
+    from engine import distributed
+    from engine.config import resolve_device
+    from engine.models import get_backbone_spec
+    from engine.run import prepare_run, train_seeds
 
     if seed is not None and runs is not None:
         raise click.UsageError("--seed and --runs exclude each other: --runs K trains seeds 0..K-1")
-    config, index = prepare_config(**flags)
-    seeds = list(range(runs)) if runs else [seed or 0]
-    train_seeds(config, index, seeds, force=force)
+    if gpus > 1 and not distributed.launched():
+        get_backbone_spec(flags["backbone"])  # the cheap checks here, before N processes start
+        ctx.exit(distributed.launch(gpus, resolve_device(flags["device"]), ctx.obj["argv"]))
+    if distributed.launched() and gpus not in (1, distributed.world_size()):
+        raise click.UsageError(f"--gpus {gpus}, but torchrun started {distributed.world_size()} processes")
+    try:
+        config, index = prepare_run(**flags)
+        seeds = list(range(runs)) if runs else [seed or 0]
+        train_seeds(config, index, seeds, force=force)
+    finally:
+        distributed.leave()
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -205,7 +220,8 @@ def train(seed: int | None, runs: int | None, force: bool, **flags) -> None:
 @click.option("--partition", default=None, help="Slurm partition.")
 @click.option("--time-limit", "time_min", type=click.IntRange(min=1), default=24 * 60, show_default=True,
               help="Slurm time limit per cell, minutes (a cell that runs out is requeued and resumes).")
-@click.option("--gpus-per-task", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--gpus-per-task", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Slurm: GPUs per cell; above 1, each cell trains on all of them (engine train --gpus N).")
 @click.option("--array-parallelism", type=click.IntRange(min=1), default=64, show_default=True,
               help="Slurm: cells running at once.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and an estimate of GPU-hours; run nothing.")
@@ -311,18 +327,23 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the command and turns errors a user can fix into one line and exit code 2."""
     _configure_logging()
     try:
-        code = cli.main(args=argv, prog_name="engine", standalone_mode=False)
+        # argv travels along for `train --gpus N`, which starts N copies of this same command.
+        code = cli.main(args=argv, prog_name="engine", standalone_mode=False,
+                        obj={"argv": sys.argv[1:] if argv is None else list(argv)})
     except click.UsageError as err:
         command = f"engine {err.ctx.info_name} " if err.ctx and err.ctx.parent else "engine "
         _fail(f"{err.format_message()} (see `{command.strip()} --help`)")
-    except (click.ClickException, UserInputError) as err:
-        _fail(err.format_message() if isinstance(err, click.ClickException) else str(err))
+    except click.ClickException as err:
+        _fail(err.format_message())
+    except UserInputError as err:
+        _fail(str(err), echo=not getattr(err, "replica", False))  # rank 0 says what all ranks of a run met
     except (KeyboardInterrupt, click.Abort):
         click.echo("engine: interrupted; rerun the same command to continue", err=True)
         sys.exit(INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _fail(message: str) -> None:
-    click.echo(f"engine: error: {message}", err=True)
+def _fail(message: str, echo: bool = True) -> None:
+    if echo:
+        click.echo(f"engine: error: {message}", err=True)
     sys.exit(USAGE_ERROR)

@@ -45,6 +45,7 @@ class RunConfig:
     channels_last: bool = True
     loader: str = "torch"
     device: str = "cpu"
+    world_size: int = 1  # processes of a distributed run (DDP); batch_size is per process
     select_on: str = "test"
     test_split: float = 0.2  # share of a one-folder dataset that becomes its test set
     workers: int = 0
@@ -113,8 +114,9 @@ def resolve_precision(requested: str, device: str) -> str:
     return requested
 
 
-def default_workers(device: str) -> int:
-    """Loader processes: on a GPU, all cores but one (up to 8) decode; on the CPU they would steal cores from the
-    training step itself, and the demo's small JPEGs decode in the main process faster than workers start."""
-    cores = os.cpu_count() or 1
+def default_workers(device: str, processes: int = 1) -> int:
+    """Loader processes per training process: on a GPU, all cores but one (up to 8), shared among the `processes`
+    training processes of this machine; on the CPU they would steal cores from the training step itself, and
+    the demo's small JPEGs decode in the main process faster than workers start."""
+    cores = (os.cpu_count() or 1) // max(1, processes)
     return max(1, min(8, cores - 1)) if device == "cuda" else 0

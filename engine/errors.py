@@ -1,5 +1,7 @@
 """Errors a user can fix. The command line prints their message as one line and exits with code 2."""
 
+USAGE_ERROR = 2  # the exit code of bad input, as click and argparse use it
+
 
 class UserInputError(Exception):
     """Bad input: an unknown name, a missing or empty folder, an out-of-range value."""

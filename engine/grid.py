@@ -7,12 +7,10 @@ the concurrency the profile store's packing measurement found worth it), and Slu
 """
 from __future__ import annotations
 
-import ctypes
 import fnmatch
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 import torch
 
 from engine.config import run_folder
+from engine.distributed import die_with_parent
 from engine.errors import UserInputError
 from engine.loaders import registry
 from engine.models import list_backbones
@@ -116,13 +115,6 @@ def _record_failure(out: Path, cell: Cell, exit_code: int, log_file: Path) -> st
     return reason
 
 
-def _die_with_parent() -> None:
-    """In the child: be killed when the grid process dies (even by SIGKILL), so that a rerun of the grid never
-    trains a cell twice at the same time."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def packed_concurrency(backbones: set[str]) -> int:
     """Cells per GPU: the concurrency `engine profile --packing` stored for this GPU, the smallest over the grid's
     backbones (a big backbone must not be packed because a small one could be); 1 where nothing is stored."""
@@ -162,7 +154,7 @@ def run_grid(cells: list[Cell], out: Path, train_flags: list[str], retry_failed:
             cell, slot = queue.pop(0), free.pop(0)
             with open(logs / f"{cell.name}.log", "a") as handle:
                 process = subprocess.Popen(cell.command(out, train_flags), stdout=handle, stderr=subprocess.STDOUT,
-                                           env={**os.environ, **slot}, preexec_fn=_die_with_parent)
+                                           env={**os.environ, **slot}, preexec_fn=die_with_parent)
             running[process] = (cell, slot, time.time())
         time.sleep(0.2)
         for process in [p for p in running if p.poll() is not None]:
@@ -273,6 +265,8 @@ def submit_grid(cells: list[Cell], out: Path, train_flags: list[str], launcher: 
         parameters |= {"slurm_array_parallelism": parallelism, "gpus_per_node": gpus_per_task,
                        **({"slurm_partition": partition} if partition else {})}
     executor.update_parameters(**parameters)
+    if gpus_per_task > 1:  # each cell trains on all of its task's GPUs, with DDP
+        train_flags = [*train_flags, "--gpus", str(gpus_per_task)]
     log.info("grid: %d cells, %d to submit as one job array (%s)", len(cells), len(todo), launcher)
     jobs = executor.submit_array([CellTask(cell, out, train_flags) for cell in todo]) if todo else []
     for job, cell in zip(jobs, todo):

@@ -1,6 +1,7 @@
 """One run, from a RunConfig to a finished run folder: data, model, protocol, result.json.
 
     prepare_config(...)  flags + dataset and device defaults -> RunConfig, with the dataset indexed
+    prepare_run(...)     the same, once per run: in a distributed run rank 0 prepares, the other ranks receive it
     train_run(config)    -> result dict (skips a finished run, resumes a killed one)
     train_seeds(...)     seeds 0..K-1 and the best-of/mean summary
 """
@@ -13,7 +14,7 @@ import random
 import shutil
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +22,14 @@ import torch
 import torchvision
 
 import engine
-from engine import results
+from engine import distributed, results
 from engine.config import DEFAULT_BATCH_SIZE, RunConfig, default_workers, resolve_device, resolve_precision
 from engine.errors import UserInputError
 from engine.loaders import (PIPELINES, DatasetIndex, count_per_class, dali_available, drop_unreadable,
                             has_small_images, resolve_dataset, scan_dataset, select_samples)
 from engine.models import build_backbone, check_image_size, get_backbone_spec
 from engine.scheduler import choose_batch_size
-from engine.trainer import evaluate, fit, make_precision
+from engine.trainer import evaluate, fit, load_best, make_precision
 
 log = logging.getLogger("engine")
 
@@ -58,9 +59,16 @@ def prepare_config(*, backbone: str, data: str, data_root: str | None = None, do
         image_size=image_size, augment=dataset.augment if augment is None else augment,
         num_classes=index.num_classes, batch_size=batch_size, batch_size_reason=batch_size_reason,
         precision=precision, compile=compile,
-        loader=resolve_loader(loader, device, index), device=device,
-        workers=default_workers(device) if workers is None else workers, **flags)
+        loader=resolve_loader(loader, device, index), device=device, world_size=distributed.current().world_size,
+        workers=default_workers(device, distributed.local_processes()) if workers is None else workers, **flags)
     return config, index
+
+
+def prepare_run(**flags) -> tuple[RunConfig, DatasetIndex]:
+    """prepare_config for `engine train`. In a distributed run it runs once, on rank 0 (the dataset is
+    downloaded and the batch autotuned once), and every rank trains with what rank 0 decided."""
+    distributed.join(resolve_device(flags.get("device", "auto")))
+    return distributed.from_main(lambda: prepare_config(**flags))
 
 
 def prepare_profile_config(*, backbone: str, data: str | None, image_size: tuple[int, int] | None = None,
@@ -135,6 +143,9 @@ def run_log(run_dir: Path):
 
 
 def seed_everything(seed: int) -> None:
+    """Python, NumPy and torch generators. Each rank of a distributed run adds its rank, so dropout draws differ
+    across ranks; the model's initial weights come from rank 0 whatever the others drew (DDP broadcasts them)."""
+    seed += 1_000_003 * distributed.current().rank
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -157,13 +168,17 @@ def train_run(config: RunConfig, index: DatasetIndex, force: bool = False) -> di
         log.info("%s is finished (test accuracy %.2f %%); skipping it. Use --force to train it again.",
                  run_dir, finished["test_acc"])
         return finished
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    _check_resumable(config, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob(".*.tmp-*"):  # a write a kill interrupted: never renamed, never to be read
-        stale.unlink()
-    with run_log(run_dir):
+    if not force:
+        _check_resumable(config, run_dir)  # on every rank: a refusal stops them all alike
+    main = distributed.current().is_main
+    if main:
+        if force and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.tmp-*"):  # a write a kill interrupted: never renamed, never to be read
+            stale.unlink()
+    distributed.barrier()  # the folder is ready before any rank looks for last.pt in it
+    with run_log(run_dir) if main else nullcontext():
         return _train(config, index, run_dir)
 
 
@@ -179,23 +194,24 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
             log.warning("left out %d unreadable images (--skip-bad-images): %s", len(skipped), ", ".join(skipped[:5]))
     counts = {split: len(files) for split, files in
               (("train", samples.train), ("selection", samples.selection), ("test", samples.test))}
-    results.write_json(run_dir / results.FILES, {
-        "root": str(index.root), "classes": index.classes, "select_on": config.select_on,
-        **{split: [path for path, _ in getattr(samples, split)] for split in ("train", "selection", "test")}})
-    results.write_json(run_dir / results.CONFIG, {
-        **config.to_json(), "counts": counts, "skipped_images": skipped,
-        "train_per_class": count_per_class(samples.train, index.num_classes),
-        "classes": index.classes, "environment": environment(), "command": sys.argv})
-    log.info("%s on %s: %d classes, %d train / %d %s / %d test images, %dx%d, augment %s, batch %d, %s, %s%s, "
+    if distributed.current().is_main:
+        _write_run_description(config, index, samples, counts, skipped, run_dir)
+    processes = f" x {config.world_size} processes" if config.world_size > 1 else ""
+    log.info("%s on %s: %d classes, %d train / %d %s / %d test images, %dx%d, augment %s, batch %d%s, %s, %s%s, "
              "loader %s (%d workers) -> %s", config.backbone, config.dataset, index.num_classes, counts["train"],
              counts["selection"], config.select_on, counts["test"], *config.image_size,
-             "on" if config.augment else "off", config.batch_size, config.device, config.precision,
+             "on" if config.augment else "off", config.batch_size, processes, config.device, config.precision,
              " + compile" if config.compile else "", config.loader, config.workers, run_dir)
 
     seed_everything(config.seed)
-    device = torch.device(config.device)
+    device = distributed.training_device(config.device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = build_backbone(config.backbone, index.num_classes, pretrained=config.pretrained, weights=config.weights)
+    # Only rank 0 reads the starting weights (a failed download stops every rank alike); DDP hands them to the
+    # other ranks when it wraps the model.
+    model = distributed.main_first(lambda: build_backbone(config.backbone, index.num_classes,
+                                                          pretrained=config.pretrained, weights=config.weights))
+    if model is None:
+        model = build_backbone(config.backbone, index.num_classes, pretrained=False)
     model = model.to(device, memory_format=memory_format)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels once
@@ -205,13 +221,13 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
         return PIPELINES[config.loader](
             index, files, image_size=config.image_size, augment=config.augment, train=train,
             batch_size=config.batch_size * (1 if train else 2), device=device, seed=config.seed,
-            workers=config.workers, channels_last=config.channels_last)
+            workers=config.workers, channels_last=config.channels_last, shard=distributed.current())
 
     outcome = fit(model, batches(samples.train, True), batches(samples.selection, False), config, run_dir)
     state = outcome.state
     test_acc = state.best_acc
     if config.select_on == "val":
-        model.load_state_dict(results.load_checkpoint(run_dir / results.BEST)["model"])
+        load_best(model, run_dir)
         test_acc = evaluate(model, batches(samples.test, False), make_precision(config.precision, device.type), device)
         log.info("test accuracy of the epoch selected on validation (%d): %.2f %%", state.best_epoch, test_acc)
     result = {
@@ -222,11 +238,24 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
         "images_per_s": round(float(np.mean([row["images_per_s"] for row in outcome.history])), 3),
         "this_process_s": round(time.perf_counter() - started, 3),
     }
-    results.write_json(run_dir / results.RESULT, result)
-    (run_dir / results.LAST).unlink(missing_ok=True)  # finished: nothing to resume, and it is the largest file
+    if distributed.current().is_main:
+        results.write_json(run_dir / results.RESULT, result)
+        (run_dir / results.LAST).unlink(missing_ok=True)  # finished: nothing to resume, and the largest file
     log.info("finished: test accuracy %.2f %% (epoch %d, %s phase) after %d epochs in %.0f s -> %s",
              test_acc, state.best_epoch, state.best_phase, state.epoch, outcome.wall_s, run_dir / results.RESULT)
     return result
+
+
+def _write_run_description(config: RunConfig, index: DatasetIndex, samples, counts: dict, skipped: list[str],
+                           run_dir: Path) -> None:
+    """files.json (the run's exact files) and config.json (every setting, the data's counts, the environment)."""
+    results.write_json(run_dir / results.FILES, {
+        "root": str(index.root), "classes": index.classes, "select_on": config.select_on,
+        **{split: [path for path, _ in getattr(samples, split)] for split in ("train", "selection", "test")}})
+    results.write_json(run_dir / results.CONFIG, {
+        **config.to_json(), "counts": counts, "skipped_images": skipped,
+        "train_per_class": count_per_class(samples.train, index.num_classes),
+        "classes": index.classes, "environment": environment(), "command": sys.argv})
 
 
 def train_seeds(config: RunConfig, index: DatasetIndex, seeds: list[int], force: bool = False) -> dict:
@@ -237,7 +266,8 @@ def train_seeds(config: RunConfig, index: DatasetIndex, seeds: list[int], force:
     summary = {"backbone": config.backbone, "dataset": config.dataset, "fraction": config.fraction,
                **results.summarize_seeds(per_seed)}
     path = config.run_dir().parent / results.SUMMARY
-    results.write_json(path, summary)
+    if distributed.current().is_main:
+        results.write_json(path, summary)
     log.info("best of %d seeds: %.2f %% (seed %d); mean %.2f +- %.2f %% -> %s", len(seeds), summary["best_acc"],
              summary["best_seed"], summary["mean_acc"], summary["std_acc"], path)
     return summary

@@ -24,7 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine import distributed
 from engine.config import ADAMW, SGD, RunConfig
+from engine.distributed import sum_across_ranks
 from engine.results import BEST, LAST, METRICS, BackgroundWriter, load_checkpoint, write_metrics
 
 log = logging.getLogger("engine")
@@ -168,22 +170,26 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     synchronize(device)
     seconds = time.perf_counter() - start
     progress.close()
-    return {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": 100.0 * correct.item() / max(seen, 1),
+    # Over every rank of a distributed run (one collective per epoch); the rate is then the whole run's.
+    loss_total, correct_total, seen = sum_across_ranks(
+        torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device)])).tolist()
+    return {"train_loss": loss_total / max(seen, 1), "train_acc": 100.0 * correct_total / max(seen, 1),
             "images_per_s": seen / seconds, "epoch_s": seconds}
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches, precision: Precision, device: torch.device) -> float:
-    """Top-1 accuracy in percent over every image of the batches, each counted once."""
+    """Top-1 accuracy in percent over every image of the batches, each counted once (in a distributed run, over
+    every rank's shard: the same number on every rank)."""
     model.eval()
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    total = 0
+    counts = torch.zeros(2, device=device, dtype=torch.long)  # correct, seen
     for images, labels in batches.epoch(0):
         with precision.autocast():
             logits = model(images)
-        correct += (logits.argmax(1) == labels).sum()
-        total += labels.size(0)
-    return 100.0 * correct.item() / max(total, 1)
+        counts[0] += (logits.argmax(1) == labels).sum()
+        counts[1] += labels.size(0)
+    correct, total = sum_across_ranks(counts).tolist()
+    return 100.0 * correct / max(total, 1)
 
 
 # --- Resumable state ---------------------------------------------------------------------------------------------
@@ -221,17 +227,26 @@ def _resume(run_dir: Path, model, precision) -> tuple[ProtocolState, torch.optim
     checkpoint_path = run_dir / LAST
     if not checkpoint_path.exists():
         return ProtocolState(), OPTIMIZERS[FIRST_PHASE](model.parameters()), [], 0.0
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path)  # every rank reads it: all start from the same weights
     state = ProtocolState(**checkpoint["protocol"])
     model.load_state_dict(checkpoint["model"])
     optimizer = OPTIMIZERS[state.phase](model.parameters())
     optimizer.load_state_dict(checkpoint["optimizer"])
     if precision.scaler is not None and checkpoint["scaler"] is not None:
         precision.scaler.load_state_dict(checkpoint["scaler"])
-    _restore_rng(checkpoint["rng"])
+    if distributed.current().is_main:  # the saved RNG streams are rank 0's; other ranks keep their own seeding
+        _restore_rng(checkpoint["rng"])
     log.info("resuming after epoch %d (%s phase, best %.2f %% at epoch %d)",
              state.epoch, state.phase, state.best_acc, state.best_epoch)
     return state, optimizer, checkpoint["history"], checkpoint["wall_s"]
+
+
+def load_best(model: nn.Module, run_dir: Path) -> None:
+    """The best epoch's weights into `model` on every rank: rank 0 reads best.pt (its own file), the others
+    receive them from it."""
+    if distributed.current().is_main:
+        model.load_state_dict(load_checkpoint(run_dir / BEST)["model"])
+    distributed.broadcast_module(model)
 
 
 def fit(model: nn.Module, train_batches, eval_batches, config: RunConfig, run_dir: Path, *,
@@ -241,15 +256,19 @@ def fit(model: nn.Module, train_batches, eval_batches, config: RunConfig, run_di
 
     Continues from `run_dir/last.pt` when it is there. Each finished epoch leaves best.pt (when it is a new
     best), last.pt and metrics.csv, each replaced atomically; the checkpoints are written by a background
-    thread while the next epoch trains.
+    thread while the next epoch trains. In a distributed run rank 0 alone writes; every rank trains and takes
+    the same decisions from the same summed accuracies.
     """
-    device = torch.device(config.device)
-    show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+    device = distributed.training_device(config.device)
+    main = distributed.current().is_main
+    show_progress = main and (sys.stderr.isatty() if show_progress is None else show_progress)
     precision = make_precision(config.precision, device.type)
-    step_model = compiled(model) if config.compile else model
     state, optimizer, history, wall_s = _resume(run_dir, model, precision)
-    write_metrics(run_dir / METRICS, history)  # a kill between last.pt and metrics.csv leaves one row behind
-    writer = BackgroundWriter()
+    trained = distributed.wrap(model, device)
+    step_model = compiled(trained) if config.compile else trained
+    writer = BackgroundWriter() if main else None
+    if main:
+        write_metrics(run_dir / METRICS, history)  # a kill between last.pt and metrics.csv leaves one row behind
     try:
         while state.stop_reason is None:
             started = time.perf_counter()
@@ -260,19 +279,22 @@ def fit(model: nn.Module, train_batches, eval_batches, config: RunConfig, run_di
             row["eval_s"] = time.perf_counter() - eval_started
             improved, action = record_epoch(state, row["eval_acc"], config.patience, config.max_epochs)
             history.append(_rounded(row))
-            if improved:
+            if improved and main:
                 writer.save(run_dir / BEST, {"model": model.state_dict(), "epoch": state.epoch,
                                              "eval_acc": state.best_acc, "phase": state.best_phase})
             if action == "switch":
-                writer.wait()  # best.pt must be on disk before it is read back
-                model.load_state_dict(load_checkpoint(run_dir / BEST)["model"])
+                if main:
+                    writer.wait()  # best.pt must be on disk before it is read back
+                load_best(model, run_dir)
                 optimizer = OPTIMIZERS[FINAL_PHASE](model.parameters())
             wall_s += time.perf_counter() - started
-            _save_resume_point(writer, run_dir, model, optimizer, precision, state, history, wall_s)
-            write_metrics(run_dir / METRICS, history)
+            if main:
+                _save_resume_point(writer, run_dir, model, optimizer, precision, state, history, wall_s)
+                write_metrics(run_dir / METRICS, history)
             _log_epoch(row, improved, action, state)
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     return Fit(state, history, wall_s)
 
 

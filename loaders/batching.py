@@ -1,5 +1,8 @@
-"""What every input pipeline shares: how many batches an epoch has and how many images they hold."""
+"""What every input pipeline shares: how many batches an epoch has and how many images they hold, for this
+process's shard of the split (the whole split outside a distributed run)."""
 from __future__ import annotations
+
+from engine.distributed import Shard
 
 
 class BatchCounts:
@@ -7,10 +10,11 @@ class BatchCounts:
     compiled graphs and BatchNorm statistics well-formed (a last batch of one image breaks BatchNorm), and the
     order changes every epoch, so every image is still seen. Evaluation keeps every image."""
 
-    def _set_counts(self, size: int, batch_size: int, train: bool) -> None:
-        self.size = size
-        self.batch_size = min(batch_size, size)
-        self.drop_last = train and size > self.batch_size
+    def _set_counts(self, size: int, batch_size: int, train: bool, shard: Shard) -> None:
+        self.shard = shard
+        self.size = shard.size(size, train)
+        self.batch_size = max(1, min(batch_size, self.size))
+        self.drop_last = train and self.size > self.batch_size
 
     @property
     def num_images(self) -> int:

@@ -3,8 +3,9 @@ TrivialAugmentWide and normalisation inside DALI, handed to torch as NCHW batche
 memory. Without a GPU the same operators run on the CPU (`device_id=None`), which is how the tests run it.
 
 Same files as the torch pipeline (it reads the run's file list), one full reshuffle per epoch (the list is
-first permuted with the run's seed, since DALI's own reshuffle starts after the first epoch), sharding
-arguments ready for several GPUs. Evaluation reads every file exactly once per pass; its last batch is partial.
+first permuted with the run's seed, since DALI's own reshuffle starts after the first epoch). In a distributed
+run DALI's reader shards the training list across the ranks (equal shards, reshuffled across all of them each
+epoch); evaluation reads this rank's share of the files, as the other loaders do. Evaluation reads every file exactly once per pass; its last batch is partial.
 
 TrivialAugmentWide is set to torchvision's parameters: 31 magnitude bins, translation up to 32 pixels, fill 0,
 nearest-neighbour interpolation. Remaining differences (README): DALI's own random streams, and its
@@ -15,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from engine.distributed import SINGLE, Shard
 from engine.loaders.batching import BatchCounts
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
@@ -62,18 +64,23 @@ class DaliBatches(BatchCounts):
 
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
                  batch_size: int, train: bool, device: torch.device, seed: int, workers: int, channels_last: bool,
-                 shard_id: int = 0, num_shards: int = 1):
+                 shard: Shard = SINGLE):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        order = np.random.default_rng(seed).permutation(len(samples)) if train else np.arange(len(samples))
+        self._set_counts(len(samples), batch_size, train, shard)
+        if train:  # DALI's reader shards the whole list, so its reshuffle after each epoch spans every rank
+            order = np.random.default_rng(seed).permutation(len(samples))
+            order = order[:len(order) - len(order) % shard.world_size]  # equal shards: the same steps per rank
+            reader_shard = shard
+        else:  # evaluation: this rank's files alone, shared out as every loader does (Shard.take)
+            order, reader_shard = shard.take(np.arange(len(samples)), train=False), SINGLE
         files = [str(index.root / samples[i][0]) for i in order]
         labels = [samples[i][1] for i in order]
-        self._set_counts(len(samples), batch_size, train)
         self.channels_last = channels_last
         self.device = device
         pipe = _build_pipeline(files, labels, image_size=image_size, augment=augment, train=train,
                                batch_size=self.batch_size, device=device, seed=seed, workers=workers,
-                               shard_id=shard_id, num_shards=num_shards)
+                               shard_id=reader_shard.rank, num_shards=reader_shard.world_size)
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
         self.iterator = DALIGenericIterator([pipe], ["images", "labels"], reader_name=READER,
                                             last_batch_policy=policy, auto_reset=True)

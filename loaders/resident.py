@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import v2
 
+from engine.distributed import SINGLE, Shard
 from engine.errors import UserInputError
 from engine.loaders.batching import BatchCounts
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
-from engine.loaders.torch_pipeline import DeviceNormaliser, draw_seed, read_rgb
+from engine.loaders.torch_pipeline import DeviceNormaliser, draw_seed, epoch_order, read_rgb
 
 log = logging.getLogger("engine")
 
@@ -90,7 +91,8 @@ class ResidentBatches(BatchCounts):
     """Batches of one split, from a uint8 copy of the whole split held on the device."""
 
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
-                 batch_size: int, train: bool, device: torch.device, seed: int, workers: int, channels_last: bool):
+                 batch_size: int, train: bool, device: torch.device, seed: int, workers: int, channels_last: bool,
+                 shard: Shard = SINGLE):
         sides = image_sides(index, samples)
         side = sides.pop() if len(sides) == 1 else tuple(image_size)  # mixed sizes: store at the run's size
         needed = len(samples) * side[0] * side[1] * 3
@@ -103,7 +105,7 @@ class ResidentBatches(BatchCounts):
         self.labels = torch.tensor([label for _, label in samples], device=device)
         self.image_size = tuple(image_size)
         self.augment = v2.TrivialAugmentWide() if augment and train else None
-        self._set_counts(len(samples), batch_size, train)
+        self._set_counts(len(samples), batch_size, train, shard)
         self.train, self.seed, self.device = train, seed, device
         self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format)
 
@@ -122,12 +124,7 @@ class ResidentBatches(BatchCounts):
         return out
 
     def epoch(self, epoch: int):
-        count = len(self.labels)
-        if self.train:
-            generator = torch.Generator().manual_seed(draw_seed(self.seed, epoch))
-            order = torch.randperm(count, generator=generator)
-        else:
-            order = torch.arange(count)
+        order = self.shard.take(epoch_order(len(self.labels), self.seed, epoch, self.train), self.train)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             positions = order[start:start + self.batch_size]
             on_device = positions.to(self.device)

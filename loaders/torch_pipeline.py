@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
+from engine.distributed import SINGLE, Shard
 from engine.errors import UnreadableImageError
 from engine.loaders.batching import BatchCounts
 from engine.loaders.index import DatasetIndex
@@ -65,26 +66,30 @@ class ImageFiles(Dataset):
             return self.transform(image), label
 
 
-class EpochSampler(Sampler):
-    """Yields (epoch, position) keys: a fresh seeded permutation each epoch for training, file order otherwise.
-    It runs in the main process, so `set_epoch` reaches it even when the workers persist across epochs."""
+def epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    """Positions 0..size-1 in the order an epoch visits them: a fresh seeded permutation each training epoch
+    (the same on every rank of a distributed run, which then takes its own share of it), file order otherwise."""
+    if not shuffle:
+        return torch.arange(size)
+    return torch.randperm(size, generator=torch.Generator().manual_seed(draw_seed(seed, epoch)))
 
-    def __init__(self, size: int, seed: int, shuffle: bool):
-        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+class EpochSampler(Sampler):
+    """Yields (epoch, position) keys of this shard's share of the epoch's order. It runs in the main process, so
+    `set_epoch` reaches it even when the workers persist across epochs."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool, shard: Shard = SINGLE):
+        self.size, self.seed, self.shuffle, self.shard, self.epoch = size, seed, shuffle, shard, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.size
+        return self.shard.size(self.size, self.shuffle)
 
     def __iter__(self):
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(draw_seed(self.seed, self.epoch))
-            order = torch.randperm(self.size, generator=generator).tolist()
-        else:
-            order = range(self.size)
-        return ((self.epoch, position) for position in order)
+        order = self.shard.take(epoch_order(self.size, self.seed, self.epoch, self.shuffle), self.shuffle)
+        return ((self.epoch, position) for position in order.tolist())
 
 
 class DeviceNormaliser:
@@ -106,16 +111,17 @@ class TorchBatches(BatchCounts):
 
     Training batches are reshuffled each epoch from a generator seeded by (seed, epoch), and each image's
     augmentation by (seed, epoch, image), so an epoch sees the same batches whether or not the run was resumed
-    before it. Workers persist across epochs: none is started again per epoch.
+    before it (and, in a distributed run, whichever rank reads them). Workers persist across epochs: none is
+    started again per epoch.
     """
 
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
                  batch_size: int, train: bool, device: torch.device, seed: int, workers: int,
-                 channels_last: bool):
+                 channels_last: bool, shard: Shard = SINGLE):
         self.dataset = ImageFiles(index, samples, build_transform(image_size, augment and train), seed)
-        self._set_counts(len(samples), batch_size, train)
+        self._set_counts(len(samples), batch_size, train, shard)
         self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format)
-        self.sampler = EpochSampler(len(samples), seed, shuffle=train)
+        self.sampler = EpochSampler(len(samples), seed, shuffle=train, shard=shard)
         self.loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
                                  drop_last=self.drop_last, num_workers=workers, persistent_workers=workers > 0,
                                  pin_memory=device.type == "cuda",

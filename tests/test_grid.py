@@ -134,3 +134,29 @@ def test_local_launcher_packs_cells_per_gpu_as_the_profile_store_says(tmp_path, 
     slots = grid._worker_slots(small)
     assert [slot["CUDA_VISIBLE_DEVICES"] for slot in slots] == ["0", "0", "1", "1"]  # the smaller count wins
     assert len(grid._worker_slots(expand_cells("resnet50,mobilenet*", "demo", "0", "1"))) == 2  # nothing stored
+
+
+def test_slurm_cells_with_several_gpus_train_on_all_of_them(tmp_path, monkeypatch):
+    submitit = pytest.importorskip("submitit")
+    from engine import grid
+
+    submitted = {}
+
+    class RecordingExecutor:  # no Slurm here: record what would be submitted
+        def __init__(self, folder, cluster):
+            submitted["cluster"] = cluster
+
+        def update_parameters(self, **parameters):
+            submitted["parameters"] = parameters
+
+        def submit_array(self, tasks):
+            submitted["tasks"] = tasks
+            return []
+
+    monkeypatch.setattr(submitit, "AutoExecutor", RecordingExecutor)
+    cells = expand_cells("mobilenet_v3_large,resnet50", "demo", "0", "1")
+    grid.submit_grid(cells, tmp_path, ["--max-epochs", "5"], "slurm", partition="gpu", gpus_per_task=4)
+    assert submitted["cluster"] == "slurm"
+    assert submitted["parameters"]["gpus_per_node"] == 4 and submitted["parameters"]["slurm_partition"] == "gpu"
+    commands = [task.cell.command(task.out, task.train_flags) for task in submitted["tasks"]]
+    assert len(commands) == 2 and all(command[-4:] == ["--max-epochs", "5", "--gpus", "4"] for command in commands)

@@ -1,0 +1,208 @@
+"""One run on several processes: DistributedDataParallel across GPUs (NCCL), or CPU processes (gloo) for tests.
+
+A process belongs to a distributed run when torchrun started it (WORLD_SIZE > 1 in its environment);
+`engine train --gpus N` starts torchrun itself. In such a run
+
+    rank 0 alone prepares the run (dataset, batch autotune) and hands the configuration to the others,
+    every rank trains on its own share of each epoch's order (`Shard`), gradients averaged by DDP,
+    evaluation counts and training sums are added across ranks, so every rank takes the same protocol decisions,
+    rank 0 alone writes the run folder; at the SGD switch it reloads best.pt and broadcasts the weights.
+
+`--batch-size` is per process (as in torchvision's and timm's reference scripts): N processes step on N times
+as many images. Outside a distributed run every function here is a no-op on one process.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from engine.errors import USAGE_ERROR, UserInputError
+
+log = logging.getLogger("engine")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in the run: rank `rank` of `world_size`."""
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def take(self, order, train: bool):
+        """This rank's share of an epoch's `order` (a list, range or tensor of positions): every world_size-th
+        one from its rank on. So the ranks' k-th batches together hold exactly the images (and augmentations)
+        of one process's k-th batch at world_size times the batch size. Training first leaves out the last
+        len % world_size positions, so that every rank takes the same number of steps, which DDP needs (the
+        order changes every epoch, so no image sits out for good); evaluation covers every position once."""
+        if train:
+            order = order[:len(order) - len(order) % self.world_size]
+        return order[self.rank::self.world_size]
+
+    def size(self, size: int, train: bool) -> int:
+        return len(self.take(range(size), train))
+
+
+SINGLE = Shard()
+
+
+def launched() -> bool:
+    """Whether torchrun started this process as part of a run of several."""
+    return world_size() > 1
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's rank from torchrun's environment (0 outside a distributed run), readable before `join`."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def current() -> Shard:
+    if dist.is_available() and dist.is_initialized():
+        return Shard(dist.get_rank(), dist.get_world_size())
+    return SINGLE
+
+
+def local_processes() -> int:
+    """Processes of this run on this machine (they share its cores)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def join(device: str) -> Shard:
+    """Join the process group torchrun prepared: NCCL with each rank on its LOCAL_RANK's GPU, gloo on the CPU.
+    Ranks other than 0 log warnings only, so the run's log reads as one process's."""
+    if not launched():
+        return SINGLE
+    if not dist.is_initialized():
+        die_with_parent()
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    shard = current()
+    if not shard.is_main:
+        log.setLevel(logging.WARNING)
+    return shard
+
+
+def training_device(device: str) -> torch.device:
+    """The device this process trains on: its own GPU (set by `join`; index explicit, since DALI needs it)."""
+    if device == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(device)
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """DDP around the model in a distributed run (no SyncBatchNorm: batches per GPU are large enough, and timm
+    and torchvision's references leave it off too); the model itself otherwise."""
+    if not current().world_size > 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   gradient_as_bucket_view=True)
+
+
+def sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum over ranks (in place), for counts and sums of an epoch: one collective per epoch."""
+    if current().world_size > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def from_main(make):
+    """`make()` on rank 0, its result handed to every rank (pickled)."""
+    return _on_main(make, share=True)
+
+
+def main_first(make):
+    """`make()` on rank 0 alone (None on the others), e.g. reading the starting weights that DDP then hands out.
+
+    In both, an error a user can fix on rank 0 reaches every rank as the same UserInputError (marked as a
+    replica, so only rank 0 prints it), and all stop alike instead of waiting for a rank that left."""
+    return _on_main(make, share=False)
+
+
+def _on_main(make, share: bool):
+    shard = current()
+    if shard.world_size == 1:
+        return make()
+    payload, result = [None], None
+    if shard.is_main:
+        try:
+            result = make()
+            payload[0] = ("ok", result if share else None)
+        except UserInputError as err:
+            payload[0] = ("error", err)
+    dist.broadcast_object_list(payload, src=0)
+    status, value = payload[0]
+    if status == "error":
+        if not shard.is_main:
+            value.replica = True
+        raise value
+    return value if share else result
+
+
+def broadcast_module(module: nn.Module) -> None:
+    """Rank 0's parameters and buffers to every rank, in place (after rank 0 alone loaded a checkpoint)."""
+    if current().world_size > 1:
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
+def barrier() -> None:
+    if current().world_size > 1:
+        dist.barrier()
+
+
+def leave() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch(processes: int, device: str, argv: list[str]) -> int:
+    """Run `engine ARGV` as `processes` ranks under torchrun on this machine; the exit code of the run.
+
+    A failing rank has printed its own one-line error; torchrun's report of the failure (a traceback of its
+    own) is kept out of the user's way."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    if device == "cuda" and torch.cuda.device_count() < processes:
+        raise UserInputError(f"--gpus {processes} asks for more GPUs than the {torch.cuda.device_count()} "
+                             f"this process sees (CUDA_VISIBLE_DEVICES)")
+    # Each rank's CPU-side threads get their share of the cores, rather than torchrun's blanket 1.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    for name in list(logging.root.manager.loggerDict):  # torchrun's own failure report: replaced by ours below
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    args = get_args_parser().parse_args(["--standalone", "--nproc_per_node", str(processes), "--module",
+                                         "engine", *argv])
+    log.info("training on %d processes (%s) through torchrun", processes, "GPUs, NCCL" if device == "cuda"
+             else "CPU, gloo")
+    try:
+        run(args)
+    except ChildFailedError as err:
+        rank, failure = min(err.failures.items())
+        if failure.exitcode != USAGE_ERROR:  # a user error has been named by rank 0 already
+            log.error("rank %d of %d ended with exit code %d (its messages are above); rerun the same command to "
+                      "continue from the last finished epoch", rank, processes, failure.exitcode)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
+def die_with_parent() -> None:
+    """Be killed when the parent process dies, even by SIGKILL: a grid's cell when the grid dies, a rank when its
+    torchrun dies, so that a rerun never trains the same run twice at the same time. Linux only."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

@@ -1,0 +1,193 @@
+"""One run on several processes (DDP over gloo on the CPU): sharding, equivalence with one process, the run folder."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+from engine import distributed
+from engine.distributed import Shard
+from engine.loaders import PIPELINES, dali_available, scan_dataset
+from engine.results import read_metrics
+from engine.trainer import make_precision, train_one_epoch
+from tests.conftest import CLASS_COLOURS, REPO, write_image
+
+
+@pytest.fixture
+def shaded_dataset(tmp_path):
+    """3 colour classes whose every image has its own shade, so a batch's pixels tell which files it holds."""
+    for split, count in (("train", 11), ("test", 5)):
+        for name, colour in CLASS_COLOURS.items():
+            for i in range(count):
+                shade = tuple(int(c * (0.4 + 0.05 * i)) for c in colour)
+                write_image(tmp_path / "d" / split / name / f"{i:02d}.png", shade, side=16, seed=i)
+    return tmp_path / "d"
+
+
+def pipeline(kind, index, samples, train, shard, batch_size=4, seed=0):
+    return PIPELINES[kind](index, samples, image_size=(16, 16), augment=False, batch_size=batch_size, train=train,
+                           device=torch.device("cpu"), seed=seed, workers=1, channels_last=True, shard=shard)
+
+
+def signatures(batches, epoch):
+    """Per batch, the (rounded mean colour, label) of each image: which files the batch holds."""
+    return [[(*torch.round(image.mean(dim=(1, 2)) * 50).int().tolist(), int(label))
+             for image, label in zip(images, labels)] for images, labels in batches.epoch(epoch)]
+
+
+@pytest.mark.parametrize("size, world", [(10, 2), (11, 2), (11, 3), (2, 3), (600, 4)])
+def test_shares_are_equal_for_training_and_exact_for_evaluation(size, world):
+    training = [Shard(rank, world).take(list(range(size)), train=True) for rank in range(world)]
+    assert len({len(share) for share in training}) == 1  # the same number of steps on every rank
+    flat = sorted(p for share in training for p in share)
+    assert flat == sorted(set(flat)) and len(flat) == size - size % world
+    evaluation = [Shard(rank, world).take(range(size), train=False) for rank in range(world)]
+    assert sorted(p for share in evaluation for p in share) == list(range(size))
+    assert [Shard(rank, world).size(size, False) for rank in range(world)] == [len(s) for s in evaluation]
+
+
+LOADERS = ["torch", "resident", pytest.param("dali", marks=pytest.mark.skipif(not dali_available(),
+                                                                            reason="DALI is not installed"))]
+
+
+@pytest.mark.parametrize("kind", LOADERS)
+def test_every_loader_shares_an_epoch_out_across_ranks(shaded_dataset, kind):
+    index = scan_dataset(shaded_dataset)
+    shards = [Shard(0, 2), Shard(1, 2)]
+    everything = sorted(s for batch in signatures(pipeline(kind, index, index.test, False, Shard()), 0)
+                        for s in batch)
+    assert len(set(everything)) == len(index.test) == 15  # every test image is recognisable
+    evaluation = [pipeline(kind, index, index.test, False, shard) for shard in shards]
+    seen = [s for batches in evaluation for batch in signatures(batches, 0) for s in batch]
+    assert sorted(seen) == everything  # every test image exactly once, over both ranks
+    assert [batches.num_images for batches in evaluation] == [8, 7]
+    training = [pipeline(kind, index, index.train, True, shard) for shard in shards]
+    shares = []
+    for epoch in (1, 2):  # DALI reshuffles after the first epoch: across both shards
+        epochs = [signatures(batches, epoch) for batches in training]
+        assert [len(e) for e in epochs] == [len(batches) for batches in training] == [4, 4]  # 33 // 2 // 4
+        assert all(len(batch) == 4 for e in epochs for batch in e)
+        first, second = ({s for batch in e for s in batch} for e in epochs)
+        assert not first & second  # no image on both ranks within an epoch
+        shares.append(first)
+    assert shares[0] != shares[1]  # and the ranks' shares change from epoch to epoch
+
+
+@pytest.mark.parametrize("kind", ["torch", "resident"])
+def test_the_ranks_batches_together_are_one_process_batches_at_twice_the_size(shaded_dataset, kind):
+    index = scan_dataset(shaded_dataset)
+    single = signatures(pipeline(kind, index, index.train, True, Shard(), batch_size=8), 3)
+    ranks = [signatures(pipeline(kind, index, index.train, True, Shard(r, 2), batch_size=4), 3) for r in (0, 1)]
+    assert [sorted(a + b) for a, b in zip(*ranks)] == [sorted(batch) for batch in single]
+
+
+# --- DDP with gloo: two ranks step exactly as one process with the whole batch --------------------------------------
+def tiny_model() -> nn.Module:
+    """No BatchNorm: its statistics are per rank by design, everything else must match one process exactly."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+
+def one_epoch(dataset, batch_size: int, shard: Shard):
+    model = tiny_model()
+    device = torch.device("cpu")
+    trained = distributed.wrap(model, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    index = scan_dataset(dataset)
+    row = train_one_epoch(trained, pipeline("torch", index, index.train, True, shard, batch_size=batch_size),
+                          optimizer, make_precision("fp32", "cpu"), 1, device, show_progress=False)
+    return model.state_dict(), row
+
+
+def _rank_main(rank: int, port: int, dataset, out) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    shard = distributed.join("cpu")
+    state, row = one_epoch(dataset, 4, shard)
+    if shard.is_main:
+        torch.save({"state": state, "row": row}, out)
+    distributed.leave()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_ranks_take_the_same_steps_as_one_process_with_twice_the_batch(shaded_dataset, tmp_path):
+    out = tmp_path / "rank0.pt"
+    mp.start_processes(_rank_main, args=(free_port(), shaded_dataset, out), nprocs=2, start_method="spawn")
+    ranked = torch.load(out)
+    state, row = one_epoch(shaded_dataset, 8, Shard())
+    for name, tensor in state.items():
+        assert torch.allclose(ranked["state"][name], tensor, atol=1e-5), name
+    assert ranked["row"]["train_loss"] == pytest.approx(row["train_loss"], rel=1e-5)
+    assert ranked["row"]["train_acc"] == pytest.approx(row["train_acc"])  # counted over both ranks
+
+
+# --- `engine train --gpus 2 --device cpu`, as a user runs it ---------------------------------------------------------
+DEMO = ["train", "--backbone", "shufflenet_v2_x2_0", "--data", "demo", "--no-pretrained", "--image-size", "32",
+        "--max-epochs", "10"]
+
+
+def engine(*args, **popen):
+    return subprocess.Popen([sys.executable, "-m", "engine", *args], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            **popen)
+
+
+def test_two_processes_train_the_demo_survive_a_kill_and_match_one_process(tmp_path):
+    single_out, ddp_out = tmp_path / "single", tmp_path / "ddp"
+    folder = ddp_out / "shufflenet_v2_x2_0" / "demo" / "f1" / "s0"
+    first = engine(*DEMO, "--gpus", "2", "--device", "cpu", "--batch-size", "16", "--out", str(ddp_out))
+    deadline = time.time() + 300
+    while not ((folder / "metrics.csv").exists() and len(read_metrics(folder / "metrics.csv")) >= 3):
+        if first.poll() is not None or time.time() > deadline:
+            first.kill()
+            pytest.fail(f"no third epoch: {first.communicate()[1]}")
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)  # the launcher; its ranks die with it
+    first.wait()
+    time.sleep(1)
+    assert not (folder / "result.json").exists()
+
+    resumed = engine(*DEMO, "--gpus", "2", "--device", "cpu", "--batch-size", "16", "--out", str(ddp_out))
+    resumed_log = resumed.communicate(timeout=600)[1]
+    single = engine(*DEMO, "--batch-size", "32", "--out", str(single_out))  # the same global batch
+    single_log = single.communicate(timeout=600)[1]
+    assert resumed.returncode == 0 and single.returncode == 0, resumed_log + single_log
+    assert "resuming after epoch" in resumed_log and resumed_log.count("epoch  10") == 1  # rank 0 speaks alone
+
+    assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "config.json", "files.json", "metrics.csv",
+                                                        "result.json", "train.log"]
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["world_size"], config["batch_size"], config["counts"]["train"]) == (2, 16, 600)
+    assert [int(row["epoch"]) for row in read_metrics(folder / "metrics.csv")] == list(range(1, 11))
+    ddp_acc = json.loads((folder / "result.json").read_text())["test_acc"]
+    single_acc = json.loads((single_out / "shufflenet_v2_x2_0" / "demo" / "f1" / "s0" / "result.json")
+                            .read_text())["test_acc"]
+    # Same images per global step; BatchNorm sees 16 images per rank instead of 32, so the runs drift apart
+    # within the noise of 180 test images. Chance is 16.7 %; both runs reach about 40-50 % in 10 epochs.
+    assert ddp_acc > 30 and single_acc > 30 and abs(ddp_acc - single_acc) < 15, (ddp_acc, single_acc)
+
+
+def test_a_rank_count_that_contradicts_torchrun_is_refused(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "engine", *DEMO, "--gpus", "3", "--device", "cpu"],
+                          cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "WORLD_SIZE": "2", "RANK": "0"})
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("engine: error: --gpus 3")
+
+
+def test_bad_input_stops_every_rank_with_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "engine", *DEMO[:3], "--data", str(tmp_path / "missing"),
+                           "--gpus", "2", "--device", "cpu"], cwd=REPO, capture_output=True, text=True)
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert done.returncode == 2 and len(errors) == 1 and errors[0].startswith("engine: error: unknown dataset")
+    assert "Traceback" not in done.stderr
