@@ -19,17 +19,14 @@ import torch
 
 from engine.bench.reference_loop import reference_epoch_rate
 from engine.profile import TrainStep, endless, images_per_s
-from engine.run import prepare_config
-from engine.loaders import PIPELINES
+from engine.run import make_batches, prepare_config
 
 
 def engine_epoch_rate(data: str, backbone: str, image_size: tuple[int, int], device: str, batch_size, steps: int | None):
     config, index = prepare_config(backbone=backbone, data=data, image_size=image_size, device=device,
                                    batch_size=batch_size, pretrained=False)
     step = TrainStep(config, index.num_classes)
-    pipeline = PIPELINES[config.loader](index, index.train, image_size=config.image_size, augment=config.augment,
-                                        batch_size=config.batch_size, train=True, device=torch.device(config.device),
-                                        seed=0, workers=config.workers, channels_last=config.channels_last)
+    pipeline = make_batches(config, index, index.train, train=True, device=torch.device(config.device))
     steps = steps or len(pipeline)
     return images_per_s(endless(pipeline), steps, 3, step, torch.device(config.device)), config, index
 

@@ -37,6 +37,7 @@ def main(argv=None) -> list[dict]:
     batch, steps, warmup = (8, 2, 1) if args.quick else (args.batch_size, args.steps, 3)
     index = scan_dataset(resolve_dataset(args.data, args.data_root).path)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # what the engine's loaders hand over
     model = build_backbone(args.backbone, index.num_classes).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
@@ -47,7 +48,7 @@ def main(argv=None) -> list[dict]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    synthetic = (torch.randn(batch, 3, *size, device=device).contiguous(memory_format=torch.channels_last),
+    synthetic = (torch.randn(batch, 3, *size, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last),
                  torch.randint(0, index.num_classes, (batch,), device=device))
     rows = [{"loader": "synthetic (on device)", "loader_only_img_s": None,
              "train_img_s": round(images_per_s(iter(lambda: synthetic, None), steps, warmup, train_step, device), 1)}]
@@ -56,7 +57,7 @@ def main(argv=None) -> list[dict]:
             rows.append({"loader": name, "error": "DALI is not installed"})
             continue
         pipeline = PIPELINES[name](index, index.train, image_size=size, augment=True, batch_size=batch, train=True,
-                                   device=device, seed=0, workers=args.workers, channels_last=True)
+                                   device=device, seed=0, workers=args.workers, channels_last=True, dtype=dtype)
         rows.append({"loader": name,
                      "loader_only_img_s": round(images_per_s(endless(pipeline), steps, warmup,
                                                              lambda x, y: None, device), 1),

@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import RunConfig
-from engine.loaders import PIPELINES, DatasetIndex
+from engine.loaders import DatasetIndex
 from engine.models import build_backbone
 from engine.scheduler import synchronize
-from engine.trainer import FIRST_PHASE, OPTIMIZERS, compiled, make_precision
+from engine.run import make_batches
+from engine.trainer import FIRST_PHASE, OPTIMIZERS, compiled, input_dtype, make_precision
 
 INPUT_BOUND = 0.9  # end-to-end below this share of the model-only rate: the loader is the bottleneck
 
@@ -84,7 +85,8 @@ def profile(config: RunConfig, index: DatasetIndex | None, steps: int, warmup: i
     device = torch.device(config.device)
     step = TrainStep(config, index.num_classes if index else 1000)
     batch = config.batch_size
-    synthetic = (torch.randn(batch, 3, *config.image_size, device=device).contiguous(memory_format=step.memory_format),
+    synthetic = (torch.randn(batch, 3, *config.image_size, device=device, dtype=input_dtype(config.precision))
+                 .contiguous(memory_format=step.memory_format),
                  torch.randint(0, index.num_classes if index else 1000, (batch,), device=device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -105,9 +107,7 @@ def profile(config: RunConfig, index: DatasetIndex | None, steps: int, warmup: i
         "loader": None, "loader_images_per_s": None, "end_to_end_images_per_s": None,
     }
     if index is not None:
-        pipeline = PIPELINES[config.loader](index, index.train, image_size=config.image_size, augment=config.augment,
-                                            batch_size=batch, train=True, device=device, seed=0,
-                                            workers=config.workers, channels_last=config.channels_last)
+        pipeline = make_batches(config, index, index.train, train=True, device=device, batch_size=batch)
         report["loader"] = config.loader
         report["loader_images_per_s"] = round(images_per_s(endless(pipeline), steps, warmup,
                                                            lambda x, y: None, device), 1)

@@ -29,7 +29,7 @@ from engine.loaders import (PIPELINES, DatasetIndex, count_per_class, dali_avail
                             has_small_images, resolve_dataset, scan_dataset, select_samples)
 from engine.models import build_backbone, check_image_size, get_backbone_spec
 from engine.scheduler import choose_batch_size
-from engine.trainer import evaluate, fit, load_best, make_precision
+from engine.trainer import evaluate, fit, input_dtype, load_best, make_precision
 
 log = logging.getLogger("engine")
 
@@ -216,19 +216,14 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels once
 
-    def batches(files, train: bool):
-        # Evaluation holds no activations for backward, so it affords twice the training batch.
-        return PIPELINES[config.loader](
-            index, files, image_size=config.image_size, augment=config.augment, train=train,
-            batch_size=config.batch_size * (1 if train else 2), device=device, seed=config.seed,
-            workers=config.workers, channels_last=config.channels_last, shard=distributed.current())
-
-    outcome = fit(model, batches(samples.train, True), batches(samples.selection, False), config, run_dir)
+    outcome = fit(model, make_batches(config, index, samples.train, train=True, device=device),
+                  make_batches(config, index, samples.selection, train=False, device=device), config, run_dir)
     state = outcome.state
     test_acc = state.best_acc
     if config.select_on == "val":
         load_best(model, run_dir)
-        test_acc = evaluate(model, batches(samples.test, False), make_precision(config.precision, device.type), device)
+        test_acc = evaluate(model, make_batches(config, index, samples.test, train=False, device=device),
+                            make_precision(config.precision, device.type), device)
         log.info("test accuracy of the epoch selected on validation (%d): %.2f %%", state.best_epoch, test_acc)
     result = {
         "status": "finished", "backbone": config.backbone, "dataset": config.dataset, "fraction": config.fraction,
@@ -244,6 +239,17 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
     log.info("finished: test accuracy %.2f %% (epoch %d, %s phase) after %d epochs in %.0f s -> %s",
              test_acc, state.best_epoch, state.best_phase, state.epoch, outcome.wall_s, run_dir / results.RESULT)
     return result
+
+
+def make_batches(config: RunConfig, index: DatasetIndex, samples: list, *, train: bool, device: torch.device,
+                 batch_size: int | None = None):
+    """The run's input pipeline over `samples`: its loader, size, augmentation, seed, memory format and input
+    dtype, this rank's share. Evaluation holds no activations for backward, so it affords twice the batch."""
+    return PIPELINES[config.loader](
+        index, samples, image_size=config.image_size, augment=config.augment, train=train,
+        batch_size=batch_size or config.batch_size * (1 if train else 2), device=device, seed=config.seed,
+        workers=config.workers, channels_last=config.channels_last, dtype=input_dtype(config.precision),
+        shard=distributed.current())
 
 
 def _write_run_description(config: RunConfig, index: DatasetIndex, samples, counts: dict, skipped: list[str],

@@ -71,6 +71,11 @@ class Precision:
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
+def input_dtype(precision: str) -> torch.dtype:
+    """What the loaders hand the model: the autocast dtype (its first layer would cast to it anyway), else fp32."""
+    return AUTOCAST_DTYPES[precision] or torch.float32
+
+
 def make_precision(name: str, device_type: str) -> Precision:
     dtype = AUTOCAST_DTYPES[name]
     autocast = nullcontext if dtype is None else partial(torch.autocast, device_type, dtype=dtype)

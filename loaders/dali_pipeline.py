@@ -1,6 +1,6 @@
 """The DALI input pipeline: decode (nvJPEG on the GPU, `device="mixed"`), resize with antialiasing,
-TrivialAugmentWide and normalisation inside DALI, handed to torch as NCHW batches that are channels_last in
-memory. Without a GPU the same operators run on the CPU (`device_id=None`), which is how the tests run it.
+TrivialAugmentWide and normalisation inside DALI (to float16 for mixed-precision runs), handed to torch as NCHW
+batches that are channels_last in memory. Without a GPU the same operators run on the CPU (`device_id=None`), which is how the tests run it.
 
 Same files as the torch pipeline (it reads the run's file list), one full reshuffle per epoch (the list is
 first permuted with the run's seed, since DALI's own reshuffle starts after the first epoch). In a distributed
@@ -34,7 +34,7 @@ def dali_available() -> bool:
 
 
 def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment: bool, train: bool,
-                    batch_size: int, device: torch.device, seed: int, workers: int, shard_id: int,
+                    half: bool, batch_size: int, device: torch.device, seed: int, workers: int, shard_id: int,
                     num_shards: int):
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.auto_aug import trivial_augment
@@ -50,8 +50,9 @@ def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment:
         if augment and train:
             images = trivial_augment.trivial_augment_wide(images, num_magnitude_bins=31, fill_value=0,
                                                           interp_type=types.INTERP_NN, max_translate_abs=32)
-        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="HWC",
-                                          mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT16 if half else types.FLOAT,
+                                          output_layout="HWC", mean=[m * 255 for m in IMAGENET_MEAN],
+                                          std=[s * 255 for s in IMAGENET_STD])
         return images, label
 
     device_id = (device.index or 0) if on_gpu else None  # None: a CPU-only pipeline
@@ -64,7 +65,7 @@ class DaliBatches(BatchCounts):
 
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
                  batch_size: int, train: bool, device: torch.device, seed: int, workers: int, channels_last: bool,
-                 shard: Shard = SINGLE):
+                 dtype: torch.dtype = torch.float32, shard: Shard = SINGLE):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         self._set_counts(len(samples), batch_size, train, shard)
@@ -76,9 +77,9 @@ class DaliBatches(BatchCounts):
             order, reader_shard = shard.take(np.arange(len(samples)), train=False), SINGLE
         files = [str(index.root / samples[i][0]) for i in order]
         labels = [samples[i][1] for i in order]
-        self.channels_last = channels_last
-        self.device = device
+        self.channels_last, self.device, self.dtype = channels_last, device, dtype
         pipe = _build_pipeline(files, labels, image_size=image_size, augment=augment, train=train,
+                               half=dtype != torch.float32,
                                batch_size=self.batch_size, device=device, seed=seed, workers=workers,
                                shard_id=reader_shard.rank, num_shards=reader_shard.world_size)
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
@@ -90,4 +91,6 @@ class DaliBatches(BatchCounts):
             images = batch[0]["images"].permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels_last, no copy
             if not self.channels_last:
                 images = images.contiguous()
-            yield images.to(self.device, non_blocking=True), batch[0]["labels"].view(-1).long().to(self.device)
+            # DALI has no bfloat16: a bf16 run gets DALI's float16, cast (one small pass) to the run's dtype.
+            images = images.to(self.device, non_blocking=True).to(self.dtype)
+            yield images, batch[0]["labels"].view(-1).long().to(self.device)

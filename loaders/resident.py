@@ -92,7 +92,7 @@ class ResidentBatches(BatchCounts):
 
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
                  batch_size: int, train: bool, device: torch.device, seed: int, workers: int, channels_last: bool,
-                 shard: Shard = SINGLE):
+                 dtype: torch.dtype = torch.float32, shard: Shard = SINGLE):
         sides = image_sides(index, samples)
         side = sides.pop() if len(sides) == 1 else tuple(image_size)  # mixed sizes: store at the run's size
         needed = len(samples) * side[0] * side[1] * 3
@@ -107,7 +107,8 @@ class ResidentBatches(BatchCounts):
         self.augment = v2.TrivialAugmentWide() if augment and train else None
         self._set_counts(len(samples), batch_size, train, shard)
         self.train, self.seed, self.device = train, seed, device
-        self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format)
+        self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format,
+                                          dtype)
 
     def _resized(self, images: torch.Tensor) -> torch.Tensor:
         if tuple(images.shape[-2:]) == self.image_size:

@@ -93,17 +93,18 @@ class EpochSampler(Sampler):
 
 
 class DeviceNormaliser:
-    """uint8 NCHW batch on the host -> normalised float batch on the device, in the run's memory format."""
+    """uint8 NCHW batch on the host -> normalised batch on the device, in the run's memory format and input dtype
+    (the autocast dtype under mixed precision: the model's first layer would cast to it anyway)."""
 
-    def __init__(self, device: torch.device, memory_format: torch.memory_format):
-        self.device = device
-        self.memory_format = memory_format
+    def __init__(self, device: torch.device, memory_format: torch.memory_format, dtype: torch.dtype):
+        self.device, self.memory_format, self.dtype = device, memory_format, dtype
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.inverse_std = 1 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True).to(memory_format=self.memory_format)
-        return (images.float() - self.mean) * self.inverse_std, labels.to(self.device, non_blocking=True)
+        normalised = ((images.float() - self.mean) * self.inverse_std).to(self.dtype)
+        return normalised, labels.to(self.device, non_blocking=True)
 
 
 class TorchBatches(BatchCounts):
@@ -117,10 +118,11 @@ class TorchBatches(BatchCounts):
 
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
                  batch_size: int, train: bool, device: torch.device, seed: int, workers: int,
-                 channels_last: bool, shard: Shard = SINGLE):
+                 channels_last: bool, dtype: torch.dtype = torch.float32, shard: Shard = SINGLE):
         self.dataset = ImageFiles(index, samples, build_transform(image_size, augment and train), seed)
         self._set_counts(len(samples), batch_size, train, shard)
-        self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format)
+        self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format,
+                                          dtype)
         self.sampler = EpochSampler(len(samples), seed, shuffle=train, shard=shard)
         self.loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
                                  drop_last=self.drop_last, num_workers=workers, persistent_workers=workers > 0,

@@ -26,9 +26,9 @@ def shaded_dataset(tmp_path):
     return tmp_path / "d"
 
 
-def batches(kind, index, samples, train, augment=False, batch_size=5, seed=0):
+def batches(kind, index, samples, train, augment=False, batch_size=5, seed=0, dtype=torch.float32):
     return PIPELINES[kind](index, samples, image_size=(16, 16), augment=augment, batch_size=batch_size, train=train,
-                           device=torch.device("cpu"), seed=seed, workers=1, channels_last=True)
+                           device=torch.device("cpu"), seed=seed, workers=1, channels_last=True, dtype=dtype)
 
 
 def pixel_means(images):
@@ -67,6 +67,19 @@ def test_without_augmentation_the_tensors_nearly_equal_the_torch_loaders(shaded_
     dali_images = torch.cat([x for x, _ in batches("dali", index, index.test, train=False).epoch(0)])
     assert (torch_images - dali_images).abs().max() < 0.1
     assert torch.allclose(pixel_means(torch_images), pixel_means(dali_images), atol=1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mixed_precision_runs_get_their_autocast_dtype_from_every_loader(shaded_dataset, dtype):
+    """DALI normalises to float16 (it has no bfloat16; a bf16 run gets a cast of it); torch and resident cast their
+    float32 result. Either way the value is the float32 one rounded to the dtype: bf16 keeps 8 bits of mantissa,
+    so |x| <= 2.7 is within 2.7 * 2**-8 = 0.011 (float16 rounding first adds at most 0.001)."""
+    index = scan_dataset(shaded_dataset)
+    for kind in ("dali", "torch", "resident"):
+        exact = torch.cat([x for x, _ in batches(kind, index, index.test, train=False).epoch(0)])
+        half = torch.cat([x for x, _ in batches(kind, index, index.test, train=False, dtype=dtype).epoch(0)])
+        assert half.dtype == dtype and half.is_contiguous(memory_format=torch.channels_last), kind
+        assert (half.float() - exact).abs().max() < 0.012, kind
 
 
 def test_same_files_as_the_torch_loader(shaded_dataset):
