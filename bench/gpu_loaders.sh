@@ -13,3 +13,6 @@ for backbone in resnet50 mobilenet_v3_large; do
   timeout 200 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone "$backbone" --image-size 256 \
     --batch-size 128 --workers 15 --steps 30 2>&1 | grep -v -i deprecat | tee -a "$out/loaders.jsonl"
 done
+for size in 32 64; do
+  timeout 120 python3 -m engine.bench.augment --device cuda --size "$size" --batch 256 2>&1 | tee -a "$out/augment.jsonl"
+done

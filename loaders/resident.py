@@ -3,9 +3,9 @@ dataset whose decoded copy fits a memory budget): every image is decoded once in
 disk next to the dataset, and kept on the training device; each batch is gathered, resized and augmented
 there, so no epoch decodes a file again (the airbench way).
 
-Augmentation is torchvision's TrivialAugmentWide applied image by image on device tensors, each image's draw
-seeded by (seed, epoch, image) as in the torch pipeline. A batched implementation would launch fewer kernels;
-this one keeps torchvision's exact semantics.
+Augmentation is torchvision's TrivialAugmentWide on device tensors, each image's draw seeded by (seed, epoch,
+image) as in the torch pipeline, applied to the whole batch at once (`augment.trivial_augment_wide`: one group of
+kernels per operation drawn, not one transform per image; equal to torchvision's per-image result).
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.transforms import v2
 
 from engine.distributed import SINGLE, Shard
 from engine.errors import UserInputError
+from engine.loaders.augment import trivial_augment_wide
 from engine.loaders.batching import BatchCounts
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
@@ -104,7 +104,7 @@ class ResidentBatches(BatchCounts):
         self.images = torch.from_numpy(array).to(device).permute(0, 3, 1, 2)
         self.labels = torch.tensor([label for _, label in samples], device=device)
         self.image_size = tuple(image_size)
-        self.augment = v2.TrivialAugmentWide() if augment and train else None
+        self.augment = augment and train
         self._set_counts(len(samples), batch_size, train, shard)
         self.train, self.seed, self.device = train, seed, device
         self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format,
@@ -116,20 +116,12 @@ class ResidentBatches(BatchCounts):
         resized = F.interpolate(images.float(), size=self.image_size, mode="bilinear", antialias=True)
         return resized.round_().clamp_(0, 255).to(torch.uint8)
 
-    def _augmented(self, images: torch.Tensor, positions: torch.Tensor, epoch: int) -> torch.Tensor:
-        out = torch.empty_like(images)
-        for slot, (image, position) in enumerate(zip(images, positions.tolist())):
-            with torch.random.fork_rng(devices=[]):  # TrivialAugmentWide draws from the CPU generator
-                torch.manual_seed(draw_seed(self.seed, epoch, position))
-                out[slot] = self.augment(image)
-        return out
-
     def epoch(self, epoch: int):
         order = self.shard.take(epoch_order(len(self.labels), self.seed, epoch, self.train), self.train)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             positions = order[start:start + self.batch_size]
             on_device = positions.to(self.device)
             images = self._resized(self.images[on_device])
-            if self.augment is not None:
-                images = self._augmented(images, positions, epoch)
+            if self.augment:
+                images = trivial_augment_wide(images, [draw_seed(self.seed, epoch, p) for p in positions.tolist()])
             yield self.normalise(images, self.labels[on_device])

@@ -28,3 +28,10 @@ def test_compare_runs_the_engine_and_the_authors_loop_on_the_same_files():
     from engine.bench import compare
     rows = compare.main(["--data", "demo", "--quick", "--device", "cpu", "--backbones", "mobilenet_v3_large"])
     assert rows[0]["engine_img_s"] > 0 and rows[0]["reference_img_s"] > 0 and rows[0]["ratio"] > 0
+
+
+def test_augment_benchmark_times_both_implementations():
+    from engine.bench import augment
+    rows = augment.main(["--quick", "--device", "cpu"])
+    assert [row["implementation"] for row in rows] == ["torchvision per image", "batched"]
+    assert all(row["images_per_s"] > 0 for row in rows)

@@ -1,0 +1,52 @@
+"""TrivialAugmentWide on a batch of uint8 images on the device: torchvision's transform image by image (what the
+resident loader did before) against the batched implementation (loaders/augment.py), same images, same seeds.
+
+    python -m engine.bench.augment --device cuda --size 64 --batch 256     # on a GPU
+    python -m engine.bench.augment --quick --device cpu                     # smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from torchvision.transforms import v2
+
+from engine.bench.timing import time_per_call
+from engine.loaders.augment import trivial_augment_wide
+
+
+def per_image(images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    transform, out = v2.TrivialAugmentWide(), torch.empty_like(images)
+    for slot, (image, seed) in enumerate(zip(images, seeds)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out[slot] = transform(image)
+    return out
+
+
+IMPLEMENTATIONS = {"torchvision per image": per_image, "batched": trivial_augment_wide}
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, default=64, help="image side, pixels")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="16 px, batch 16, 2 iterations (smoke test)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    size, batch, iterations = (16, 16, 2) if args.quick else (args.size, args.batch, args.iterations)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
+    seeds, rows = list(range(batch)), []  # the same draws for both
+    for name, augment in IMPLEMENTATIONS.items():
+        seconds = time_per_call(lambda: augment(images, seeds), device, warmup=2, iterations=iterations)
+        rows.append({"implementation": name, "device": str(device), "size": size, "batch": batch,
+                     "ms_per_batch": round(seconds * 1e3, 2), "images_per_s": round(batch / seconds, 1)})
+        print(json.dumps(rows[-1]))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Batched TrivialAugmentWide (loaders/augment.py) against torchvision's, image by image."""
+import pytest
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from engine.loaders.augment import NAMES, OPERATIONS, draw, trivial_augment_wide
+
+
+def photos(count: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """Smooth random images with edges and flat areas (noise alone would hide geometric mistakes)."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, 256, (count, 3, 4, 5), generator=generator, dtype=torch.uint8).float()
+    smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    edges = (torch.rand(count, 1, height, width, generator=generator) > 0.9).float() * 80
+    return (smooth + edges).clamp(0, 255).to(torch.uint8)
+
+
+def torchvision_augmented(images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    transform = v2.TrivialAugmentWide()
+    out = []
+    for image, seed in zip(images, seeds):
+        torch.manual_seed(seed)
+        out.append(transform(image))
+    return torch.stack(out)
+
+
+def assert_equal(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    difference = (ours.int() - theirs.int()).abs()
+    assert torch.equal(ours, theirs), f"{int((difference > 0).sum())} pixels differ, by up to {int(difference.max())}"
+
+
+@pytest.mark.parametrize("height, width", [(32, 32), (24, 40)])
+def test_a_batch_equals_torchvision_image_by_image(height, width):
+    seeds = list(range(1000, 1280))
+    images = photos(len(seeds), height, width)
+    assert {draw(seed)[0] for seed in seeds} == set(NAMES)  # every operation is exercised
+    assert_equal(trivial_augment_wide(images, seeds), torchvision_augmented(images, seeds))
+
+
+def test_the_draws_are_torchvisions():
+    """A change in torchvision's sampling would change which operation an image gets: caught here directly."""
+    image = photos(1, 16, 16)[0]
+    for seed in range(60):
+        name, magnitude = draw(seed)
+        torch.manual_seed(seed)
+        expected = v2.TrivialAugmentWide()(image)
+        assert_equal(OPERATIONS.get(name, lambda x, m: x)(image[None], [magnitude])[0], expected)
+
+
+@pytest.mark.parametrize("height, width", [(16, 16), (12, 20)])
+def test_quarter_turns_take_torchvisions_exact_paths(height, width):
+    images = photos(4, height, width)
+    angles = [90.0, -90.0, 0.0, 45.0]
+    ours = OPERATIONS["Rotate"](images, angles)
+    for image, angle, result in zip(images, angles, ours):
+        assert torch.equal(result, TF.rotate(image, angle))
+
+
+def test_every_image_keeps_its_own_draw_whatever_else_is_in_the_batch():
+    images = photos(6, 16, 16)
+    alone = torch.cat([trivial_augment_wide(images[i:i + 1], [i + 7]) for i in range(6)])
+    assert torch.equal(trivial_augment_wide(images, [i + 7 for i in range(6)]), alone)
