@@ -190,13 +190,16 @@ def train(ctx: click.Context, seed: int | None, runs: int | None, force: bool, g
     """
     from engine import distributed
     from engine.config import resolve_device
+    from engine.loaders import resolve_dataset
     from engine.models import get_backbone_spec
     from engine.run import prepare_run, train_seeds
 
     if seed is not None and runs is not None:
         raise click.UsageError("--seed and --runs exclude each other: --runs K trains seeds 0..K-1")
     if gpus > 1 and not distributed.launched():
-        get_backbone_spec(flags["backbone"])  # the cheap checks here, before N processes start
+        # Checked, downloaded or generated here, once, before N processes start and wait for it.
+        get_backbone_spec(flags["backbone"])
+        resolve_dataset(flags["data"], flags["data_root"], flags["download"])
         ctx.exit(distributed.launch(gpus, resolve_device(flags["device"]), ctx.obj["argv"]))
     if distributed.launched() and gpus not in (1, distributed.world_size()):
         raise click.UsageError(f"--gpus {gpus}, but torchrun started {distributed.world_size()} processes")

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -89,7 +90,9 @@ def join(device: str) -> Shard:
         die_with_parent()
         if device == "cuda":
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        # Long enough for rank 0 to download a dataset or autotune the batch while the others wait in a
+        # collective; a rank that crashes is caught sooner by torchrun, which then stops the others.
+        dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=timedelta(hours=3))
     shard = current()
     if not shard.is_main:
         log.setLevel(logging.WARNING)

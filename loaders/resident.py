@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from engine import distributed
 from engine.distributed import SINGLE, Shard
 from engine.errors import UserInputError
 from engine.loaders.augment import trivial_augment_wide
@@ -99,7 +100,11 @@ class ResidentBatches(BatchCounts):
         if needed > _budget(device):
             raise UserInputError(f"{index.name}'s decoded images need {needed / 2**30:.1f} GiB, over the resident "
                                  f"loader's budget on {device}; use --loader dali or torch")
-        array = decoded_images(index, samples, side)
+        # In a distributed run rank 0 decodes and caches; the others then read its cache instead of decoding
+        # the same files at the same time.
+        array = distributed.main_first(lambda: decoded_images(index, samples, side))
+        if array is None:
+            array = decoded_images(index, samples, side)
         # NHWC bytes seen as NCHW: channels_last without a copy.
         self.images = torch.from_numpy(array).to(device).permute(0, 3, 1, 2)
         self.labels = torch.tensor([label for _, label in samples], device=device)
