@@ -66,6 +66,17 @@ def make_dataset(root: Path, counts: dict[str, int], side: int = 32, ext: str = 
     return root
 
 
+def make_shaded_dataset(root: Path, counts: dict[str, int], side: int, darkest: float) -> Path:
+    """3 colour classes in which every image has its own shade (darkest + 0.05 n of the class colour), so each
+    file is recognisable from its pixels: <root>/<split>/<colour>/<n>.png."""
+    for split, count in counts.items():
+        for name, colour in CLASS_COLOURS.items():
+            for index in range(count):
+                shade = tuple(int(c * (darkest + 0.05 * index)) for c in colour)
+                write_image(root / split / name / f"{index:02d}.png", shade, side=side, seed=index)
+    return root
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
     """3 colour classes, 12 train and 4 test images each, 32x32 PNG."""

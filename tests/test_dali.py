@@ -7,7 +7,7 @@ import torch
 
 from engine.loaders import PIPELINES, count_per_class, scan_dataset, select_samples
 from engine.loaders.torch_pipeline import IMAGENET_MEAN, IMAGENET_STD
-from tests.conftest import CLASS_COLOURS, run_engine, write_image
+from tests.conftest import CLASS_COLOURS, make_shaded_dataset, run_engine, write_image
 
 pytest.importorskip("nvidia.dali", reason="DALI is not installed (pip install 'engine[dali]')")
 
@@ -17,13 +17,7 @@ STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 @pytest.fixture
 def shaded_dataset(tmp_path):
-    """3 colour classes; within a class each image has its own brightness, so each file is recognisable."""
-    for split, count in (("train", 10), ("test", 4)):
-        for name, colour in CLASS_COLOURS.items():
-            for i in range(count):
-                shade = tuple(int(c * (0.5 + 0.05 * i)) for c in colour)
-                write_image(tmp_path / "d" / split / name / f"{i:02d}.png", shade, side=32, seed=i)
-    return tmp_path / "d"
+    return make_shaded_dataset(tmp_path / "d", {"train": 10, "test": 4}, side=32, darkest=0.5)
 
 
 def batches(kind, index, samples, train, augment=False, batch_size=5, seed=0, dtype=torch.float32):

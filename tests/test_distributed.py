@@ -17,18 +17,13 @@ from engine.distributed import Shard
 from engine.loaders import PIPELINES, dali_available, scan_dataset
 from engine.results import read_metrics
 from engine.trainer import make_precision, train_one_epoch
-from tests.conftest import CLASS_COLOURS, REPO, write_image
+from tests.conftest import REPO, make_shaded_dataset
 
 
 @pytest.fixture
 def shaded_dataset(tmp_path):
-    """3 colour classes whose every image has its own shade, so a batch's pixels tell which files it holds."""
-    for split, count in (("train", 11), ("test", 5)):
-        for name, colour in CLASS_COLOURS.items():
-            for i in range(count):
-                shade = tuple(int(c * (0.4 + 0.05 * i)) for c in colour)
-                write_image(tmp_path / "d" / split / name / f"{i:02d}.png", shade, side=16, seed=i)
-    return tmp_path / "d"
+    """Every image recognisable from its pixels, so a batch tells which files it holds."""
+    return make_shaded_dataset(tmp_path / "d", {"train": 11, "test": 5}, side=16, darkest=0.4)
 
 
 def pipeline(kind, index, samples, train, shard, batch_size=4, seed=0):
