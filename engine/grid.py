@@ -8,7 +8,6 @@ the concurrency the profile store's packing measurement found worth it), and Slu
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 import os
 import subprocess

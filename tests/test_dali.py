@@ -1,13 +1,12 @@
 """The DALI pipeline on the CPU (device_id=None): same files, labels, layout and normalisation as the torch one."""
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from engine.loaders import PIPELINES, count_per_class, scan_dataset, select_samples
 from engine.loaders.torch_pipeline import IMAGENET_MEAN, IMAGENET_STD
-from tests.conftest import CLASS_COLOURS, make_shaded_dataset, run_engine, write_image
+from tests.conftest import CLASS_COLOURS, make_shaded_dataset, run_engine
 
 pytest.importorskip("nvidia.dali", reason="DALI is not installed (pip install 'engine[dali]')")
 
