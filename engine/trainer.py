@@ -176,8 +176,8 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     seconds = time.perf_counter() - start
     progress.close()
     # Over every rank of a distributed run (one collective per epoch); the rate is then the whole run's.
-    loss_total, correct_total, seen = sum_across_ranks(
-        torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device)])).tolist()
+    totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, dtype=torch.float64, device=device)])
+    loss_total, correct_total, seen = sum_across_ranks(totals).tolist()
     return {"train_loss": loss_total / max(seen, 1), "train_acc": 100.0 * correct_total / max(seen, 1),
             "images_per_s": seen / seconds, "epoch_s": seconds}
 
