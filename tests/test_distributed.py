@@ -16,7 +16,7 @@ from engine import distributed
 from engine.distributed import Shard
 from engine.loaders import PIPELINES, dali_available, scan_dataset
 from engine.results import read_metrics
-from engine.trainer import make_precision, train_one_epoch
+from engine.trainer import load_best, make_precision, train_one_epoch
 from tests.conftest import REPO, make_shaded_dataset
 
 
@@ -101,31 +101,59 @@ def one_epoch(dataset, batch_size: int, shard: Shard):
     return model.state_dict(), row
 
 
-def _rank_main(rank: int, port: int, dataset, out) -> None:
+def _as_rank(rank: int, port: int, work, *args) -> None:
+    """In a spawned process: join a 2-rank gloo group as torchrun would have set it up, then `work(shard, *args)`."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     shard = distributed.join("cpu")
+    try:
+        work(shard, *args)
+    finally:
+        distributed.leave()
+
+
+def run_two_ranks(work, *args) -> None:
+    with socket.socket() as sock:  # a free port for the group's store
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_as_rank, args=(port, work, *args), nprocs=2, start_method="spawn")
+
+
+def _train_an_epoch(shard: Shard, dataset, out) -> None:
     state, row = one_epoch(dataset, 4, shard)
     if shard.is_main:
         torch.save({"state": state, "row": row}, out)
-    distributed.leave()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_ranks_take_the_same_steps_as_one_process_with_twice_the_batch(shaded_dataset, tmp_path):
     out = tmp_path / "rank0.pt"
-    mp.start_processes(_rank_main, args=(free_port(), shaded_dataset, out), nprocs=2, start_method="spawn")
+    run_two_ranks(_train_an_epoch, shaded_dataset, out)
     ranked = torch.load(out)
     state, row = one_epoch(shaded_dataset, 8, Shard())
     for name, tensor in state.items():
         assert torch.allclose(ranked["state"][name], tensor, atol=1e-5), name
     assert ranked["row"]["train_loss"] == pytest.approx(row["train_loss"], rel=1e-5)
     assert ranked["row"]["train_acc"] == pytest.approx(row["train_acc"])  # counted over both ranks
+
+
+def _reload_best(shard: Shard, run_dir, out) -> None:
+    model = tiny_model()  # the same start on both ranks; rank 0 alone can read best.pt
+    if shard.is_main:
+        best = tiny_model()
+        for tensor in best.parameters():
+            tensor.data.add_(1.0)
+        torch.save({"model": best.state_dict()}, run_dir / "best.pt")
+    load_best(model, run_dir if shard.is_main else run_dir / "not-mine")
+    torch.save(model.state_dict(), out / f"rank{shard.rank}.pt")
+
+
+def test_the_best_weights_reach_every_rank_at_the_switch(tmp_path):
+    """Only rank 0 reads best.pt (the folder is its own); the others must hold the same weights after."""
+    run_two_ranks(_reload_best, tmp_path, tmp_path)
+    states = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    expected = {name: tensor + 1.0 for name, tensor in tiny_model().state_dict().items()}
+    for name in expected:
+        assert torch.equal(states[0][name], expected[name]) and torch.equal(states[1][name], expected[name]), name
 
 
 # --- `engine train --gpus 2 --device cpu`, as a user runs it ---------------------------------------------------------
@@ -186,3 +214,19 @@ def test_bad_input_stops_every_rank_with_one_line(tmp_path):
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert done.returncode == 2 and len(errors) == 1 and errors[0].startswith("engine: error: unknown dataset")
     assert "Traceback" not in done.stderr
+
+
+def test_both_phases_and_validation_selection_on_two_processes(tiny_dataset, tmp_path):
+    """Patience 1 on a 3-image validation split (4 possible accuracies) forces the SGD switch within 5 epochs:
+    rank 0 reloads the best weights and hands them over; the test set is then scored from best.pt on both ranks."""
+    out = tmp_path / "runs"
+    done = subprocess.run([sys.executable, "-m", "engine", "train", "--backbone", "mobilenet_v3_large", "--data",
+                           str(tiny_dataset), "--no-pretrained", "--image-size", "32", "--batch-size", "4",
+                           "--patience", "1", "--max-epochs", "10", "--select-on", "val", "--gpus", "2",
+                           "--device", "cpu", "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    folder = out / "mobilenet_v3_large" / "tiny" / "f1" / "s0"
+    result = json.loads((folder / "result.json").read_text())
+    assert result["switch_epoch"] is not None and result["stop_reason"] in ("patience", "max_epochs")
+    assert {row["phase"] for row in read_metrics(folder / "metrics.csv")} == {"adamw", "sgd"}
+    assert "switching to SGD" in done.stderr and "test accuracy of the epoch selected on validation" in done.stderr
