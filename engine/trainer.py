@@ -185,16 +185,27 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches, precision: Precision, device: torch.device) -> float:
     """Top-1 accuracy in percent over every image of the batches, each counted once (in a distributed run, over
-    every rank's shard: the same number on every rank)."""
+    every rank's shard: the same number on every rank).
+
+    A partial last batch is padded to the full batch and its padding's predictions dropped: one input shape, so
+    a compiled model does not recompile for the tail and cuDNN does not benchmark it again. In eval mode every
+    image's output depends on that image alone (BatchNorm uses its running statistics), so padding changes
+    nothing else."""
     model.eval()
     counts = torch.zeros(2, device=device, dtype=torch.long)  # correct, seen
     for images, labels in batches.epoch(0):
         with precision.autocast():
-            logits = model(images)
+            logits = model(_padded(images, batches.batch_size))[:labels.size(0)]
         counts[0] += (logits.argmax(1) == labels).sum()
         counts[1] += labels.size(0)
     correct, total = sum_across_ranks(counts).tolist()
     return 100.0 * correct / max(total, 1)
+
+
+def _padded(images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """`images` with zero images appended up to `batch_size` (F.pad keeps channels_last)."""
+    missing = batch_size - images.size(0)
+    return F.pad(images, (0, 0) * (images.dim() - 1) + (0, missing)) if missing > 0 else images
 
 
 # --- Resumable state ---------------------------------------------------------------------------------------------

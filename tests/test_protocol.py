@@ -110,3 +110,39 @@ def test_fit_reloads_best_weights_into_a_fresh_sgd(tmp_path):
     for key, value in evaluation.weights_at_eval[5].items():
         assert torch.equal(best["model"][key], value)
     assert (tmp_path / LAST).exists()
+
+
+class EvalBatches:
+    """Three evaluation batches of 4, 4 and 2 images (a partial tail), labels 0..2."""
+    batch_size = 4
+
+    def __init__(self):
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.randn(10, 3, 8, 8, generator=generator).contiguous(memory_format=torch.channels_last)
+        self.labels = torch.randint(0, 3, (10,), generator=generator)
+
+    def epoch(self, epoch):
+        for start in range(0, 10, 4):  # new tensors made under evaluate's inference_mode, as a loader's are
+            yield self.images[start:start + 4].clone(), self.labels[start:start + 4].clone()
+
+
+def test_evaluation_pads_the_tail_so_a_compiled_model_compiles_once():
+    from engine.trainer import evaluate, make_precision
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3))
+    shapes = []
+
+    def counting_backend(graph, example_inputs):  # called once per compilation
+        shapes.append(tuple(example_inputs[0].shape) if example_inputs else None)
+        return graph.forward
+
+    batches, precision = EvalBatches(), make_precision("fp32", "cpu")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=counting_backend)
+    accuracy = evaluate(compiled, batches, precision, torch.device("cpu"))
+    assert len(shapes) == 1
+    with torch.no_grad():  # the reference: every image alone through the eager model, no padding anywhere
+        predictions = torch.cat([model(image[None]).argmax(1) for image in batches.images])
+    assert accuracy == pytest.approx(100.0 * (predictions == batches.labels).float().mean().item())
