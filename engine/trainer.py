@@ -48,7 +48,10 @@ def compiled(model: nn.Module) -> nn.Module:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
-    return torch.compile(model)
+    # Static shapes: training drops its partial batch and evaluation pads its own, so the model sees two shapes
+    # (the training and the evaluation batch); dynamo would otherwise turn the batch dimension dynamic when the
+    # second appears, and compile the evaluation graph less specialised.
+    return torch.compile(model, dynamic=False)
 
 
 # --- Precision, decided once -----------------------------------------------------------------------------------------
