@@ -15,7 +15,7 @@ from engine.loaders import DatasetIndex
 from engine.models import build_backbone
 from engine.scheduler import synchronize
 from engine.run import make_batches
-from engine.trainer import FIRST_PHASE, OPTIMIZERS, compiled, input_dtype, make_precision
+from engine.trainer import FIRST_PHASE, compiled, input_dtype, make_optimizer, make_precision
 
 INPUT_BOUND = 0.9  # end-to-end below this share of the model-only rate: the loader is the bottleneck
 
@@ -50,7 +50,7 @@ class TrainStep:
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         model = build_backbone(config.backbone, num_classes).to(self.device, memory_format=self.memory_format)
         self.model = compiled(model) if config.compile else model
-        self.optimizer = OPTIMIZERS[FIRST_PHASE](model.parameters())
+        self.optimizer = make_optimizer(FIRST_PHASE, model)
         self.precision = make_precision(config.precision, self.device.type)
         self.phase_s = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
 

@@ -157,11 +157,11 @@ def training_step_rate(backbone: str, num_classes: int, image_size: tuple[int, i
     """A function batch -> images/s of the real training step (forward, backward, AdamW step) on synthetic
     data. Eager: a compiled model would recompile for every candidate, and it needs no more memory than eager."""
     from engine.models import build_backbone
-    from engine.trainer import OPTIMIZERS, FIRST_PHASE, make_precision
+    from engine.trainer import FIRST_PHASE, make_optimizer, make_precision
 
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = build_backbone(backbone, num_classes).to(device, memory_format=memory_format)
-    optimizer = OPTIMIZERS[FIRST_PHASE](model.parameters())
+    optimizer = make_optimizer(FIRST_PHASE, model)
     step_precision = make_precision(precision, device.type)
 
     def run(batch: int) -> float:

@@ -1,5 +1,5 @@
-"""GPU-only checks of the fused DWT and WaveMix: compiled Triton kernels (not the interpreter), AMP, inductor.
-Skipped without CUDA; run them on a lent GPU with `TRITON_INTERPRET=0 python -m pytest -m gpu`."""
+"""GPU-only checks: the fused DWT and WaveMix (compiled Triton kernels, not the interpreter; AMP; inductor) and
+the fused optimizers. Skipped without CUDA; run them on a lent GPU with `TRITON_INTERPRET=0 python -m pytest -m gpu`."""
 import pytest
 import torch
 
@@ -39,3 +39,23 @@ def test_wavemix_compiles_with_inductor_under_bf16_autocast():
     assert relative_error(fused.float(), eager.float()) < 2e-2
     fused.float().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("phase", ["adamw", "sgd"])
+def test_fused_optimizers_step_as_the_reference_implementation(phase):
+    from engine.trainer import OPTIMIZERS, make_optimizer
+
+    torch.manual_seed(0)
+    fused_model = torch.nn.Linear(64, 10).cuda()
+    reference_model = torch.nn.Linear(64, 10).cuda()
+    reference_model.load_state_dict(fused_model.state_dict())
+    fused, reference = make_optimizer(phase, fused_model), OPTIMIZERS[phase](reference_model.parameters())
+    assert fused.defaults["fused"] is True
+    for _ in range(3):
+        x = torch.randn(32, 64, device="cuda")
+        for model, optimizer in ((fused_model, fused), (reference_model, reference)):
+            model(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for a, b in zip(fused_model.parameters(), reference_model.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
