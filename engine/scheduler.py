@@ -172,7 +172,8 @@ def training_step_rate(backbone: str, num_classes: int, image_size: tuple[int, i
             with step_precision.autocast():
                 loss = torch.nn.functional.cross_entropy(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
-            step_precision.backward_and_step(loss, optimizer)
+            step_precision.backward(loss)
+            step_precision.step(optimizer)
 
         for _ in range(warmup):
             step()

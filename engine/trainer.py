@@ -68,12 +68,13 @@ class Precision:
     autocast: Callable[[], object]  # a fresh context manager per call
     scaler: torch.amp.GradScaler | None  # fp16 only: bf16 and fp32 have fp32's exponent range
 
-    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler is None:
-            loss.backward()
             optimizer.step()
         else:
-            self.scaler.scale(loss).backward()
             self.scaler.step(optimizer)
             self.scaler.update()
 
@@ -177,7 +178,8 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
-        precision.backward_and_step(loss, optimizer)
+        precision.backward(loss)
+        precision.step(optimizer)
         loss_sum += loss.detach().float() * labels.size(0)
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += labels.size(0)
