@@ -83,7 +83,8 @@ def local_processes() -> int:
 
 def join(device: str) -> Shard:
     """Join the process group torchrun prepared: NCCL with each rank on its LOCAL_RANK's GPU, gloo on the CPU.
-    Ranks other than 0 log warnings only, so the run's log reads as one process's."""
+    Ranks other than 0 log errors only: their infos and warnings repeat rank 0's, and the run's log reads as
+    one process's."""
     if not launched():
         return SINGLE
     if not dist.is_initialized():
@@ -95,7 +96,7 @@ def join(device: str) -> Shard:
         dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=timedelta(hours=3))
     shard = current()
     if not shard.is_main:
-        log.setLevel(logging.WARNING)
+        log.setLevel(logging.ERROR)
     return shard
 
 
