@@ -197,10 +197,11 @@ def launch(processes: int, device: str, argv: list[str]) -> int:
     try:
         run(args)
     except ChildFailedError as err:
-        rank, failure = min(err.failures.items())
-        if failure.exitcode != USAGE_ERROR:  # a user error has been named by rank 0 already
-            log.error("rank %d of %d ended with exit code %d (its messages are above); rerun the same command to "
-                      "continue from the last finished epoch", rank, processes, failure.exitcode)
+        if any(failure.exitcode == USAGE_ERROR for failure in err.failures.values()):
+            return USAGE_ERROR  # bad input, named in one line by the rank that met it
+        rank, failure = err.get_first_failure()  # the cause; the others were stopped because of it
+        log.error("rank %d of %d ended with exit code %d (its messages are above); rerun the same command to "
+                  "continue from the last finished epoch", rank, processes, failure.exitcode)
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0
 

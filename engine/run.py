@@ -25,8 +25,8 @@ import engine
 from engine import distributed, results
 from engine.config import DEFAULT_BATCH_SIZE, RunConfig, default_workers, resolve_device, resolve_precision
 from engine.errors import UserInputError
-from engine.loaders import (PIPELINES, DatasetIndex, count_per_class, dali_available, drop_unreadable,
-                            has_small_images, resolve_dataset, scan_dataset, select_samples)
+from engine.loaders import (PIPELINES, DatasetIndex, check_files, count_per_class, dali_available, has_small_images,
+                            leave_out, resolve_dataset, scan_dataset, select_samples)
 from engine.models import build_backbone, check_image_size, get_backbone_spec
 from engine.scheduler import choose_batch_size
 from engine.trainer import evaluate, fit, input_dtype, load_best, make_precision
@@ -186,10 +186,13 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
     started = time.perf_counter()
     samples = select_samples(index, config.fraction, config.seed, config.select_on)
     skipped = []
-    # DALI aborts the process on an undecodable file, so its runs check every file first; so does
-    # --skip-bad-images, which needs the list. The torch loader otherwise names a bad file when it meets it.
-    if config.loader == "dali" or config.skip_bad_images:
-        skipped = drop_unreadable(samples, index, config.skip_bad_images)
+    # DALI aborts the process on an undecodable file, and the ranks of a distributed run cannot stop together on
+    # an error one of them meets mid-epoch: such runs check every file first (rank 0, the others take its
+    # answer); so does --skip-bad-images, which needs the list. The torch loader otherwise names a bad file when
+    # it meets it.
+    if config.loader == "dali" or config.skip_bad_images or config.world_size > 1:
+        skipped = distributed.from_main(lambda: check_files(samples, index, config.skip_bad_images))
+        leave_out(samples, skipped)
         if skipped:
             log.warning("left out %d unreadable images (--skip-bad-images): %s", len(skipped), ", ".join(skipped[:5]))
     counts = {split: len(files) for split, files in

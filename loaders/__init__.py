@@ -34,18 +34,22 @@ class RunSamples:
     select_on: str  # "test" or "val"
 
 
-def drop_unreadable(run: RunSamples, index: DatasetIndex, skip: bool) -> list[str]:
-    """Check every file of the run. Broken ones are an error naming the first, or with `skip` are removed from
-    the run and returned (the run's config.json lists them)."""
+def check_files(run: RunSamples, index: DatasetIndex, skip: bool) -> list[str]:
+    """Check every file of the run. Broken ones are an error naming the first, or with `skip` are returned, for
+    `leave_out` (the run's config.json lists them)."""
     files = sorted(set(run.train) | set(run.selection) | set(run.test))
     bad = unreadable_files(index, files)
     if bad and not skip:
         raise UnreadableImageError(f"cannot read image {index.root / bad[0]}" + (
             f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") + "; --skip-bad-images leaves them out")
+    return bad
+
+
+def leave_out(run: RunSamples, bad: list[str]) -> None:
+    """Remove the files `bad` from every split of the run."""
     broken = set(bad)
     for split in ("train", "selection", "test"):
         setattr(run, split, [sample for sample in getattr(run, split) if sample[0] not in broken])
-    return bad
 
 
 def select_samples(index: DatasetIndex, fraction: float, seed: int, select_on: str) -> RunSamples:
@@ -63,7 +67,7 @@ def select_samples(index: DatasetIndex, fraction: float, seed: int, select_on: s
     return RunSamples(train, val, index.test, select_on)
 
 
-__all__ = ["has_small_images", "ResidentBatches", "drop_unreadable", "unreadable_files", "DaliBatches", "dali_available", "DatasetSpec", "IMAGE_EXTENSIONS", "get_dataset_spec", "is_ready", "prepare_dataset", "prepared_meta",
+__all__ = ["has_small_images", "ResidentBatches", "check_files", "leave_out", "unreadable_files", "DaliBatches", "dali_available", "DatasetSpec", "IMAGE_EXTENSIONS", "get_dataset_spec", "is_ready", "prepare_dataset", "prepared_meta",
            "registry", "PIPELINES", "SPLIT_SEED", "VAL_RATIO", "DatasetIndex", "ResolvedDataset",
            "RunSamples", "Sample", "count_per_class", "default_data_root", "resolve_dataset", "scan_dataset",
            "select_samples", "stratified_fraction", "stratified_split"]

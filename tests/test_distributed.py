@@ -230,3 +230,19 @@ def test_both_phases_and_validation_selection_on_two_processes(tiny_dataset, tmp
     assert result["switch_epoch"] is not None and result["stop_reason"] in ("patience", "max_epochs")
     assert {row["phase"] for row in read_metrics(folder / "metrics.csv")} == {"adamw", "sgd"}
     assert "switching to SGD" in done.stderr and "test accuracy of the epoch selected on validation" in done.stderr
+
+
+def test_a_corrupt_image_stops_every_rank_with_one_line_or_is_skipped(tiny_dataset, tmp_path):
+    """Whichever rank would have read it: the files are checked before training, once, by rank 0."""
+    (tiny_dataset / "train" / "red" / "red_011.png").write_bytes(b"broken")
+    args = [sys.executable, "-m", "engine", "train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset),
+            "--no-pretrained", "--image-size", "32", "--batch-size", "4", "--max-epochs", "1", "--gpus", "2",
+            "--device", "cpu", "--out", str(tmp_path / "runs")]
+    stopped = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    errors = [line for line in stopped.stderr.splitlines() if "error" in line.lower()]
+    assert stopped.returncode == 2 and len(errors) == 1 and "red_011.png" in errors[0], stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    skipped = subprocess.run([*args, "--skip-bad-images"], cwd=REPO, capture_output=True, text=True)
+    assert skipped.returncode == 0, skipped.stderr
+    config = json.loads((tmp_path / "runs" / "mobilenet_v3_large" / "tiny" / "f1" / "s0" / "config.json").read_text())
+    assert config["skipped_images"] == ["train/red/red_011.png"] and config["counts"]["train"] == 35
