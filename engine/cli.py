@@ -3,6 +3,7 @@ line naming the problem and exit code 2."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -341,7 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     except UserInputError as err:
         _fail(str(err), echo=not getattr(err, "replica", False))  # rank 0 says what all ranks of a run met
     except (KeyboardInterrupt, click.Abort):
-        click.echo("engine: interrupted; rerun the same command to continue", err=True)
+        if int(os.environ.get("RANK", "0")) == 0:  # one rank of a distributed run says it for all
+            click.echo("engine: interrupted; rerun the same command to continue", err=True)
         sys.exit(INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)
 

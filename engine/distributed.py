@@ -179,6 +179,7 @@ def launch(processes: int, device: str, argv: list[str]) -> int:
 
     A failing rank has printed its own one-line error; torchrun's report of the failure (a traceback of its
     own) is kept out of the user's way."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -196,6 +197,8 @@ def launch(processes: int, device: str, argv: list[str]) -> int:
              else "CPU, gloo")
     try:
         run(args)
+    except SignalException as err:  # Ctrl-C or a kill: torchrun stopped the ranks; rank 0 said so for SIGINT
+        return 128 + int(err.sigval)
     except ChildFailedError as err:
         if any(failure.exitcode == USAGE_ERROR for failure in err.failures.values()):
             return USAGE_ERROR  # bad input, named in one line by the rank that met it
