@@ -246,3 +246,20 @@ def test_a_corrupt_image_stops_every_rank_with_one_line_or_is_skipped(tiny_datas
     assert skipped.returncode == 0, skipped.stderr
     config = json.loads((tmp_path / "runs" / "mobilenet_v3_large" / "tiny" / "f1" / "s0" / "config.json").read_text())
     assert config["skipped_images"] == ["train/red/red_011.png"] and config["counts"]["train"] == 35
+
+
+def test_ctrl_c_stops_every_rank_with_one_message(tiny_dataset, tmp_path):
+    out = tmp_path / "runs"
+    metrics = out / "mobilenet_v3_large" / "tiny" / "f1" / "s0" / "metrics.csv"
+    run = engine("train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--no-pretrained",
+                 "--image-size", "32", "--batch-size", "4", "--max-epochs", "500", "--patience", "500", "--gpus", "2",
+                 "--device", "cpu", "--out", str(out), start_new_session=True)
+    deadline = time.time() + 120
+    while not (metrics.exists() and read_metrics(metrics)):
+        if run.poll() is not None or time.time() > deadline:
+            run.kill()
+            pytest.fail(f"no first epoch: {run.communicate()[1]}")
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the launcher and both ranks get it
+    stderr = run.communicate(timeout=60)[1]
+    assert run.returncode == 130 and stderr.count("engine: interrupted") == 1 and "Traceback" not in stderr, stderr
