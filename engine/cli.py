@@ -3,13 +3,12 @@ line naming the problem and exit code 2."""
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import click
 
 from engine.config import DEFAULT_BATCH_SIZE, DEFAULT_OUT, PATIENCE, parse_image_size
-from engine.errors import USAGE_ERROR, UserInputError
+from engine.errors import INTERRUPTED, INTERRUPTED_MESSAGE, USAGE_ERROR, UserInputError
 
 log = logging.getLogger("engine")
 
@@ -32,7 +31,6 @@ class BatchSizeType(click.ParamType):
 
 
 BATCH_SIZE = BatchSizeType()
-INTERRUPTED = 130
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -342,8 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     except UserInputError as err:
         _fail(str(err), echo=not getattr(err, "replica", False))  # rank 0 says what all ranks of a run met
     except (KeyboardInterrupt, click.Abort):
-        if int(os.environ.get("RANK", "0")) == 0:  # one rank of a distributed run says it for all
-            click.echo("engine: interrupted; rerun the same command to continue", err=True)
+        click.echo(INTERRUPTED_MESSAGE, err=True)
         sys.exit(INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -17,6 +17,7 @@ import ctypes
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -24,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from engine.errors import USAGE_ERROR, UserInputError
+from engine.errors import INTERRUPTED, INTERRUPTED_MESSAGE, USAGE_ERROR, UserInputError
 
 log = logging.getLogger("engine")
 
@@ -89,6 +90,7 @@ def join(device: str) -> Shard:
         return SINGLE
     if not dist.is_initialized():
         die_with_parent()
+        signal.signal(signal.SIGINT, _leave_on_interrupt)
         if device == "cuda":
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         # Long enough for rank 0 to download a dataset or autotune the batch while the others wait in a
@@ -98,6 +100,15 @@ def join(device: str) -> Shard:
     if not shard.is_main:
         log.setLevel(logging.ERROR)
     return shard
+
+
+def _leave_on_interrupt(signum, frame) -> None:
+    """Ctrl-C reaches every rank at once. A rank that unwound normally would leave the others failing inside a
+    collective, with tracebacks; so each rank leaves at once, as after a kill (rank 0 says so), and the run
+    resumes from its last finished epoch."""
+    if rank() == 0:
+        print(INTERRUPTED_MESSAGE, file=sys.stderr, flush=True)
+    os._exit(INTERRUPTED)
 
 
 def training_device(device: str) -> torch.device:

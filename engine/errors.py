@@ -1,6 +1,8 @@
 """Errors a user can fix. The command line prints their message as one line and exits with code 2."""
 
 USAGE_ERROR = 2  # the exit code of bad input, as click and argparse use it
+INTERRUPTED = 130  # the exit code of Ctrl-C, as shells report it (128 + SIGINT)
+INTERRUPTED_MESSAGE = "engine: interrupted; rerun the same command to continue"
 
 
 class UserInputError(Exception):
