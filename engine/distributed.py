@@ -84,8 +84,8 @@ def local_processes() -> int:
 
 def join(device: str) -> Shard:
     """Join the process group torchrun prepared: NCCL with each rank on its LOCAL_RANK's GPU, gloo on the CPU.
-    Ranks other than 0 log errors only: their infos and warnings repeat rank 0's, and the run's log reads as
-    one process's."""
+    The rank dies with its launcher and leaves at once on Ctrl-C. Ranks other than 0 log errors only: their
+    infos and warnings repeat rank 0's, and the run's log reads as one process's."""
     if not launched():
         return SINGLE
     if not dist.is_initialized():
@@ -121,7 +121,7 @@ def training_device(device: str) -> torch.device:
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """DDP around the model in a distributed run (no SyncBatchNorm: batches per GPU are large enough, and timm
     and torchvision's references leave it off too); the model itself otherwise."""
-    if not current().world_size > 1:
+    if current().world_size == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
