@@ -46,9 +46,11 @@ class Shard:
         of one process's k-th batch at world_size times the batch size. Training first leaves out the last
         len % world_size positions, so that every rank takes the same number of steps, which DDP needs (the
         order changes every epoch, so no image sits out for good); evaluation covers every position once."""
-        if train:
-            order = order[:len(order) - len(order) % self.world_size]
-        return order[self.rank::self.world_size]
+        return (self.even(order) if train else order)[self.rank::self.world_size]
+
+    def even(self, order):
+        """`order` less its last len % world_size positions: a length every rank can have an equal share of."""
+        return order[:len(order) - len(order) % self.world_size]
 
     def size(self, size: int, train: bool) -> int:
         return len(self.take(range(size), train))

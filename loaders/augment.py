@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -91,26 +92,21 @@ def _warp(images: torch.Tensor, matrices: list[list[float]]) -> torch.Tensor:
     return sampled.round_().to(images.dtype)
 
 
-def _shear_x(images, magnitudes):
+def _along(axis: int, value: float) -> tuple[float, float]:
+    """(value, 0) for x (axis 0), (0, value) for y (axis 1)."""
+    return (value, 0.0) if axis == 0 else (0.0, value)
+
+
+def _shear(images, magnitudes, axis: int):
     height, width = images.shape[-2:]
     corner = (-0.5 * width, -0.5 * height)  # TrivialAugment shears about the top-left corner
-    return _warp(images, [_inverse_affine(corner, 0.0, (0.0, 0.0), (math.degrees(math.atan(m)), 0.0))
+    return _warp(images, [_inverse_affine(corner, 0.0, (0.0, 0.0), _along(axis, math.degrees(math.atan(m))))
                           for m in magnitudes])
 
 
-def _shear_y(images, magnitudes):
-    height, width = images.shape[-2:]
-    corner = (-0.5 * width, -0.5 * height)
-    return _warp(images, [_inverse_affine(corner, 0.0, (0.0, 0.0), (0.0, math.degrees(math.atan(m))))
+def _translate(images, magnitudes, axis: int):
+    return _warp(images, [_inverse_affine((0.0, 0.0), 0.0, _along(axis, float(int(m))), (0.0, 0.0))
                           for m in magnitudes])
-
-
-def _translate_x(images, magnitudes):
-    return _warp(images, [_inverse_affine((0.0, 0.0), 0.0, (float(int(m)), 0.0), (0.0, 0.0)) for m in magnitudes])
-
-
-def _translate_y(images, magnitudes):
-    return _warp(images, [_inverse_affine((0.0, 0.0), 0.0, (0.0, float(int(m))), (0.0, 0.0)) for m in magnitudes])
 
 
 def _rotate(images, magnitudes):
@@ -186,7 +182,8 @@ def _solarize(images, magnitudes):
 
 
 OPERATIONS = {
-    "ShearX": _shear_x, "ShearY": _shear_y, "TranslateX": _translate_x, "TranslateY": _translate_y,
+    "ShearX": partial(_shear, axis=0), "ShearY": partial(_shear, axis=1),
+    "TranslateX": partial(_translate, axis=0), "TranslateY": partial(_translate, axis=1),
     "Rotate": _rotate, "Brightness": _brightness, "Color": _colour, "Contrast": _contrast, "Sharpness": _sharpness,
     "Posterize": _posterize, "Solarize": _solarize,
     "AutoContrast": lambda images, magnitudes: TF.autocontrast(images),

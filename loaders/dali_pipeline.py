@@ -1,11 +1,13 @@
 """The DALI input pipeline: decode (nvJPEG on the GPU, `device="mixed"`), resize with antialiasing,
 TrivialAugmentWide and normalisation inside DALI (to float16 for mixed-precision runs), handed to torch as NCHW
-batches that are channels_last in memory. Without a GPU the same operators run on the CPU (`device_id=None`), which is how the tests run it.
+batches that are channels_last in memory. Without a GPU the same operators run on the CPU (`device_id=None`),
+which is how the tests run it.
 
 Same files as the torch pipeline (it reads the run's file list), one full reshuffle per epoch (the list is
 first permuted with the run's seed, since DALI's own reshuffle starts after the first epoch). In a distributed
 run DALI's reader shards the training list across the ranks (equal shards, reshuffled across all of them each
-epoch); evaluation reads this rank's share of the files, as the other loaders do. Evaluation reads every file exactly once per pass; its last batch is partial.
+epoch); evaluation reads this rank's share of the files, as the other loaders do. Evaluation reads every file
+exactly once per pass; its last batch is partial.
 
 TrivialAugmentWide is set to torchvision's parameters: 31 magnitude bins, translation up to 32 pixels, fill 0,
 nearest-neighbour interpolation. Remaining differences (README): DALI's own random streams, and its
@@ -70,9 +72,7 @@ class DaliBatches(BatchCounts):
 
         self._set_counts(len(samples), batch_size, train, shard)
         if train:  # DALI's reader shards the whole list, so its reshuffle after each epoch spans every rank
-            order = np.random.default_rng(seed).permutation(len(samples))
-            order = order[:len(order) - len(order) % shard.world_size]  # equal shards: the same steps per rank
-            reader_shard = shard
+            order, reader_shard = shard.even(np.random.default_rng(seed).permutation(len(samples))), shard
         else:  # evaluation: this rank's files alone, shared out as every loader does (Shard.take)
             order, reader_shard = shard.take(np.arange(len(samples)), train=False), SINGLE
         files = [str(index.root / samples[i][0]) for i in order]
