@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# One device session for the input pipelines (issue 4): loader-only and end-to-end rates of torch, DALI and the
-# resident path beside synthetic data, resnet50 and mobilenet_v3_large at 256 px, batch 128. Logs in $OUT.
-# DALI is not on the GPU machine: stage it first with ../shared/device/stage-gpu-wheels.sh and make the part
-# calls it prints; the last one ends with "&& bash bench/gpu_loaders.sh" (PYTHONPATH=/tmp/site set there).
+# One device call for the input pipelines (issue 4) and the engine's own GPU path (issue 6): loader-only and
+# end-to-end rates of torch, DALI and the resident path beside synthetic data (resnet50 and mobilenet_v3_large at
+# 256 px, batch 128), the batched augmentation, one short `engine train` with every GPU default (autotuned batch,
+# compile, auto loader), and `engine profile` at batch 128. Logs in $OUT; about 5 minutes on an H100.
+# DALI is not on the GPU machine: stage it first (bench/stage_gpu_site.sh) so that /tmp/site holds it.
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 ENGINE_PROFILES=$out/profiles.json
 python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 for backbone in resnet50 mobilenet_v3_large; do
-  timeout 200 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone "$backbone" --image-size 256 \
-    --batch-size 128 --workers 15 --steps 30 2>&1 | grep -v -i deprecat | tee -a "$out/loaders.jsonl"
+  timeout 80 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone "$backbone" --image-size 256 \
+    --batch-size 128 --workers 15 --steps 15 2>&1 | grep -v -i deprecat | tee -a "$out/loaders.jsonl"
 done
-for size in 32 64; do
-  timeout 120 python3 -m engine.bench.augment --device cuda --size "$size" --batch 256 2>&1 | tee -a "$out/augment.jsonl"
-done
+timeout 25 python3 -m engine.bench.augment --device cuda --size 64 --batch 256 2>&1 | tee -a "$out/augment.jsonl"
+timeout 110 python3 -m engine train --backbone mobilenet_v3_large --data /tmp/jpgs --no-pretrained --image-size 128 \
+  --max-epochs 2 --out /tmp/runs 2>&1 | tee "$out/train.log"
+cp /tmp/runs/*/*/*/*/config.json "$out/train_config.json" 2>/dev/null
+timeout 90 python3 -m engine profile --backbone resnet50 --data /tmp/jpgs --image-size 256 --batch-size 128 \
+  --steps 15 --json 2>>"$out/profile.log" | tee -a "$out/profile.jsonl"

@@ -53,6 +53,21 @@ def step_rate(dwt_name, dwt, precision, compile_it, batch, size, device, warmup,
             "peak_gib": peak_memory_gib(device), "first_step_s": round(warmup_s, 1)}
 
 
+def variant_name(dwt_name: str, precision: str, compile_it: bool) -> str:
+    return f"{dwt_name}:{precision}:{'compiled' if compile_it else 'eager'}"
+
+
+def chosen_variants(spec: str) -> list[tuple[str, str, bool]]:
+    """The variants named in --variants, in the order named; all of them when none is named."""
+    if not spec:
+        return VARIANTS
+    names = {variant_name(*variant): variant for variant in VARIANTS}
+    unknown = sorted(set(spec.split(",")) - set(names))
+    if unknown:
+        raise SystemExit(f"unknown variant {unknown[0]!r}; choose from {', '.join(names)}")
+    return [names[name] for name in spec.split(",")]
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -61,6 +76,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--only", default="", help="comma-separated DWT names to run (reference,plain,fused)")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled variants")
+    parser.add_argument("--variants", default="",
+                        help="comma-separated DWT:PRECISION:MODE to run, e.g. reference:fp32:eager,fused:amp:compiled "
+                             "(default: all)")
     parser.add_argument("--quick", action="store_true", help="batch 2 at 32 px, 1 iteration (smoke test)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -68,10 +86,11 @@ def main(argv=None) -> list[dict]:
     iterations, warmup = (1, 0) if args.quick else (args.iterations, 3)
     dwts = dwt_implementations(device)
     wanted = set(args.only.split(",")) if args.only else set(dwts)
+    variants = chosen_variants(args.variants)
     print(json.dumps({"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                       "batch": batch, "image_size": size, "torch": torch.__version__}))
     rows = []
-    for dwt_name, precision, compile_it in VARIANTS:
+    for dwt_name, precision, compile_it in variants:
         if dwt_name not in wanted or (compile_it and args.no_compile):
             continue
         try:

@@ -169,7 +169,7 @@ def prepare(name: str, root: str | None, source: str | None, force: bool, split_
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
 @click.option("--select-on", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="What early stopping and model selection look at. test: as the paper; val: a seeded "
-                   "stratified 10 %% of the training images (or the dataset's val/), for an unbiased test number.")
+                   "stratified 10 % of the training images (or the dataset's val/), for an unbiased test number.")
 @click.option("--test-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
               show_default=True, help="Test share for a folder without train/ and test/ (fixed split seed 0).")
 @click.option("--out", type=click.Path(file_okay=False), default=DEFAULT_OUT, show_default=True,

@@ -153,9 +153,11 @@ def cached_or_tuned(key: str, run_step: Callable[[int], float], limit: int, path
 
 # --- The real step ---------------------------------------------------------------------------------------------
 def training_step_rate(backbone: str, num_classes: int, image_size: tuple[int, int], precision: str,
-                       channels_last: bool, device: torch.device, steps: int = 3, warmup: int = 2):
+                       channels_last: bool, device: torch.device, steps: int = 6, warmup: int = 3):
     """A function batch -> images/s of the real training step (forward, backward, AdamW step) on synthetic
-    data. Eager: a compiled model would recompile for every candidate, and it needs no more memory than eager."""
+    data. Eager: a compiled model would recompile for every candidate, and it needs no more memory than eager.
+    Six timed steps: with three, an H100 ranked mobilenet_v3_large's batch 128 at half the rate of 192 (4.5k vs
+    8.7k img/s at 128 px, bench/NOTES.md), which one step's jitter explains and the model does not."""
     from engine.models import build_backbone
     from engine.trainer import FIRST_PHASE, make_optimizer, make_precision
 

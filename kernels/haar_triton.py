@@ -1,15 +1,26 @@
 """Fused multi-level Haar DWT in Triton: all levels from one read of the input, and the matching backward.
 
-Each program takes BLOCK blocks of 2^L x 2^L input pixels (one block per level-L output position and channel)
-and loads each block as one row of a [BLOCK, 4^L] tile in Z-order: bit pairs (y_k, x_k) of the row index,
-finest last. The four pixels of every 2x2 quad are then 4 adjacent entries, so one level is a reshape to
-[BLOCK, 4^(L-1), 4] and four signed sums over the last axis; the low-pass result is again a Z-ordered tile for
-the next level. The backward walks the same pyramid from the coarsest level down (Haar synthesis: the transform
-is orthogonal), adding each level's own LL gradient on the way, and writes the input gradient once.
+Two kernels of different shapes, each the faster of the two designs we measured for its direction on an H100
+(bench/NOTES.md, 2026-11-26, (128, 48, 64, 64) bf16 channels_last, 3 levels):
 
-Positions are enumerated channel-fastest for channels_last tensors (coalesced loads across channels) and
-column-fastest otherwise. All arithmetic is fp32; results are stored in the tensors' dtype.
-Outputs are laid out as `haar_torch` documents. Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1.
+Forward, a tile tree (0.150 ms, against 0.284 ms for the Z-order design). Each program owns a
+[BLOCK_P, BLOCK_Q] tile of level-L output positions: the Q axis is the memory-contiguous one (channels for
+channels_last inputs, columns for NCHW ones), so the input is read as coalesced tiles, and the P axis enumerates
+the rest. For each position it walks the 2^L x 2^L input block under it as a tree, unrolled at compile time:
+the 4^(L-1) level-1 quads in Z-order (bit pairs (y, x), finest last), so the four children of every coarser
+node come one after another. A quad's four pixels, loaded as four tiles, give the level-1 bands at once; its LL
+is added, with the child's signs, into the running bands of its level-2 parent, which is stored (and pushed up
+to level 3) after its fourth child, and so on: elementwise on tiles, no reshapes or reductions.
+
+Backward, Z-order tiles (0.09-0.27 ms over two runs, against 0.51 ms for a tile-tree backward, whose high-band
+loads, 3 channels apart, compile to scalar 2-byte loads). Each program takes BLOCK blocks of 2^L x 2^L input pixels and holds
+each block as one row of a [BLOCK, 4^L] tile in Z-order, so the four pixels of every 2x2 quad are 4 adjacent
+entries. It walks the pyramid from the coarsest level down (Haar synthesis: the transform is orthogonal),
+adding each level's own LL gradient on the way, and writes the input gradient once. Blocks are enumerated
+channel-fastest for channels_last tensors and column-fastest otherwise.
+
+All arithmetic is fp32; results are stored in the tensors' dtype. Outputs are laid out as `haar_torch`
+documents. Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 
@@ -20,9 +31,111 @@ import triton.language as tl
 from engine.kernels.haar_torch import check_levels, memory_format_of
 
 MAX_LEVELS = 4
-TILE_ELEMENTS = 4096  # BLOCK * 4^L values in flight per program: 32 fp32 registers a thread at 4 warps
+FORWARD_TILE = 512  # BLOCK_P * BLOCK_Q of the forward: 4 values a thread per tile at 4 warps
+MAX_BLOCK_Q = 64
+BACKWARD_TILE = 4096  # BLOCK * 4^L values in flight per backward program: 32 fp32 registers a thread at 4 warps
 
 
+# --- Forward: tile tree -----------------------------------------------------------------------------------------
+@triton.jit
+def _tile_indices(N, C, HL, WL, CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """(n, c, i, j) of this program's level-L positions, each broadcastable to [BLOCK_P, BLOCK_Q], and the mask
+    of those that exist. channels_last: Q is the channel; NCHW: Q is the column j."""
+    p = (tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P))[:, None]
+    q = (tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q))[None, :]
+    if CHANNELS_LAST:
+        c = q
+        j = p % WL
+        i = (p // WL) % HL
+        n = p // (WL * HL)
+        mask = (p < N * HL * WL) & (q < C)
+    else:
+        j = q
+        i = p % HL
+        c = (p // HL) % C
+        n = p // (HL * C)
+        mask = (p < N * C * HL) & (q < WL)
+    return n, c, i, j, mask
+
+
+@triton.jit
+def _level_offsets(n, c, i, j, C, s_n, s_c, s_h, s_w, LEVEL: tl.constexpr, LEVELS: tl.constexpr):
+    """Offsets of channel c's LL at the top-left level-LEVEL position under each tile entry (level 0: the input
+    pixels), and the offset from there to its first high band (channel C + 3c). Levels above LEVELS are unused:
+    they get level LEVELS' offsets rather than a negative shift."""
+    SHIFT: tl.constexpr = LEVELS - LEVEL if LEVEL <= LEVELS else 0
+    base = n * s_n + c * s_c + (i << SHIFT) * s_h + (j << SHIFT) * s_w
+    return base, (C + 2 * c) * s_c
+
+
+@triton.jit
+def _store_bands(ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr, low, high_y, high_x,
+                 high_xy, mask):
+    at = base + y * s_h + x * s_w
+    tl.store(ptr + at, low, mask=mask)
+    tl.store(ptr + at + to_high, high_y, mask=mask)
+    tl.store(ptr + at + to_high + s_c, high_x, mask=mask)
+    tl.store(ptr + at + to_high + 2 * s_c, high_xy, mask=mask)
+
+
+@triton.jit
+def _add_child(low, high_y, high_x, high_xy, child_low, CHILD: tl.constexpr):
+    """Add a child's LL into its parent's running (unscaled) bands; CHILD is its place in the quad: 0 top-left,
+    1 top-right, 2 bottom-left, 3 bottom-right."""
+    sign_y: tl.constexpr = 1 - 2 * (CHILD >> 1)
+    sign_x: tl.constexpr = 1 - 2 * (CHILD & 1)
+    return (low + child_low, high_y + sign_y * child_low, high_x + sign_x * child_low,
+            high_xy + (sign_y * sign_x) * child_low)
+
+
+@triton.jit
+def _haar_forward_kernel(x_ptr, out1, out2, out3, out4, N, C, HL, WL, x_n, x_c, x_h, x_w,
+                         o1_n, o1_c, o1_h, o1_w, o2_n, o2_c, o2_h, o2_w, o3_n, o3_c, o3_h, o3_w,
+                         o4_n, o4_c, o4_h, o4_w, LEVELS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                         BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr):
+    n, c, i, j, mask = _tile_indices(N, C, HL, WL, CHANNELS_LAST, BLOCK_P, BLOCK_Q)
+    pixels, _ = _level_offsets(n, c, i, j, C, x_n, x_c, x_h, x_w, 0, LEVELS)
+    base1, high1 = _level_offsets(n, c, i, j, C, o1_n, o1_c, o1_h, o1_w, 1, LEVELS)
+    base2, high2 = _level_offsets(n, c, i, j, C, o2_n, o2_c, o2_h, o2_w, 2, LEVELS)
+    base3, high3 = _level_offsets(n, c, i, j, C, o3_n, o3_c, o3_h, o3_w, 3, LEVELS)
+    base4, high4 = _level_offsets(n, c, i, j, C, o4_n, o4_c, o4_h, o4_w, 4, LEVELS)
+    zero = tl.zeros((BLOCK_P, BLOCK_Q), dtype=tl.float32)
+    l2, y2, x2, xy2 = zero, zero, zero, zero  # running sums of the current level-2, -3 and -4 nodes
+    l3, y3, x3, xy3 = zero, zero, zero, zero
+    l4, y4, x4, xy4 = zero, zero, zero, zero
+    for t in tl.static_range(1 << (2 * (LEVELS - 1))):
+        # level-1 position (y1, x1) of quad t, and of its level-2 and level-3 ancestors, inside the block
+        y1 = ((t >> 1) & 1) | ((t >> 2) & 2) | ((t >> 3) & 4)
+        x1 = (t & 1) | ((t >> 1) & 2) | ((t >> 2) & 4)
+        a = tl.load(x_ptr + pixels + (2 * y1) * x_h + (2 * x1) * x_w, mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(x_ptr + pixels + (2 * y1) * x_h + (2 * x1 + 1) * x_w, mask=mask, other=0.0).to(tl.float32)
+        c_ = tl.load(x_ptr + pixels + (2 * y1 + 1) * x_h + (2 * x1) * x_w, mask=mask, other=0.0).to(tl.float32)
+        d = tl.load(x_ptr + pixels + (2 * y1 + 1) * x_h + (2 * x1 + 1) * x_w, mask=mask, other=0.0).to(tl.float32)
+        low1 = (a + b + c_ + d) * 0.5
+        _store_bands(out1, base1, high1, o1_c, o1_h, o1_w, y1, x1, low1, (a + b - c_ - d) * 0.5,
+                     (a - b + c_ - d) * 0.5, (a - b - c_ + d) * 0.5, mask)
+        if LEVELS >= 2:
+            l2, y2, x2, xy2 = _add_child(l2, y2, x2, xy2, low1, t & 3)
+            if (t & 3) == 3:  # level-2 node t >> 2 is complete
+                low2 = l2 * 0.5
+                _store_bands(out2, base2, high2, o2_c, o2_h, o2_w, y1 >> 1, x1 >> 1,
+                             low2, y2 * 0.5, x2 * 0.5, xy2 * 0.5, mask)
+                l2, y2, x2, xy2 = zero, zero, zero, zero
+                if LEVELS >= 3:
+                    l3, y3, x3, xy3 = _add_child(l3, y3, x3, xy3, low2, (t >> 2) & 3)
+                    if (t & 15) == 15:  # level-3 node t >> 4 is complete
+                        low3 = l3 * 0.5
+                        _store_bands(out3, base3, high3, o3_c, o3_h, o3_w, y1 >> 2, x1 >> 2,
+                                     low3, y3 * 0.5, x3 * 0.5, xy3 * 0.5, mask)
+                        l3, y3, x3, xy3 = zero, zero, zero, zero
+                        if LEVELS >= 4:
+                            l4, y4, x4, xy4 = _add_child(l4, y4, x4, xy4, low3, (t >> 4) & 3)
+                            if (t & 63) == 63:
+                                _store_bands(out4, base4, high4, o4_c, o4_h, o4_w, 0, 0,
+                                             l4 * 0.5, y4 * 0.5, x4 * 0.5, xy4 * 0.5, mask)
+
+
+# --- Backward: Z-order tiles ----------------------------------------------------------------------------------
 @triton.jit
 def _zorder_to_yx(index, BITS: tl.constexpr):
     """Row and column inside a 2^BITS x 2^BITS block from a Z-order index (y bit above x bit, finest last)."""
@@ -82,43 +195,6 @@ def _band_offsets(n, c, i, j, C, s_n, s_c, s_h, s_w, LEVEL: tl.constexpr, LEVELS
 
 
 @triton.jit
-def _analysis_level(tile, out_ptr, n, c, i, j, C, s_n, s_c, s_h, s_w, mask,
-                    LEVEL: tl.constexpr, LEVELS: tl.constexpr, BLOCK: tl.constexpr):
-    """One level: store its LL and high bands, return the LL tile for the next level."""
-    GROUPS: tl.constexpr = 1 << (2 * (LEVELS - LEVEL))
-    quads = tl.reshape(tile, (BLOCK, GROUPS, 4))
-    sign_y, sign_x, sign_xy = _quad_signs()
-    low = tl.sum(quads, axis=2) * 0.5
-    high_y = tl.sum(quads * sign_y, axis=2) * 0.5
-    high_x = tl.sum(quads * sign_x, axis=2) * 0.5
-    high_xy = tl.sum(quads * sign_xy, axis=2) * 0.5
-    offsets, to_high = _band_offsets(n, c, i, j, C, s_n, s_c, s_h, s_w, LEVEL, LEVELS)
-    store_mask = mask[:, None]
-    tl.store(out_ptr + offsets, low, mask=store_mask)
-    tl.store(out_ptr + offsets + to_high, high_y, mask=store_mask)
-    tl.store(out_ptr + offsets + to_high + s_c, high_x, mask=store_mask)
-    tl.store(out_ptr + offsets + to_high + 2 * s_c, high_xy, mask=store_mask)
-    return low
-
-
-@triton.jit
-def _haar_forward_kernel(x_ptr, out1, out2, out3, out4, N, C, HL, WL, x_n, x_c, x_h, x_w,
-                         o1_n, o1_c, o1_h, o1_w, o2_n, o2_c, o2_h, o2_w, o3_n, o3_c, o3_h, o3_w,
-                         o4_n, o4_c, o4_h, o4_w,
-                         LEVELS: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
-    n, c, i, j, mask = _program_blocks(N, C, HL, WL, CHANNELS_LAST, BLOCK)
-    pixels = _grid_offsets(n, c, i, j, x_n, x_c, x_h, x_w, 0, LEVELS)
-    tile = tl.load(x_ptr + pixels, mask=mask[:, None], other=0.0).to(tl.float32)
-    tile = _analysis_level(tile, out1, n, c, i, j, C, o1_n, o1_c, o1_h, o1_w, mask, 1, LEVELS, BLOCK)
-    if LEVELS >= 2:
-        tile = _analysis_level(tile, out2, n, c, i, j, C, o2_n, o2_c, o2_h, o2_w, mask, 2, LEVELS, BLOCK)
-    if LEVELS >= 3:
-        tile = _analysis_level(tile, out3, n, c, i, j, C, o3_n, o3_c, o3_h, o3_w, mask, 3, LEVELS, BLOCK)
-    if LEVELS >= 4:
-        tile = _analysis_level(tile, out4, n, c, i, j, C, o4_n, o4_c, o4_h, o4_w, mask, 4, LEVELS, BLOCK)
-
-
-@triton.jit
 def _synthesis_level(low_grad, grad_ptr, n, c, i, j, C, s_n, s_c, s_h, s_w, mask,
                      LEVEL: tl.constexpr, LEVELS: tl.constexpr, BLOCK: tl.constexpr, FIRST: tl.constexpr):
     """Gradient of level LEVEL's input (Z-ordered, 4x as many entries) from the gradient of its output plus the
@@ -156,16 +232,38 @@ def _haar_backward_kernel(grad_x_ptr, g1, g2, g3, g4, N, C, HL, WL, x_n, x_c, x_
     tl.store(grad_x_ptr + pixels, low, mask=mask[:, None])
 
 
-def _launch(kernel, dense: torch.Tensor, per_level: list[torch.Tensor], levels: int) -> None:
-    """Run `kernel` over every 2^L x 2^L block of `dense` (the input, or the input's gradient)."""
-    n, c, h, w = dense.shape
+def _block_q(extent: int) -> int:
+    """Tile width along the contiguous axis: the power of two covering it, up to MAX_BLOCK_Q. Covering all of a
+    pixel's channels (48 -> 64, a quarter of the lanes masked) keeps each row of a load one contiguous run."""
+    return min(triton.next_power_of_2(extent), MAX_BLOCK_Q)
+
+
+def _forward_grid(x: torch.Tensor, levels: int) -> tuple[tuple[int, int], bool, int, int]:
+    """(grid, channels_last, BLOCK_P, BLOCK_Q) of the forward kernel over `x`."""
+    n, c, h, w = x.shape
     blocks_high, blocks_wide = h >> levels, w >> levels
-    block = max(1, TILE_ELEMENTS >> (2 * levels))
-    padded = per_level + [dense] * (MAX_LEVELS - levels)  # unused slots: any valid pointer, never touched
+    channels_last = memory_format_of(x) == torch.channels_last
+    rows, extent = (n * blocks_high * blocks_wide, c) if channels_last else (n * c * blocks_high, blocks_wide)
+    block_q = _block_q(extent)
+    block_p = max(1, FORWARD_TILE // block_q)
+    return (triton.cdiv(rows, block_p), triton.cdiv(extent, block_q)), channels_last, block_p, block_q
+
+
+def _backward_grid(grad: torch.Tensor, levels: int) -> tuple[tuple[int], bool, int]:
+    """(grid, channels_last, BLOCK) of the backward kernel writing `grad`."""
+    n, c, h, w = grad.shape
+    block = max(1, BACKWARD_TILE >> (2 * levels))
+    return ((triton.cdiv(n * c * (h >> levels) * (w >> levels), block),),
+            memory_format_of(grad) == torch.channels_last, block)
+
+
+def _level_arguments(dense: torch.Tensor, per_level: list[torch.Tensor], levels: int) -> list:
+    """Pointers and strides of the per-level tensors, padded to MAX_LEVELS (unused slots: any valid pointer,
+    never touched), then the sizes the kernels index with."""
+    n, c, h, w = dense.shape
+    padded = per_level + [dense] * (MAX_LEVELS - levels)
     strides = [s for tensor in padded for s in tensor.stride()]
-    grid = (triton.cdiv(n * c * blocks_high * blocks_wide, block),)
-    kernel[grid](dense, *padded, n, c, blocks_high, blocks_wide, *dense.stride(), *strides, LEVELS=levels,
-                 CHANNELS_LAST=memory_format_of(dense) == torch.channels_last, BLOCK=block)
+    return [dense, *padded, n, c, h >> levels, w >> levels, *dense.stride(), *strides]
 
 
 def check_supported_levels(levels: int) -> None:
@@ -180,7 +278,9 @@ def haar_dwt_triton(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
     layout = memory_format_of(x)
     outputs = [torch.empty((n, 4 * c, h >> level, w >> level), device=x.device, dtype=x.dtype, memory_format=layout)
                for level in range(1, levels + 1)]
-    _launch(_haar_forward_kernel, x, outputs, levels)
+    grid, channels_last, block_p, block_q = _forward_grid(x, levels)
+    _haar_forward_kernel[grid](*_level_arguments(x, outputs, levels), LEVELS=levels, CHANNELS_LAST=channels_last,
+                               BLOCK_P=block_p, BLOCK_Q=block_q)
     return outputs
 
 
@@ -191,5 +291,7 @@ def haar_dwt_backward_triton(output_grads: list[torch.Tensor], channels_last: bo
     layout = torch.channels_last if channels_last else torch.contiguous_format
     grad = torch.empty((n, c4 // 4, 2 * h1, 2 * w1), device=output_grads[0].device, dtype=output_grads[0].dtype,
                        memory_format=layout)
-    _launch(_haar_backward_kernel, grad, list(output_grads), levels)
+    grid, grad_channels_last, block = _backward_grid(grad, levels)
+    _haar_backward_kernel[grid](*_level_arguments(grad, list(output_grads), levels), LEVELS=levels,
+                                CHANNELS_LAST=grad_channels_last, BLOCK=block)
     return grad

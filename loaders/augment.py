@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from engine.loaders.batching import to_device_async
+
 NUM_BINS = 31  # torchvision's default, which the engine uses
 # torchvision's augmentation space, in its order (the first draw indexes it): name -> (magnitudes, signed).
 # The wide space's magnitudes do not depend on the image size.
@@ -42,6 +44,11 @@ def draw(seed: int) -> tuple[str, float]:
     return name, magnitude
 
 
+def _values(values, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A small host list (per-image parameters, slots) as a tensor on `device`, without a synchronisation."""
+    return to_device_async(torch.tensor(values, dtype=dtype), device)
+
+
 def trivial_augment_wide(images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
     """(N, C, H, W) uint8 -> the same, image i augmented as torchvision would after torch.manual_seed(seeds[i])."""
     groups = defaultdict(list)
@@ -52,7 +59,7 @@ def trivial_augment_wide(images: torch.Tensor, seeds: list[int]) -> torch.Tensor
     for name, members in groups.items():
         if name == "Identity":
             continue
-        slots = torch.tensor([slot for slot, _ in members], device=images.device)
+        slots = _values([slot for slot, _ in members], images.device)
         out[slots] = OPERATIONS[name](images[slots], [magnitude for _, magnitude in members])
     return out
 
@@ -79,13 +86,13 @@ def _warp(images: torch.Tensor, matrices: list[list[float]]) -> torch.Tensor:
     and `_apply_grid_transform` without a fill mask, batched over the matrices)."""
     count, _, height, width = images.shape
     device = images.device
-    theta = torch.tensor(matrices, dtype=torch.float32, device=device).view(count, 2, 3)
+    theta = _values(matrices, device, torch.float32).view(count, 2, 3)
     base = torch.empty(1, height, width, 3, dtype=torch.float32, device=device)
     base[..., 0].copy_(torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width, device=device))
     base[..., 1].copy_(torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height,
                                       device=device).unsqueeze_(-1))
     base[..., 2].fill_(1)
-    scale = torch.tensor([0.5 * width, 0.5 * height], dtype=torch.float32, device=device)
+    scale = _values([0.5 * width, 0.5 * height], device, torch.float32)
     grid = base.view(1, height * width, 3).expand(count, -1, -1).bmm(theta.transpose(1, 2) / scale)
     sampled = F.grid_sample(images.float(), grid.view(count, height, width, 2), mode="nearest",
                             padding_mode="zeros", align_corners=False)
@@ -120,7 +127,7 @@ def _rotate(images, magnitudes):
         if m % 360 in quarter_turns:
             out[slot] = torch.rot90(images[slot], k=quarter_turns[m % 360], dims=(-2, -1))
     if warped:
-        slots = torch.tensor([slot for slot, _ in warped], device=images.device)
+        slots = _values([slot for slot, _ in warped], images.device)
         out[slots] = _warp(images[slots], [_inverse_affine((0.0, 0.0), -angle, (0.0, 0.0), (0.0, 0.0))
                                            for _, angle in warped])
     return out
@@ -128,7 +135,7 @@ def _rotate(images, magnitudes):
 
 # --- Colour: torchvision's blends with one factor per image -------------------------------------------------------
 def _per_image(values, images: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32, device=images.device).view(-1, 1, 1, 1)
+    return _values(values, images.device, torch.float32).view(-1, 1, 1, 1)
 
 
 def _blend(images: torch.Tensor, other: torch.Tensor, ratios: list[float]) -> torch.Tensor:
@@ -161,7 +168,7 @@ def _sharpness(images, magnitudes):
     if height <= 2 or width <= 2:
         return images
     a, b = 1.0 / 13.0, 5.0 / 13.0
-    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], device=images.device).expand(channels, 1, 3, 3)
+    kernel = _values([[a, a, a], [a, b, a], [a, a, a]], images.device).expand(channels, 1, 3, 3)
     output = images.float()
     blurred = F.conv2d(output, kernel, groups=channels).round_()
     interior = output[..., 1:-1, 1:-1]
@@ -173,7 +180,7 @@ def _sharpness(images, magnitudes):
 # --- Pixel maps -------------------------------------------------------------------------------------------------------
 def _posterize(images, magnitudes):
     masks = [((1 << int(bits)) - 1) << (8 - int(bits)) if int(bits) < 8 else 255 for bits in magnitudes]
-    return images & torch.tensor(masks, dtype=torch.uint8, device=images.device).view(-1, 1, 1, 1)
+    return images & _values(masks, images.device, torch.uint8).view(-1, 1, 1, 1)
 
 
 def _solarize(images, magnitudes):

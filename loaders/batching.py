@@ -2,7 +2,20 @@
 process's shard of the split (the whole split outside a distributed run)."""
 from __future__ import annotations
 
+import torch
+
 from engine.distributed import Shard
+
+
+def to_device_async(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without waiting for the device. A plain `.to(cuda)` (and `torch.tensor(...,
+    device=cuda)`) from pageable memory synchronises the stream: a loader doing it per batch would wait for the
+    previous training step to finish, so the next batch's host work and kernel launches could no longer overlap
+    the GPU's work. From pinned memory the copy is asynchronous, and torch's pinned allocator keeps the block
+    until the copy has run."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 class BatchCounts:

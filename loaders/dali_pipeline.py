@@ -55,7 +55,8 @@ def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment:
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT16 if half else types.FLOAT,
                                           output_layout="HWC", mean=[m * 255 for m in IMAGENET_MEAN],
                                           std=[s * 255 for s in IMAGENET_STD])
-        return images, label
+        # labels come out on the GPU: copying them from the host per batch would synchronise the stream
+        return images, label.gpu() if on_gpu else label
 
     device_id = (device.index or 0) if on_gpu else None  # None: a CPU-only pipeline
     return pipeline(batch_size=batch_size, num_threads=max(1, workers), device_id=device_id, seed=seed,
@@ -93,4 +94,4 @@ class DaliBatches(BatchCounts):
                 images = images.contiguous()
             # DALI has no bfloat16: a bf16 run gets DALI's float16, cast (one small pass) to the run's dtype.
             images = images.to(self.device, non_blocking=True).to(self.dtype)
-            yield images, batch[0]["labels"].view(-1).long().to(self.device)
+            yield images, batch[0]["labels"].view(-1).long()  # on the device already (see the pipeline)

@@ -23,7 +23,7 @@ from engine import distributed
 from engine.distributed import SINGLE, Shard
 from engine.errors import UserInputError
 from engine.loaders.augment import trivial_augment_wide
-from engine.loaders.batching import BatchCounts
+from engine.loaders.batching import BatchCounts, to_device_async
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
 from engine.loaders.torch_pipeline import DeviceNormaliser, draw_seed, epoch_order, read_rgb
@@ -123,9 +123,10 @@ class ResidentBatches(BatchCounts):
 
     def epoch(self, epoch: int):
         order = self.shard.take(epoch_order(len(self.labels), self.seed, epoch, self.train), self.train)
+        order_on_device = to_device_async(order, self.device)  # once per epoch, and without a synchronisation
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            positions = order[start:start + self.batch_size]
-            on_device = positions.to(self.device)
+            positions = order[start:start + self.batch_size]  # on the host: the augmentation draws need them
+            on_device = order_on_device[start:start + self.batch_size]
             images = self._resized(self.images[on_device])
             if self.augment:
                 images = trivial_augment_wide(images, [draw_seed(self.seed, epoch, p) for p in positions.tolist()])

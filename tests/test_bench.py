@@ -1,5 +1,7 @@
 """The benchmarks run (tiny shapes, CPU), so they do not rot between GPU sessions. Their numbers are not
 asserted: speed is measured on a GPU and written to bench/NOTES.md."""
+import pytest
+
 from engine.bench import dwt, wavemix_step
 
 
@@ -16,11 +18,19 @@ def test_wavemix_step_benchmark_runs_each_variant():
     assert all("error" not in row and row["images_per_s"] > 0 for row in rows)
 
 
+def test_wavemix_step_benchmark_runs_only_the_named_variants():
+    rows = wavemix_step.main(["--quick", "--device", "cpu", "--variants", "fused:amp:eager,reference:fp32:eager"])
+    assert [(row["dwt"], row["precision"]) for row in rows] == [("fused", "bf16 AMP + channels_last"),
+                                                                ("reference", "fp32")]
+    with pytest.raises(SystemExit, match="unknown variant 'fused:fp16:eager'"):
+        wavemix_step.main(["--quick", "--device", "cpu", "--variants", "fused:fp16:eager"])
+
+
 def test_loader_benchmark_compares_every_pipeline_with_synthetic_data():
     from engine.bench import loaders
     rows = loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--workers", "1", "--backbone",
                          "mobilenet_v3_large"])
-    assert [row["loader"] for row in rows] == ["synthetic (on device)", "torch", "dali", "resident"]
+    assert [row["loader"] for row in rows] == ["synthetic (on device)", "dali", "resident", "torch"]
     assert all(row["train_img_s"] > 0 for row in rows if "error" not in row)
 
 

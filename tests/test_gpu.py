@@ -34,9 +34,11 @@ def test_wavemix_compiles_with_inductor_under_bf16_autocast():
     model = wavemix_192_16(10).cuda().to(memory_format=torch.channels_last)
     compiled = torch.compile(model, fullgraph=True)
     images = torch.randn(8, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
+    model.eval()  # dropout off, so eager and compiled must give the same logits (one compiled graph, with grad)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         eager, fused = model(images), compiled(images)
-    assert relative_error(fused.float(), eager.float()) < 2e-2
+    # bf16 rounding differs between eager and inductor's fused ops over 16 blocks; a wrong kernel is off by ~1
+    assert relative_error(fused.float(), eager.float()) < 5e-2
     fused.float().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
@@ -59,3 +61,20 @@ def test_fused_optimizers_step_as_the_reference_implementation(phase):
             optimizer.zero_grad()
     for a, b in zip(fused_model.parameters(), reference_model.parameters()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_resident_batches_never_wait_for_the_gpu(tiny_dataset):
+    """Building a batch must not synchronise the stream (a host copy or a data-dependent shape would): the loader
+    would then wait for the previous training step, and its host work could no longer overlap the GPU's."""
+    from engine.loaders import PIPELINES, scan_dataset
+
+    index = scan_dataset(tiny_dataset)
+    pipeline = PIPELINES["resident"](index, index.train, image_size=(24, 24), augment=True, batch_size=16,
+                                     train=True, device=torch.device("cuda"), seed=0, workers=0, channels_last=True,
+                                     dtype=torch.bfloat16)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        batches = [batch for epoch in (1, 2) for batch in pipeline.epoch(epoch)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(batches) == 2 * len(pipeline) and batches[0][0].dtype == torch.bfloat16
