@@ -89,6 +89,15 @@ def _add_child(low, high_y, high_x, high_xy, child_low, CHILD: tl.constexpr):
 
 
 @triton.jit
+def _finish_node(low, high_y, high_x, high_xy, ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr,
+                 mask):
+    """Store a complete node's bands (its four children's signed sums, halved) and return its LL."""
+    low = low * 0.5
+    _store_bands(ptr, base, to_high, s_c, s_h, s_w, y, x, low, high_y * 0.5, high_x * 0.5, high_xy * 0.5, mask)
+    return low
+
+
+@triton.jit
 def _haar_forward_kernel(x_ptr, out1, out2, out3, out4, N, C, HL, WL, x_n, x_c, x_h, x_w,
                          o1_n, o1_c, o1_h, o1_w, o2_n, o2_c, o2_h, o2_w, o3_n, o3_c, o3_h, o3_w,
                          o4_n, o4_c, o4_h, o4_w, LEVELS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
@@ -117,22 +126,18 @@ def _haar_forward_kernel(x_ptr, out1, out2, out3, out4, N, C, HL, WL, x_n, x_c, 
         if LEVELS >= 2:
             l2, y2, x2, xy2 = _add_child(l2, y2, x2, xy2, low1, t & 3)
             if (t & 3) == 3:  # level-2 node t >> 2 is complete
-                low2 = l2 * 0.5
-                _store_bands(out2, base2, high2, o2_c, o2_h, o2_w, y1 >> 1, x1 >> 1,
-                             low2, y2 * 0.5, x2 * 0.5, xy2 * 0.5, mask)
+                low2 = _finish_node(l2, y2, x2, xy2, out2, base2, high2, o2_c, o2_h, o2_w, y1 >> 1, x1 >> 1, mask)
                 l2, y2, x2, xy2 = zero, zero, zero, zero
                 if LEVELS >= 3:
                     l3, y3, x3, xy3 = _add_child(l3, y3, x3, xy3, low2, (t >> 2) & 3)
                     if (t & 15) == 15:  # level-3 node t >> 4 is complete
-                        low3 = l3 * 0.5
-                        _store_bands(out3, base3, high3, o3_c, o3_h, o3_w, y1 >> 2, x1 >> 2,
-                                     low3, y3 * 0.5, x3 * 0.5, xy3 * 0.5, mask)
+                        low3 = _finish_node(l3, y3, x3, xy3, out3, base3, high3, o3_c, o3_h, o3_w, y1 >> 2,
+                                            x1 >> 2, mask)
                         l3, y3, x3, xy3 = zero, zero, zero, zero
                         if LEVELS >= 4:
                             l4, y4, x4, xy4 = _add_child(l4, y4, x4, xy4, low3, (t >> 4) & 3)
                             if (t & 63) == 63:
-                                _store_bands(out4, base4, high4, o4_c, o4_h, o4_w, 0, 0,
-                                             l4 * 0.5, y4 * 0.5, x4 * 0.5, xy4 * 0.5, mask)
+                                _finish_node(l4, y4, x4, xy4, out4, base4, high4, o4_c, o4_h, o4_w, 0, 0, mask)
 
 
 # --- Backward: Z-order tiles ----------------------------------------------------------------------------------
