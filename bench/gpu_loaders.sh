@@ -4,12 +4,8 @@
 # 256 px, batch 128), the batched augmentation, one short `engine train` with every GPU default (autotuned batch,
 # compile, auto loader), and `engine profile` at batch 128. Logs in $OUT; about 5 minutes on an H100.
 # DALI is not on the GPU machine: stage it first (bench/stage_gpu_site.sh) so that /tmp/site holds it.
-set -uo pipefail
-out=${OUT:-/tmp/out}
-mkdir -p "$out"
-[ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
-export PYTHONUNBUFFERED=1 ENGINE_PROFILES=$out/profiles.json
+source bench/gpu_setup.sh
+export ENGINE_PROFILES=$out/profiles.json
 python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 for backbone in resnet50 mobilenet_v3_large; do
   timeout 80 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone "$backbone" --image-size 256 \

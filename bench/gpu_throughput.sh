@@ -5,12 +5,8 @@
 # that /tmp/site holds it; without it the engine uses the resident or torch loader (the log says which).
 # About 9 minutes on an H100: the profile runs fill the profile store (ENGINE_PROFILES) and the inductor cache,
 # so compare.py pays for neither again for those backbones.
-set -uo pipefail
-out=${OUT:-/tmp/out}
-mkdir -p "$out"
-[ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
-export PYTHONUNBUFFERED=1 ENGINE_PROFILES=$out/profiles.json
+source bench/gpu_setup.sh
+export ENGINE_PROFILES=$out/profiles.json
 python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 for backbone in resnet50 mobilenet_v3_large; do
   timeout 130 python3 -m engine profile --backbone "$backbone" --data /tmp/jpgs --image-size 256 --steps 20 \
