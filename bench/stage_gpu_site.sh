@@ -8,6 +8,9 @@
 #   carry [".gpuwheels/p0"]   command: mkdir -p /tmp/gw && mv .gpuwheels/p* /tmp/gw/ && <checks that need no DALI>
 #   carry [".gpuwheels/p1"]   command: mv .gpuwheels/p* /tmp/gw/
 #   carry [".gpuwheels/p2"]   command: mv .gpuwheels/p* /tmp/gw/ && bash bench/unpack_gpu_site.sh && <checks>
+# The first call can run bench/gpu_wavemix.sh if it also carries ".whl" with the wavelet wheels (4.5 MB; p0 and
+# the working tree leave room for them under the 64 MiB a call carries); the last can run gpu_loaders.sh or
+# gpu_throughput.sh (bench/gpu_setup.sh puts /tmp/site on the path).
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cache=${STAGE_CACHE:-/tmp/gpuwheels-cache}
