@@ -93,5 +93,5 @@ class DaliBatches(BatchCounts):
             if not self.channels_last:
                 images = images.contiguous()
             # DALI has no bfloat16: a bf16 run gets DALI's float16, cast (one small pass) to the run's dtype.
-            images = images.to(self.device, non_blocking=True).to(self.dtype)
-            yield images, batch[0]["labels"].view(-1).long()  # on the device already (see the pipeline)
+            # Images and labels are on the pipeline's device already (labels: see the pipeline).
+            yield images.to(self.dtype), batch[0]["labels"].view(-1).long()
