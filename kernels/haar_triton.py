@@ -1,23 +1,24 @@
 """Fused multi-level Haar DWT in Triton: all levels from one read of the input, and the matching backward.
 
-Two kernels of different shapes, each the faster of the two designs we measured for its direction on an H100
-(bench/NOTES.md, 2026-11-26, (128, 48, 64, 64) bf16 channels_last, 3 levels):
+Both directions walk the same tile tree. Each program owns a [BLOCK_P, BLOCK_Q] tile of level-L output
+positions: the Q axis is the memory-contiguous one (channels for channels_last tensors, columns for NCHW ones),
+so pixels are read and written as coalesced tiles, and the P axis enumerates the rest. For each position it
+walks the 2^L x 2^L input block under it as a tree, unrolled at compile time: the 4^(L-1) level-1 quads in
+Z-order (bit pairs (y, x), finest last), so the four children of every coarser node come one after another.
 
-Forward, a tile tree (0.150 ms, against 0.284 ms for the Z-order design). Each program owns a
-[BLOCK_P, BLOCK_Q] tile of level-L output positions: the Q axis is the memory-contiguous one (channels for
-channels_last inputs, columns for NCHW ones), so the input is read as coalesced tiles, and the P axis enumerates
-the rest. For each position it walks the 2^L x 2^L input block under it as a tree, unrolled at compile time:
-the 4^(L-1) level-1 quads in Z-order (bit pairs (y, x), finest last), so the four children of every coarser
-node come one after another. A quad's four pixels, loaded as four tiles, give the level-1 bands at once; its LL
-is added, with the child's signs, into the running bands of its level-2 parent, which is stored (and pushed up
-to level 3) after its fourth child, and so on: elementwise on tiles, no reshapes or reductions.
+Forward: a quad's four pixels, loaded as four tiles, give the level-1 bands at once; its LL is added, with the
+child's signs, into the running bands of its level-2 parent, which is stored (and pushed up to level 3) after
+its fourth child, and so on: elementwise on tiles, no reductions. Backward: each node, on its first visit,
+loads its bands' gradients, adds what reaches its LL from its parent, and synthesises its four children (the
+transform is orthogonal); the level-1 quads' children are the input gradient, stored as four pixel tiles.
 
-Backward, Z-order tiles (0.09-0.27 ms over two runs, against 0.51 ms for a tile-tree backward, whose high-band
-loads, 3 channels apart, compile to scalar 2-byte loads). Each program takes BLOCK blocks of 2^L x 2^L input
-pixels and holds each block as one row of a [BLOCK, 4^L] tile in Z-order, so the four pixels of every 2x2 quad
-are 4 adjacent entries. It walks the pyramid from the coarsest level down (Haar synthesis: the transform is orthogonal),
-adding each level's own LL gradient on the way, and writes the input gradient once. Blocks are enumerated
-channel-fastest for channels_last tensors and column-fastest otherwise.
+Channel c's high bands are channels C + 3c + k, adjacent in channels_last memory: both kernels move them as one
+interleaved [.., 4] tile (slot 3 masked), so a warp's access is one contiguous run. Measured on an H100 before
+that (bench/NOTES.md, third session; (128, 48, 64, 64) bf16 channels_last, 3 levels), with each band on its own,
+3 channels apart (a warp's 64 bytes spread over ~24 memory sectors): forward 0.150 ms (0.28 of copy), and a
+tile-tree backward 0.51 ms, slower than the Z-order backward this one replaces (0.09-0.27 ms). In NCHW the Q
+axis holds level-L columns, 2^L pixels apart: loads and stores there stay strided (the old Z-order forward was
+faster in fp32 NCHW: 0.485 against 0.688 ms); channels_last is the layout the engine trains in.
 
 All arithmetic is fp32; results are stored in the tensors' dtype. Outputs are laid out as `haar_torch`
 documents. Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1.
@@ -31,9 +32,8 @@ import triton.language as tl
 from engine.kernels.haar_torch import check_levels, memory_format_of
 
 MAX_LEVELS = 4
-FORWARD_TILE = 512  # BLOCK_P * BLOCK_Q of the forward: 4 values a thread per tile at 4 warps
+TILE = 512  # BLOCK_P * BLOCK_Q: 4 values a thread per tile at 4 warps
 MAX_BLOCK_Q = 64
-BACKWARD_TILE = 4096  # BLOCK * 4^L values in flight per backward program: 32 fp32 registers a thread at 4 warps
 
 
 # --- Forward: tile tree -----------------------------------------------------------------------------------------
@@ -69,13 +69,29 @@ def _level_offsets(n, c, i, j, C, s_n, s_c, s_h, s_w, LEVEL: tl.constexpr, LEVEL
 
 
 @triton.jit
+def _band_slots():
+    """[1, 1, 4]: slot k of a channel's interleaved high bands; slot 3 is padding (tensor sides are powers of 2)."""
+    return tl.arange(0, 4)[None, None, :]
+
+
+@triton.jit
 def _store_bands(ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr, low, high_y, high_x,
-                 high_xy, mask):
+                 high_xy, mask, CHANNELS_LAST: tl.constexpr):
     at = base + y * s_h + x * s_w
     tl.store(ptr + at, low, mask=mask)
-    tl.store(ptr + at + to_high, high_y, mask=mask)
-    tl.store(ptr + at + to_high + s_c, high_x, mask=mask)
-    tl.store(ptr + at + to_high + 2 * s_c, high_xy, mask=mask)
+    if CHANNELS_LAST:
+        # Channel c's three high bands are channels C + 3c + k: adjacent in memory. Interleaved into one
+        # [.., 4] tile (slot 3 masked), a warp's store covers one contiguous run; three separate stores, 3
+        # channels apart, would each touch ~3x the memory sectors they fill.
+        # join stacks along a new last axis, so join(join(p, q), join(r, s)) flattens to p, r, q, s
+        bands = tl.reshape(tl.join(tl.join(high_y, high_xy), tl.join(high_x, high_xy)),
+                           (high_y.shape[0], high_y.shape[1], 4))
+        slot = _band_slots()
+        tl.store(ptr + (at + to_high)[:, :, None] + slot * s_c, bands, mask=mask[:, :, None] & (slot < 3))
+    else:
+        tl.store(ptr + at + to_high, high_y, mask=mask)
+        tl.store(ptr + at + to_high + s_c, high_x, mask=mask)
+        tl.store(ptr + at + to_high + 2 * s_c, high_xy, mask=mask)
 
 
 @triton.jit
@@ -90,10 +106,11 @@ def _add_child(low, high_y, high_x, high_xy, child_low, CHILD: tl.constexpr):
 
 @triton.jit
 def _finish_node(low, high_y, high_x, high_xy, ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr,
-                 mask):
+                 mask, CHANNELS_LAST: tl.constexpr):
     """Store a complete node's bands (its four children's signed sums, halved) and return its LL."""
     low = low * 0.5
-    _store_bands(ptr, base, to_high, s_c, s_h, s_w, y, x, low, high_y * 0.5, high_x * 0.5, high_xy * 0.5, mask)
+    _store_bands(ptr, base, to_high, s_c, s_h, s_w, y, x, low, high_y * 0.5, high_x * 0.5, high_xy * 0.5, mask,
+                 CHANNELS_LAST)
     return low
 
 
@@ -122,119 +139,119 @@ def _haar_forward_kernel(x_ptr, out1, out2, out3, out4, N, C, HL, WL, x_n, x_c, 
         d = tl.load(x_ptr + pixels + (2 * y1 + 1) * x_h + (2 * x1 + 1) * x_w, mask=mask, other=0.0).to(tl.float32)
         low1 = (a + b + c_ + d) * 0.5
         _store_bands(out1, base1, high1, o1_c, o1_h, o1_w, y1, x1, low1, (a + b - c_ - d) * 0.5,
-                     (a - b + c_ - d) * 0.5, (a - b - c_ + d) * 0.5, mask)
+                     (a - b + c_ - d) * 0.5, (a - b - c_ + d) * 0.5, mask, CHANNELS_LAST)
         if LEVELS >= 2:
             l2, y2, x2, xy2 = _add_child(l2, y2, x2, xy2, low1, t & 3)
             if (t & 3) == 3:  # level-2 node t >> 2 is complete
-                low2 = _finish_node(l2, y2, x2, xy2, out2, base2, high2, o2_c, o2_h, o2_w, y1 >> 1, x1 >> 1, mask)
+                low2 = _finish_node(l2, y2, x2, xy2, out2, base2, high2, o2_c, o2_h, o2_w, y1 >> 1, x1 >> 1, mask,
+                                    CHANNELS_LAST)
                 l2, y2, x2, xy2 = zero, zero, zero, zero
                 if LEVELS >= 3:
                     l3, y3, x3, xy3 = _add_child(l3, y3, x3, xy3, low2, (t >> 2) & 3)
                     if (t & 15) == 15:  # level-3 node t >> 4 is complete
                         low3 = _finish_node(l3, y3, x3, xy3, out3, base3, high3, o3_c, o3_h, o3_w, y1 >> 2,
-                                            x1 >> 2, mask)
+                                            x1 >> 2, mask, CHANNELS_LAST)
                         l3, y3, x3, xy3 = zero, zero, zero, zero
                         if LEVELS >= 4:
                             l4, y4, x4, xy4 = _add_child(l4, y4, x4, xy4, low3, (t >> 4) & 3)
                             if (t & 63) == 63:
-                                _finish_node(l4, y4, x4, xy4, out4, base4, high4, o4_c, o4_h, o4_w, 0, 0, mask)
+                                _finish_node(l4, y4, x4, xy4, out4, base4, high4, o4_c, o4_h, o4_w, 0, 0, mask,
+                                                         CHANNELS_LAST)
 
 
-# --- Backward: Z-order tiles ----------------------------------------------------------------------------------
+# --- Backward: the same tile tree, walked down -------------------------------------------------------------------
 @triton.jit
-def _zorder_to_yx(index, BITS: tl.constexpr):
-    """Row and column inside a 2^BITS x 2^BITS block from a Z-order index (y bit above x bit, finest last)."""
-    y = index * 0
-    x = index * 0
-    for bit in tl.static_range(BITS):
-        x += ((index >> (2 * bit)) & 1) << bit
-        y += ((index >> (2 * bit + 1)) & 1) << bit
-    return y, x
-
-
-@triton.jit
-def _program_blocks(N, C, HL, WL, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
-    """This program's blocks: (n, c, i, j) of each level-L output position (i, j index 2^L x 2^L input blocks),
-    and the mask of those that exist."""
-    position = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+def _load_bands(ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr, mask,
+                CHANNELS_LAST: tl.constexpr):
+    """The four bands' gradients of the nodes at (y, x) in each tile entry's block, in fp32: the transpose of
+    `_store_bands`, with the same interleaved read of the high bands for channels_last tensors."""
+    at = base + y * s_h + x * s_w
+    low = tl.load(ptr + at, mask=mask, other=0.0).to(tl.float32)
     if CHANNELS_LAST:
-        c = position % C
-        j = (position // C) % WL
-        i = (position // (C * WL)) % HL
-        n = position // (C * WL * HL)
+        slot = _band_slots()
+        bands = tl.load(ptr + (at + to_high)[:, :, None] + slot * s_c, mask=mask[:, :, None] & (slot < 3),
+                        other=0.0).to(tl.float32)
+        # split takes the last axis apart: slots (0, 2) and (1, 3), the inverse of `_store_bands`' joins
+        first, second = tl.split(tl.reshape(bands, (low.shape[0], low.shape[1], 2, 2)))
+        high_y, high_xy = tl.split(first)
+        high_x, _ = tl.split(second)
     else:
-        j = position % WL
-        i = (position // WL) % HL
-        c = (position // (WL * HL)) % C
-        n = position // (WL * HL * C)
-    return n, c, i, j, position < N * C * HL * WL
+        high_y = tl.load(ptr + at + to_high, mask=mask, other=0.0).to(tl.float32)
+        high_x = tl.load(ptr + at + to_high + s_c, mask=mask, other=0.0).to(tl.float32)
+        high_xy = tl.load(ptr + at + to_high + 2 * s_c, mask=mask, other=0.0).to(tl.float32)
+    return low, high_y, high_x, high_xy
 
 
 @triton.jit
-def _quad_signs():
-    quad = tl.arange(0, 4)
-    sign_y = (1 - 2 * (quad // 2)).to(tl.float32)  # +1 for the top pixels a, b; -1 for the bottom c, d
-    sign_x = (1 - 2 * (quad % 2)).to(tl.float32)  # +1 for the left pixels a, c; -1 for the right b, d
-    return sign_y[None, None, :], sign_x[None, None, :], (sign_y * sign_x)[None, None, :]
+def _node_children(ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr, from_parent, mask,
+                   CHANNELS_LAST: tl.constexpr):
+    """Gradients of a node's four children (top-left, top-right, bottom-left, bottom-right) by Haar synthesis
+    (the transform is orthogonal), from its own bands' gradients plus what reaches its LL from the coarser
+    levels (`from_parent`)."""
+    low, high_y, high_x, high_xy = _load_bands(ptr, base, to_high, s_c, s_h, s_w, y, x, mask, CHANNELS_LAST)
+    low += from_parent
+    return ((low + high_y + high_x + high_xy) * 0.5, (low + high_y - high_x - high_xy) * 0.5,
+            (low - high_y + high_x - high_xy) * 0.5, (low - high_y - high_x + high_xy) * 0.5)
 
 
 @triton.jit
-def _grid_offsets(n, c, i, j, s_n, s_c, s_h, s_w, LEVEL: tl.constexpr, LEVELS: tl.constexpr):
-    """Offsets [BLOCK, 4^(LEVELS-LEVEL)], in Z-order, of channel c's values at level LEVEL inside each block
-    (level 0: the input pixels)."""
-    BITS: tl.constexpr = LEVELS - LEVEL
-    inner = tl.arange(0, 1 << (2 * BITS))
-    dy, dx = _zorder_to_yx(inner, BITS)
-    y = (i << BITS)[:, None] + dy[None, :]
-    x = (j << BITS)[:, None] + dx[None, :]
-    return (n * s_n + c * s_c)[:, None] + y * s_h + x * s_w
-
-
-@triton.jit
-def _band_offsets(n, c, i, j, C, s_n, s_c, s_h, s_w, LEVEL: tl.constexpr, LEVELS: tl.constexpr):
-    """Offsets of channel c's LL at level LEVEL inside each block, and the channel stride to its first high band
-    (channel C + 3c); band k adds k more channel strides."""
-    low = _grid_offsets(n, c, i, j, s_n, s_c, s_h, s_w, LEVEL, LEVELS)
-    to_high = (C + 2 * c)[:, None] * s_c  # channel C + 3c, relative to channel c
-    return low, to_high
-
-
-@triton.jit
-def _synthesis_level(low_grad, grad_ptr, n, c, i, j, C, s_n, s_c, s_h, s_w, mask,
-                     LEVEL: tl.constexpr, LEVELS: tl.constexpr, BLOCK: tl.constexpr, FIRST: tl.constexpr):
-    """Gradient of level LEVEL's input (Z-ordered, 4x as many entries) from the gradient of its output plus the
-    gradient already reaching its LL from the coarser levels (`low_grad`, ignored when FIRST)."""
-    GROUPS: tl.constexpr = 1 << (2 * (LEVELS - LEVEL))
-    offsets, to_high = _band_offsets(n, c, i, j, C, s_n, s_c, s_h, s_w, LEVEL, LEVELS)
-    load_mask = mask[:, None]
-    g_low = tl.load(grad_ptr + offsets, mask=load_mask, other=0.0).to(tl.float32)
-    if not FIRST:
-        g_low += low_grad
-    g_y = tl.load(grad_ptr + offsets + to_high, mask=load_mask, other=0.0).to(tl.float32)
-    g_x = tl.load(grad_ptr + offsets + to_high + s_c, mask=load_mask, other=0.0).to(tl.float32)
-    g_xy = tl.load(grad_ptr + offsets + to_high + 2 * s_c, mask=load_mask, other=0.0).to(tl.float32)
-    sign_y, sign_x, sign_xy = _quad_signs()
-    quads = (g_low[:, :, None] + sign_y * g_y[:, :, None] + sign_x * g_x[:, :, None]
-             + sign_xy * g_xy[:, :, None]) * 0.5
-    return tl.reshape(quads, (BLOCK, GROUPS * 4))
+def _pick(child0, child1, child2, child3, CHILD: tl.constexpr):
+    picked = child0
+    if CHILD == 1:
+        picked = child1
+    if CHILD == 2:
+        picked = child2
+    if CHILD == 3:
+        picked = child3
+    return picked
 
 
 @triton.jit
 def _haar_backward_kernel(grad_x_ptr, g1, g2, g3, g4, N, C, HL, WL, x_n, x_c, x_h, x_w,
                           g1_n, g1_c, g1_h, g1_w, g2_n, g2_c, g2_h, g2_w, g3_n, g3_c, g3_h, g3_w,
-                          g4_n, g4_c, g4_h, g4_w,
-                          LEVELS: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
-    n, c, i, j, mask = _program_blocks(N, C, HL, WL, CHANNELS_LAST, BLOCK)
-    low = tl.zeros((BLOCK, 1), dtype=tl.float32)
-    if LEVELS >= 4:
-        low = _synthesis_level(low, g4, n, c, i, j, C, g4_n, g4_c, g4_h, g4_w, mask, 4, LEVELS, BLOCK, LEVELS == 4)
-    if LEVELS >= 3:
-        low = _synthesis_level(low, g3, n, c, i, j, C, g3_n, g3_c, g3_h, g3_w, mask, 3, LEVELS, BLOCK, LEVELS == 3)
-    if LEVELS >= 2:
-        low = _synthesis_level(low, g2, n, c, i, j, C, g2_n, g2_c, g2_h, g2_w, mask, 2, LEVELS, BLOCK, LEVELS == 2)
-    low = _synthesis_level(low, g1, n, c, i, j, C, g1_n, g1_c, g1_h, g1_w, mask, 1, LEVELS, BLOCK, LEVELS == 1)
-    pixels = _grid_offsets(n, c, i, j, x_n, x_c, x_h, x_w, 0, LEVELS)
-    tl.store(grad_x_ptr + pixels, low, mask=mask[:, None])
+                          g4_n, g4_c, g4_h, g4_w, LEVELS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                          BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr):
+    n, c, i, j, mask = _tile_indices(N, C, HL, WL, CHANNELS_LAST, BLOCK_P, BLOCK_Q)
+    pixels, _ = _level_offsets(n, c, i, j, C, x_n, x_c, x_h, x_w, 0, LEVELS)
+    base1, high1 = _level_offsets(n, c, i, j, C, g1_n, g1_c, g1_h, g1_w, 1, LEVELS)
+    base2, high2 = _level_offsets(n, c, i, j, C, g2_n, g2_c, g2_h, g2_w, 2, LEVELS)
+    base3, high3 = _level_offsets(n, c, i, j, C, g3_n, g3_c, g3_h, g3_w, 3, LEVELS)
+    base4, high4 = _level_offsets(n, c, i, j, C, g4_n, g4_c, g4_h, g4_w, 4, LEVELS)
+    zero = tl.zeros((BLOCK_P, BLOCK_Q), dtype=tl.float32)
+    k2a, k2b, k2c, k2d = zero, zero, zero, zero  # children of the current level-2, -3 and -4 nodes
+    k3a, k3b, k3c, k3d = zero, zero, zero, zero
+    k4a, k4b, k4c, k4d = zero, zero, zero, zero
+    # The forward's walk in the same Z-order, each node synthesised on its first visit, before its children.
+    for t in tl.static_range(1 << (2 * (LEVELS - 1))):
+        y1 = ((t >> 1) & 1) | ((t >> 2) & 2) | ((t >> 3) & 4)
+        x1 = (t & 1) | ((t >> 1) & 2) | ((t >> 2) & 4)
+        if LEVELS >= 4:
+            if (t & 63) == 0:
+                k4a, k4b, k4c, k4d = _node_children(g4, base4, high4, g4_c, g4_h, g4_w, 0, 0, zero, mask,
+                                                    CHANNELS_LAST)
+        if LEVELS >= 3:
+            if (t & 15) == 0:
+                from4 = zero
+                if LEVELS >= 4:
+                    from4 = _pick(k4a, k4b, k4c, k4d, (t >> 4) & 3)
+                k3a, k3b, k3c, k3d = _node_children(g3, base3, high3, g3_c, g3_h, g3_w, y1 >> 2, x1 >> 2, from4,
+                                                    mask, CHANNELS_LAST)
+        if LEVELS >= 2:
+            if (t & 3) == 0:
+                from3 = zero
+                if LEVELS >= 3:
+                    from3 = _pick(k3a, k3b, k3c, k3d, (t >> 2) & 3)
+                k2a, k2b, k2c, k2d = _node_children(g2, base2, high2, g2_c, g2_h, g2_w, y1 >> 1, x1 >> 1, from3,
+                                                    mask, CHANNELS_LAST)
+        from2 = zero
+        if LEVELS >= 2:
+            from2 = _pick(k2a, k2b, k2c, k2d, t & 3)
+        a, b, c_, d = _node_children(g1, base1, high1, g1_c, g1_h, g1_w, y1, x1, from2, mask, CHANNELS_LAST)
+        quad = pixels + (2 * y1) * x_h + (2 * x1) * x_w  # top-left input pixel of quad t
+        tl.store(grad_x_ptr + quad, a, mask=mask)
+        tl.store(grad_x_ptr + quad + x_w, b, mask=mask)
+        tl.store(grad_x_ptr + quad + x_h, c_, mask=mask)
+        tl.store(grad_x_ptr + quad + x_h + x_w, d, mask=mask)
 
 
 def _block_q(extent: int) -> int:
@@ -243,23 +260,15 @@ def _block_q(extent: int) -> int:
     return min(triton.next_power_of_2(extent), MAX_BLOCK_Q)
 
 
-def _forward_grid(x: torch.Tensor, levels: int) -> tuple[tuple[int, int], bool, int, int]:
-    """(grid, channels_last, BLOCK_P, BLOCK_Q) of the forward kernel over `x`."""
-    n, c, h, w = x.shape
+def _tile_grid(dense: torch.Tensor, levels: int) -> tuple[tuple[int, int], bool, int, int]:
+    """(grid, channels_last, BLOCK_P, BLOCK_Q) of either kernel over `dense` (the input, or its gradient)."""
+    n, c, h, w = dense.shape
     blocks_high, blocks_wide = h >> levels, w >> levels
-    channels_last = memory_format_of(x) == torch.channels_last
+    channels_last = memory_format_of(dense) == torch.channels_last
     rows, extent = (n * blocks_high * blocks_wide, c) if channels_last else (n * c * blocks_high, blocks_wide)
     block_q = _block_q(extent)
-    block_p = max(1, FORWARD_TILE // block_q)
+    block_p = max(1, TILE // block_q)
     return (triton.cdiv(rows, block_p), triton.cdiv(extent, block_q)), channels_last, block_p, block_q
-
-
-def _backward_grid(grad: torch.Tensor, levels: int) -> tuple[tuple[int], bool, int]:
-    """(grid, channels_last, BLOCK) of the backward kernel writing `grad`."""
-    n, c, h, w = grad.shape
-    block = max(1, BACKWARD_TILE >> (2 * levels))
-    return ((triton.cdiv(n * c * (h >> levels) * (w >> levels), block),),
-            memory_format_of(grad) == torch.channels_last, block)
 
 
 def _level_arguments(dense: torch.Tensor, per_level: list[torch.Tensor], levels: int) -> list:
@@ -284,7 +293,7 @@ def haar_dwt_triton(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
     layout = memory_format_of(x)
     outputs = [torch.empty((n, 4 * c, h >> level, w >> level), device=x.device, dtype=x.dtype, memory_format=layout)
                for level in range(1, levels + 1)]
-    grid, channels_last, block_p, block_q = _forward_grid(x, levels)
+    grid, channels_last, block_p, block_q = _tile_grid(x, levels)
     _haar_forward_kernel[grid](*_level_arguments(x, outputs, levels), LEVELS=levels, CHANNELS_LAST=channels_last,
                                BLOCK_P=block_p, BLOCK_Q=block_q)
     return outputs
@@ -297,7 +306,7 @@ def haar_dwt_backward_triton(output_grads: list[torch.Tensor], channels_last: bo
     layout = torch.channels_last if channels_last else torch.contiguous_format
     grad = torch.empty((n, c4 // 4, 2 * h1, 2 * w1), device=output_grads[0].device, dtype=output_grads[0].dtype,
                        memory_format=layout)
-    grid, grad_channels_last, block = _backward_grid(grad, levels)
+    grid, grad_channels_last, block_p, block_q = _tile_grid(grad, levels)
     _haar_backward_kernel[grid](*_level_arguments(grad, list(output_grads), levels), LEVELS=levels,
-                                CHANNELS_LAST=grad_channels_last, BLOCK=block)
+                                CHANNELS_LAST=grad_channels_last, BLOCK_P=block_p, BLOCK_Q=block_q)
     return grad
