@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One device call for the input pipelines (issue 4) and the engine's own GPU path (issue 6): loader-only and
 # end-to-end rates of torch, DALI and the resident path beside synthetic data (resnet50 and mobilenet_v3_large at
-# 256 px, batch 128), the batched augmentation, one short `engine train` with every GPU default (autotuned batch,
-# compile, auto loader), and `engine profile` at batch 128. Logs in $OUT; about 5 minutes on an H100.
-# DALI is not on the GPU machine: stage it first (bench/stage_gpu_site.sh) so that /tmp/site holds it.
+# 256 px, batch 128), DALI alone at batch 256 beside the ANCHORS.md script, the batched augmentation, one short
+# `engine train` with every GPU default (autotuned batch, compile, auto loader), and `engine profile` at batch 128.
+# Logs in $OUT; about 6 minutes on an H100. DALI is not on the GPU machine: stage it first
+# (bench/stage_gpu_site.sh) so that /tmp/site holds it. For the anchor beside ours:
+#   mkdir -p .anchors && cp ../shared/device/dali_anchor.py .anchors/   and carry ".anchors" too.
 source bench/gpu_setup.sh
 export ENGINE_PROFILES=$out/profiles.json
 python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
@@ -11,6 +13,14 @@ for backbone in resnet50 mobilenet_v3_large; do
   timeout 80 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone "$backbone" --image-size 256 \
     --batch-size 128 --workers 15 --steps 15 2>&1 | grep -v -i deprecat | tee -a "$out/loaders.jsonl"
 done
+# DALI alone at the anchor's batch (256), then the anchor's own script beside it when carried (.anchors/, a copy
+# of ../shared/device/dali_anchor.py: same card, same call), on its own files
+for threads in 8 15; do
+  timeout 40 python3 -m engine.bench.loaders --data /tmp/jpgs --loaders dali --loader-only --image-size 256 \
+    --batch-size 256 --workers "$threads" --steps 24 2>&1 | grep -v -i deprecat | tee -a "$out/loaders.jsonl"
+done
+[ -f .anchors/dali_anchor.py ] && sed 's#/tmp/jpgs#/tmp/anchor_jpgs#' .anchors/dali_anchor.py \
+  | timeout 60 python3 - 2>&1 | grep -v -i deprecat | tee "$out/dali_anchor.log"
 timeout 25 python3 -m engine.bench.augment --device cuda --size 64 --batch 256 2>&1 | tee -a "$out/augment.jsonl"
 timeout 110 python3 -m engine train --backbone mobilenet_v3_large --data /tmp/jpgs --no-pretrained --image-size 128 \
   --max-epochs 2 --out /tmp/runs 2>&1 | tee "$out/train.log"

@@ -11,6 +11,7 @@ timeout 110 python3 -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$out/gpu_t
 timeout 50 python3 -m engine.bench.dwt --dtype bf16 --channels-last --compile 2>&1 | tee -a "$out/dwt.jsonl"
 timeout 25 python3 -m engine.bench.dwt --dtype fp32 2>&1 | tee -a "$out/dwt.jsonl"
 # the reference first (the 4x target is against it), then ours from the most to the least important
-timeout 150 python3 -m engine.bench.wavemix_step \
+# (--kernels: where each variant's device time goes, by kernel and by kind, for the step's non-DWT share)
+timeout 170 python3 -m engine.bench.wavemix_step --kernels 15 \
   --variants reference:fp32:eager,fused:amp:compiled,fused:amp:eager,plain:amp:compiled,fused:fp32:eager \
   2>&1 | tee "$out/wavemix_step.jsonl"

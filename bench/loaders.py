@@ -3,6 +3,7 @@ end-to-end training images/s with each against the same model fed synthetic data
 
     python -m engine.bench.loaders --data eurosat --backbone resnet50 --image-size 256   # on a GPU
     python -m engine.bench.loaders --data demo --quick --device cpu                     # smoke run
+    python -m engine.bench.loaders --data /tmp/jpgs --loaders dali --loader-only --batch-size 256 --workers 8
 
 A loader keeps up when its end-to-end rate is close to the synthetic one.
 """
@@ -21,14 +22,40 @@ from engine.profile import endless, images_per_s
 
 
 def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup, train_step) -> dict:
-    """Images/s of one pipeline alone and feeding the training step."""
+    """Images/s of one pipeline alone and, unless `train_step` is None, feeding the training step."""
     if name == "dali" and not dali_available():
         raise RuntimeError("DALI is not installed")
     pipeline = PIPELINES[name](index, index.train, image_size=size, augment=True, batch_size=batch, train=True,
                                device=device, seed=0, workers=workers, channels_last=True, dtype=dtype)
-    return {"loader": name,
-            "loader_only_img_s": round(images_per_s(endless(pipeline), steps, warmup, lambda x, y: None, device), 1),
-            "train_img_s": round(images_per_s(endless(pipeline), steps, warmup, train_step, device), 1)}
+    row = {"loader": name, "batch": batch, "workers": workers,
+           "loader_only_img_s": round(images_per_s(endless(pipeline), steps, warmup, lambda x, y: None, device), 1)}
+    if train_step is not None:
+        row["train_img_s"] = round(images_per_s(endless(pipeline), steps, warmup, train_step, device), 1)
+    return row
+
+
+def training_step(backbone: str, num_classes: int, device: torch.device):
+    """One bf16-autocast AdamW step of `backbone` in channels_last: what the end-to-end rates feed."""
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    model = build_backbone(backbone, num_classes).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def train_step(images, labels):
+        with amp:
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return train_step
+
+
+def chosen_loaders(spec: str) -> list[str]:
+    names = spec.split(",")
+    unknown = sorted(set(names) - set(PIPELINES))
+    if unknown:
+        raise SystemExit(f"unknown loader {unknown[0]!r}; choose from {', '.join(PIPELINES)}")
+    return names
 
 
 def main(argv=None) -> list[dict]:
@@ -41,33 +68,32 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--loaders", default="dali,resident,torch",
+                        help="comma-separated pipelines, in the order to measure them (default: %(default)s)")
+    parser.add_argument("--loader-only", action="store_true",
+                        help="measure the loaders alone: no model, no end-to-end or synthetic rates")
     parser.add_argument("--quick", action="store_true", help="32 px, batch 8, 2 steps (smoke test)")
     args = parser.parse_args(argv)
+    loaders = chosen_loaders(args.loaders)
     device = torch.device(args.device)
     size = (32, 32) if args.quick else parse_image_size(args.image_size)
     batch, steps, warmup = (8, 2, 1) if args.quick else (args.batch_size, args.steps, 3)
     index = scan_dataset(resolve_dataset(args.data, args.data_root).path)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # what the engine's loaders hand over
-    model = build_backbone(args.backbone, index.num_classes).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-    def train_step(images, labels):
-        with amp:
-            loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    synthetic = (torch.randn(batch, 3, *size, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last),
-                 torch.randint(0, index.num_classes, (batch,), device=device))
     print(json.dumps({"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                       "data": args.data, "images": len(index.train), "image_size": size, "batch": batch,
-                      "backbone": args.backbone, "torch": torch.__version__}), flush=True)
-    rows = [{"loader": "synthetic (on device)", "loader_only_img_s": None,
-             "train_img_s": round(images_per_s(iter(lambda: synthetic, None), steps, warmup, train_step, device), 1)}]
-    print(json.dumps(rows[-1]), flush=True)
-    for name in ("dali", "resident", "torch"):  # the default first: a time limit cuts the fallbacks
+                      "backbone": None if args.loader_only else args.backbone, "torch": torch.__version__}),
+          flush=True)
+    rows, train_step = [], None
+    if not args.loader_only:
+        train_step = training_step(args.backbone, index.num_classes, device)
+        synthetic = (torch.randn(batch, 3, *size, device=device, dtype=dtype)
+                     .contiguous(memory_format=torch.channels_last),
+                     torch.randint(0, index.num_classes, (batch,), device=device))
+        rows.append({"loader": "synthetic (on device)", "loader_only_img_s": None, "train_img_s": round(
+            images_per_s(iter(lambda: synthetic, None), steps, warmup, train_step, device), 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    for name in loaders:  # in the order asked: the default puts DALI first, so a time limit cuts the fallbacks
         try:
             rows.append(loader_rates(name, index, size, batch, device, args.workers, dtype, steps, warmup, train_step))
         except Exception as err:  # noqa: BLE001 - one failing loader must not hide the others' numbers

@@ -1,6 +1,7 @@
 """Honest timing: warm-up (and compilation) outside the measured region; CUDA events on a GPU."""
 from __future__ import annotations
 
+import re
 import time
 from typing import Callable
 
@@ -34,3 +35,51 @@ def reset_peak_memory(device: torch.device) -> None:
 
 def peak_memory_gib(device: torch.device) -> float | None:
     return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+
+
+# Kernel names -> what they do, first match wins (case-insensitive). A heuristic for reading a profile, not an
+# exact accounting: cuDNN, cuBLAS, CUTLASS and inductor name their kernels loosely.
+KERNEL_KINDS = (
+    ("dwt", r"haar"),
+    ("optimizer", r"adam|sgd|multi_tensor|foreach"),
+    ("normalisation", r"batch_norm|batchnorm|welford|bn_fw|bn_bw"),
+    ("convolution/matmul", r"conv|gemm|xmma|cutlass|cudnn|wgrad|dgrad|implicit|mkldnn|addmm|matmul|^aten::mm$"),
+    ("copy/cat", r"memcpy|memset|copy|contiguous|clone|cat"),
+    ("inductor fused", r"^triton_"),
+    ("eager elementwise/reduction", r"elementwise|reduce|gelu|dropout|add|mul|relu|threshold|sum"),
+)
+
+
+def kernel_kind(name: str) -> str:
+    return next((kind for kind, pattern in KERNEL_KINDS if re.search(pattern, name, re.IGNORECASE)), "other")
+
+
+def kernel_breakdown(fn: Callable[[], object], device: torch.device, steps: int, top: int) -> dict:
+    """Where the device time of `steps` calls of `fn` goes: the `top` kernels and the time per kind, per call.
+    On a GPU, device kernels (CUDA events); on the CPU, each operator's own (self) CPU time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as profiler:
+        for _ in range(steps):
+            fn()
+        if on_gpu:
+            torch.cuda.synchronize(device)
+    if on_gpu:
+        rows = [(e.key, e.self_device_time_total) for e in profiler.key_averages() if e.device_type != DeviceType.CPU]
+    else:
+        rows = [(e.key, e.self_cpu_time_total) for e in profiler.key_averages()]
+    rows = [(name, microseconds / steps / 1e3) for name, microseconds in rows if microseconds > 0]
+    if not rows:
+        raise RuntimeError("the profiler recorded no kernel time")
+    total = sum(ms for _, ms in rows)
+    by_kind: dict[str, float] = {}
+    for name, ms in rows:
+        by_kind[kernel_kind(name)] = by_kind.get(kernel_kind(name), 0.0) + ms
+    ranked = sorted(rows, key=lambda row: -row[1])[:top]
+    return {"profiled_ms_per_step": round(total, 3),
+            "by_kind_ms": {kind: round(ms, 3) for kind, ms in sorted(by_kind.items(), key=lambda item: -item[1])},
+            "top_kernels": [{"name": name[:120], "kind": kernel_kind(name), "ms": round(ms, 3),
+                             "share": round(ms / total, 3)} for name, ms in ranked]}

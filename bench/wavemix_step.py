@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.bench.references import dwt_implementations, use_dwt
-from engine.bench.timing import peak_memory_gib, reset_peak_memory, time_per_call
+from engine.bench.timing import kernel_breakdown, peak_memory_gib, reset_peak_memory, time_per_call
 from engine.models.wavemix import wavemix_192_16
 
 # (DWT, precision, compile): the reference only in fp32, the one way it runs (it crashes under autocast)
@@ -26,7 +26,7 @@ VARIANTS = [("reference", "fp32", False),
             ("fused", "fp32", False), ("fused", "amp", False), ("fused", "fp32", True), ("fused", "amp", True)]
 
 
-def step_rate(dwt_name, dwt, precision, compile_it, batch, size, device, warmup, iterations) -> dict:
+def step_rate(dwt_name, dwt, precision, compile_it, batch, size, device, warmup, iterations, kernels=0) -> dict:
     torch.manual_seed(0)
     amp = precision == "amp"
     memory_format = torch.channels_last if amp else torch.contiguous_format
@@ -48,9 +48,12 @@ def step_rate(dwt_name, dwt, precision, compile_it, batch, size, device, warmup,
     step()  # the first step compiles; kept apart to report its cost
     warmup_s = time.perf_counter() - started
     seconds = time_per_call(step, device, warmup, iterations)
-    return {"dwt": dwt_name, "precision": "bf16 AMP + channels_last" if amp else "fp32", "compile": compile_it,
-            "images_per_s": round(batch / seconds, 1), "step_ms": round(seconds * 1e3, 2),
-            "peak_gib": peak_memory_gib(device), "first_step_s": round(warmup_s, 1)}
+    row = {"dwt": dwt_name, "precision": "bf16 AMP + channels_last" if amp else "fp32", "compile": compile_it,
+           "images_per_s": round(batch / seconds, 1), "step_ms": round(seconds * 1e3, 2),
+           "peak_gib": peak_memory_gib(device), "first_step_s": round(warmup_s, 1)}
+    if kernels:  # after the timed steps: the profiler's own overhead stays out of images/s
+        row["kernels"] = kernel_breakdown(step, device, steps=min(iterations, 3), top=kernels)
+    return row
 
 
 def variant_name(dwt_name: str, precision: str, compile_it: bool) -> str:
@@ -79,6 +82,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--variants", default="",
                         help="comma-separated DWT:PRECISION:MODE to run, e.g. reference:fp32:eager,fused:amp:compiled "
                              "(default: all)")
+    parser.add_argument("--kernels", type=int, default=0, metavar="N",
+                        help="also profile each variant: its N costliest kernels and the device time per kind "
+                             "(convolution, DWT, inductor-fused, normalisation, optimizer...)")
     parser.add_argument("--quick", action="store_true", help="batch 2 at 32 px, 1 iteration (smoke test)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -94,7 +100,8 @@ def main(argv=None) -> list[dict]:
         if dwt_name not in wanted or (compile_it and args.no_compile):
             continue
         try:
-            row = step_rate(dwt_name, dwts[dwt_name], precision, compile_it, batch, size, device, warmup, iterations)
+            row = step_rate(dwt_name, dwts[dwt_name], precision, compile_it, batch, size, device, warmup, iterations,
+                            args.kernels)
         except Exception as err:  # noqa: BLE001 - one failing variant must not hide the others' numbers
             row = {"dwt": dwt_name, "precision": precision, "compile": compile_it, "error": repr(err)[:300]}
         print(json.dumps(row), flush=True)

@@ -34,6 +34,16 @@ def test_loader_benchmark_compares_every_pipeline_with_synthetic_data():
     assert all(row["train_img_s"] > 0 for row in rows if "error" not in row)
 
 
+def test_loader_benchmark_measures_the_named_loaders_alone():
+    from engine.bench import loaders
+    rows = loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--workers", "1", "--loaders",
+                         "resident,torch", "--loader-only"])
+    assert [row["loader"] for row in rows] == ["resident", "torch"]
+    assert all(row["loader_only_img_s"] > 0 and "train_img_s" not in row for row in rows)
+    with pytest.raises(SystemExit, match="unknown loader 'nope'"):
+        loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--loaders", "nope"])
+
+
 def test_compare_runs_the_engine_and_the_authors_loop_on_the_same_files():
     from engine.bench import compare
     rows = compare.main(["--data", "demo", "--quick", "--device", "cpu", "--backbones", "mobilenet_v3_large"])
@@ -45,3 +55,26 @@ def test_augment_benchmark_times_both_implementations():
     rows = augment.main(["--quick", "--device", "cpu"])
     assert [row["implementation"] for row in rows] == ["torchvision per image", "batched"]
     assert all(row["images_per_s"] > 0 for row in rows)
+
+
+def test_wavemix_step_benchmark_says_where_the_step_time_goes():
+    rows = wavemix_step.main(["--quick", "--device", "cpu", "--variants", "fused:fp32:eager", "--kernels", "4"])
+    kernels = rows[0]["kernels"]
+    top = kernels["top_kernels"]
+    assert len(top) == 4 and [k["ms"] for k in top] == sorted((k["ms"] for k in top), reverse=True)
+    assert sum(kernels["by_kind_ms"].values()) == pytest.approx(kernels["profiled_ms_per_step"], rel=1e-2)
+    assert kernels["by_kind_ms"]["convolution/matmul"] > 0  # WaveMix is mostly convolutions
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("_haar_forward_kernel", "dwt"),
+    ("triton_poi_fused_add_gelu_3", "inductor fused"),
+    ("triton_red_fused__native_batch_norm_legit_functional_7", "normalisation"),
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "convolution/matmul"),
+    ("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor<float, 4>>", "optimizer"),
+    ("Memcpy DtoD (Device -> Device)", "copy/cat"),
+    ("void at::native::vectorized_elementwise_kernel<4, GeluCUDAKernelImpl>", "eager elementwise/reduction"),
+])
+def test_kernel_names_are_read_as_what_they_do(name, kind):
+    from engine.bench.timing import kernel_kind
+    assert kernel_kind(name) == kind
