@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import torch
 
@@ -46,6 +47,28 @@ def measure(name, dwt, x, device, warmup, iterations, compile_it, copy_gb_s: flo
             "fwd_bwd_of_copy": round(both_gb_s / copy_gb_s, 3)}
 
 
+def measure_configs(x, device, warmup, iterations, copy_gb_s: float) -> list[dict]:
+    """The fused kernels under each launch configuration the autotuner chooses from, forward and backward apart."""
+    from engine.kernels.haar_triton import CONFIGS, haar_dwt_backward_triton, haar_dwt_triton
+
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    outputs = haar_dwt_triton(x, LEVELS)
+    grads = [torch.randn_like(o) for o in outputs]
+    moved = (x.numel() + sum(o.numel() for o in outputs)) * x.element_size()
+    rows = []
+    for config in CONFIGS:
+        forward_s = time_per_call(lambda: haar_dwt_triton(x, LEVELS, config), device, warmup, iterations)
+        backward_s = time_per_call(lambda: haar_dwt_backward_triton(grads, channels_last, config), device, warmup,
+                                   iterations)
+        rows.append({"implementation": "fused, config " + ",".join(f"{k}={v}" for k, v in config.items()),
+                     "forward_ms": round(forward_s * 1e3, 3),
+                     "forward_of_copy": round(moved / forward_s / 1e9 / copy_gb_s, 3),
+                     "backward_ms": round(backward_s * 1e3, 3),
+                     "backward_of_copy": round(moved / backward_s / 1e9 / copy_gb_s, 3),
+                     "fwd_bwd_of_copy": round(2 * moved / (forward_s + backward_s) / 1e9 / copy_gb_s, 3)})
+    return rows
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -54,9 +77,13 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd versions")
+    parser.add_argument("--configs", action="store_true",
+                        help="also time the fused kernels under each launch configuration their autotuners pick from")
     parser.add_argument("--quick", action="store_true", help="a tiny shape and 2 iterations (smoke test)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.configs and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise SystemExit("--configs times the Triton kernels: it needs a CUDA device (or TRITON_INTERPRET=1)")
     shape = (2, 8, 16, 16) if args.quick else tuple(int(s) for s in args.shape.split(","))
     iterations, warmup = (2, 1) if args.quick else (args.iterations, 5)
     x = torch.randn(shape, device=device, dtype=DTYPES[args.dtype])
@@ -71,12 +98,17 @@ def main(argv=None) -> list[dict]:
             continue  # pytorch_wavelets keeps fp32 filters: it cannot take half inputs (ANCHORS.md)
         for compile_it in ([False, True] if args.compile and name != "reference" else [False]):
             rows.append(measure(name, dwt, x, device, warmup, iterations, compile_it, copy_gb_s))
+    if args.configs:
+        rows += measure_configs(x, device, warmup, iterations, copy_gb_s)
     header = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "shape": shape,
               "levels": LEVELS, "dtype": args.dtype, "channels_last": args.channels_last,
               "copy_gb_s": round(copy_gb_s, 1), "torch": torch.__version__}
     print(json.dumps(header))
     for row in rows:
         print(json.dumps(row))
+    if device.type == "cuda":
+        from engine.kernels.haar_triton import chosen_configs
+        print(json.dumps({"autotuner_choices": chosen_configs()}))
     return rows
 
 

@@ -8,8 +8,8 @@
 source bench/gpu_setup.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 timeout 110 python3 -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log"
-timeout 50 python3 -m engine.bench.dwt --dtype bf16 --channels-last --compile 2>&1 | tee -a "$out/dwt.jsonl"
-timeout 25 python3 -m engine.bench.dwt --dtype fp32 2>&1 | tee -a "$out/dwt.jsonl"
+timeout 70 python3 -m engine.bench.dwt --dtype bf16 --channels-last --compile --configs 2>&1 | tee -a "$out/dwt.jsonl"
+timeout 40 python3 -m engine.bench.dwt --dtype fp32 --configs 2>&1 | tee -a "$out/dwt.jsonl"
 # the reference first (the 4x target is against it), then ours from the most to the least important
 # (--kernels: where each variant's device time goes, by kernel and by kind, for the step's non-DWT share)
 timeout 170 python3 -m engine.bench.wavemix_step --kernels 15 \

@@ -10,6 +10,7 @@ A loader keeps up when its end-to-end rate is close to the synthetic one.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 
 import torch
@@ -99,6 +100,12 @@ def main(argv=None) -> list[dict]:
         except Exception as err:  # noqa: BLE001 - one failing loader must not hide the others' numbers
             rows.append({"loader": name, "error": repr(err)[:300]})
         print(json.dumps(rows[-1]), flush=True)
+        # A loader left half-consumed (DALI's pipeline, its threads and memory pools) is torn down here, outside
+        # the next loader's timed region, not whenever the garbage collector next runs.
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
     return rows
 
 

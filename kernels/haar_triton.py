@@ -20,6 +20,13 @@ tile-tree backward 0.51 ms, slower than the Z-order backward this one replaces (
 axis holds level-L columns, 2^L pixels apart: loads and stores there stay strided (the old Z-order forward was
 faster in fp32 NCHW: 0.485 against 0.688 ms); channels_last is the layout the engine trains in.
 
+Bytes in flight. A memory-bound kernel needs many loads outstanding per SM; the third session's forward used 142
+registers a thread (ptxas, sm_90), so an SM held 3 programs, each waiting on one quad's 4 loads at a time.
+Here index arithmetic is 32-bit (64-bit only for tensors past 2^31 elements), tiles are as wide as the largest
+power of two dividing the channels (48 -> 16: no masked lanes), and a GROUP of quads is loaded before any is
+used. Which tile size, warp count and group is fastest is the GPU's to tell: each kernel is autotuned per shape
+over CONFIGS (registers and vector widths of each, from ptxas for sm_90a, are in bench/NOTES.md).
+
 All arithmetic is fp32; results are stored in the tensors' dtype. Outputs are laid out as `haar_torch`
 documents. Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1.
 """
@@ -32,16 +39,29 @@ import triton.language as tl
 from engine.kernels.haar_torch import check_levels, memory_format_of
 
 MAX_LEVELS = 4
-TILE = 512  # BLOCK_P * BLOCK_Q: 4 values a thread per tile at 4 warps
-MAX_BLOCK_Q = 64
+MAX_BLOCK_Q, MIN_BLOCK_Q = 64, 8
+# Launch configurations the autotuners time on the GPU, per shape (TILE = BLOCK_P * BLOCK_Q positions a program;
+# GROUP: level-1 quads whose loads go out together). The first is the design measured on an H100 in the third
+# session (one quad at a time, 4 warps, TILE 512); the others keep more loads in flight per register. Registers
+# decide how many programs an SM holds (the third session's forward used 142 a thread: 3 programs of 4 warps),
+# and with them how many bytes are in flight, which a memory-bound kernel needs.
+CONFIGS = [{"TILE": tile, "GROUP": group, "num_warps": warps}
+           for tile, group, warps in ((512, 1, 4), (256, 4, 4), (128, 4, 4), (512, 4, 8), (128, 4, 2), (256, 2, 4))]
+INTERPRETER_CONFIG = {"TILE": 512, "GROUP": 4}  # CPU tensors (the tests): nothing to time; the grouped path
 
 
-# --- Forward: tile tree -----------------------------------------------------------------------------------------
+# --- Shared by both directions -------------------------------------------------------------------------------
 @triton.jit
-def _tile_indices(N, C, HL, WL, CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr):
+def _tile_indices(N, C, HL, WL, CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
+                  WIDE: tl.constexpr):
     """(n, c, i, j) of this program's level-L positions, each broadcastable to [BLOCK_P, BLOCK_Q], and the mask
-    of those that exist. channels_last: Q is the channel; NCHW: Q is the column j."""
-    p = (tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P))[:, None]
+    of those that exist. channels_last: Q is the channel; NCHW: Q is the column j. Index arithmetic is 32-bit
+    unless WIDE (a tensor spans 2^31 elements or more): 64-bit offsets cost registers, and registers decide how
+    many programs, and so how many loads, an SM keeps in flight."""
+    row = tl.program_id(0)
+    if WIDE:
+        row = row.to(tl.int64)
+    p = (row * BLOCK_P + tl.arange(0, BLOCK_P))[:, None]
     q = (tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q))[None, :]
     if CHANNELS_LAST:
         c = q
@@ -75,6 +95,31 @@ def _band_slots():
 
 
 @triton.jit
+def _pick(value0, value1, value2, value3, INDEX: tl.constexpr):
+    """One of four values, chosen at compile time."""
+    picked = value0
+    if INDEX == 1:
+        picked = value1
+    if INDEX == 2:
+        picked = value2
+    if INDEX == 3:
+        picked = value3
+    return picked
+
+
+# --- Forward: the tile tree, walked up ----------------------------------------------------------------------------
+@triton.jit
+def _load_quad(x_ptr, pixels, x_h, x_w, T: tl.constexpr, mask):
+    """The four pixels (a b / c d) of level-1 quad T under each tile entry, in the input's dtype. Quads come in
+    Z-order: bit pairs (y, x) of T, finest last."""
+    Y: tl.constexpr = 2 * (((T >> 1) & 1) | ((T >> 2) & 2) | ((T >> 3) & 4))
+    X: tl.constexpr = 2 * ((T & 1) | ((T >> 1) & 2) | ((T >> 2) & 4))
+    at = x_ptr + pixels + Y * x_h + X * x_w
+    return (tl.load(at, mask=mask, other=0.0), tl.load(at + x_w, mask=mask, other=0.0),
+            tl.load(at + x_h, mask=mask, other=0.0), tl.load(at + x_h + x_w, mask=mask, other=0.0))
+
+
+@triton.jit
 def _store_bands(ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr, low, high_y, high_x,
                  high_xy, mask, CHANNELS_LAST: tl.constexpr):
     at = base + y * s_h + x * s_w
@@ -82,7 +127,7 @@ def _store_bands(ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.const
     if CHANNELS_LAST:
         # Channel c's three high bands are channels C + 3c + k: adjacent in memory. Interleaved into one
         # [.., 4] tile (slot 3 masked), a warp's store covers one contiguous run; three separate stores, 3
-        # channels apart, would each touch ~3x the memory sectors they fill.
+        # channels apart, would spread each warp's bytes over ~12x the memory sectors they fill.
         # join stacks along a new last axis, so join(join(p, q), join(r, s)) flattens to p, r, q, s
         bands = tl.reshape(tl.join(tl.join(high_y, high_xy), tl.join(high_x, high_xy)),
                            (high_y.shape[0], high_y.shape[1], 4))
@@ -118,8 +163,11 @@ def _finish_node(low, high_y, high_x, high_xy, ptr, base, to_high, s_c, s_h, s_w
 def _haar_forward_kernel(x_ptr, out1, out2, out3, out4, N, C, HL, WL, x_n, x_c, x_h, x_w,
                          o1_n, o1_c, o1_h, o1_w, o2_n, o2_c, o2_h, o2_w, o3_n, o3_c, o3_h, o3_w,
                          o4_n, o4_c, o4_h, o4_w, LEVELS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                         BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr):
-    n, c, i, j, mask = _tile_indices(N, C, HL, WL, CHANNELS_LAST, BLOCK_P, BLOCK_Q)
+                         BLOCK_Q: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr, GROUP: tl.constexpr):
+    BLOCK_P: tl.constexpr = TILE // BLOCK_Q
+    QUADS: tl.constexpr = 1 << (2 * (LEVELS - 1))
+    G: tl.constexpr = GROUP if GROUP < QUADS else QUADS
+    n, c, i, j, mask = _tile_indices(N, C, HL, WL, CHANNELS_LAST, BLOCK_P, BLOCK_Q, WIDE)
     pixels, _ = _level_offsets(n, c, i, j, C, x_n, x_c, x_h, x_w, 0, LEVELS)
     base1, high1 = _level_offsets(n, c, i, j, C, o1_n, o1_c, o1_h, o1_w, 1, LEVELS)
     base2, high2 = _level_offsets(n, c, i, j, C, o2_n, o2_c, o2_h, o2_w, 2, LEVELS)
@@ -129,14 +177,27 @@ def _haar_forward_kernel(x_ptr, out1, out2, out3, out4, N, C, HL, WL, x_n, x_c, 
     l2, y2, x2, xy2 = zero, zero, zero, zero  # running sums of the current level-2, -3 and -4 nodes
     l3, y3, x3, xy3 = zero, zero, zero, zero
     l4, y4, x4, xy4 = zero, zero, zero, zero
-    for t in tl.static_range(1 << (2 * (LEVELS - 1))):
-        # level-1 position (y1, x1) of quad t, and of its level-2 and level-3 ancestors, inside the block
+    unused = tl.zeros((BLOCK_P, BLOCK_Q), dtype=x_ptr.dtype.element_ty)
+    a0, b0, c0, d0 = unused, unused, unused, unused  # the pixels of a group of G quads (slots past G: unused)
+    a1, b1, c1, d1 = unused, unused, unused, unused
+    a2, b2, c2, d2 = unused, unused, unused, unused
+    a3, b3, c3, d3 = unused, unused, unused, unused
+    for t in tl.static_range(QUADS):
+        # A group's loads go out together, before any of its quads is used: G quads in flight, not one.
+        if t % G == 0:
+            a0, b0, c0, d0 = _load_quad(x_ptr, pixels, x_h, x_w, t, mask)
+            if G >= 2:
+                a1, b1, c1, d1 = _load_quad(x_ptr, pixels, x_h, x_w, t + 1, mask)
+            if G >= 4:
+                a2, b2, c2, d2 = _load_quad(x_ptr, pixels, x_h, x_w, t + 2, mask)
+                a3, b3, c3, d3 = _load_quad(x_ptr, pixels, x_h, x_w, t + 3, mask)
+        a = _pick(a0, a1, a2, a3, t % G).to(tl.float32)
+        b = _pick(b0, b1, b2, b3, t % G).to(tl.float32)
+        c_ = _pick(c0, c1, c2, c3, t % G).to(tl.float32)
+        d = _pick(d0, d1, d2, d3, t % G).to(tl.float32)
+        # level-1 position (y1, x1) of quad t inside the block; its ancestors' are its bits shifted
         y1 = ((t >> 1) & 1) | ((t >> 2) & 2) | ((t >> 3) & 4)
         x1 = (t & 1) | ((t >> 1) & 2) | ((t >> 2) & 4)
-        a = tl.load(x_ptr + pixels + (2 * y1) * x_h + (2 * x1) * x_w, mask=mask, other=0.0).to(tl.float32)
-        b = tl.load(x_ptr + pixels + (2 * y1) * x_h + (2 * x1 + 1) * x_w, mask=mask, other=0.0).to(tl.float32)
-        c_ = tl.load(x_ptr + pixels + (2 * y1 + 1) * x_h + (2 * x1) * x_w, mask=mask, other=0.0).to(tl.float32)
-        d = tl.load(x_ptr + pixels + (2 * y1 + 1) * x_h + (2 * x1 + 1) * x_w, mask=mask, other=0.0).to(tl.float32)
         low1 = (a + b + c_ + d) * 0.5
         _store_bands(out1, base1, high1, o1_c, o1_h, o1_w, y1, x1, low1, (a + b - c_ - d) * 0.5,
                      (a - b + c_ - d) * 0.5, (a - b - c_ + d) * 0.5, mask, CHANNELS_LAST)
@@ -156,62 +217,67 @@ def _haar_forward_kernel(x_ptr, out1, out2, out3, out4, N, C, HL, WL, x_n, x_c, 
                             l4, y4, x4, xy4 = _add_child(l4, y4, x4, xy4, low3, (t >> 4) & 3)
                             if (t & 63) == 63:
                                 _finish_node(l4, y4, x4, xy4, out4, base4, high4, o4_c, o4_h, o4_w, 0, 0, mask,
-                                                         CHANNELS_LAST)
+                                             CHANNELS_LAST)
 
 
 # --- Backward: the same tile tree, walked down -------------------------------------------------------------------
 @triton.jit
 def _load_bands(ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr, mask,
                 CHANNELS_LAST: tl.constexpr):
-    """The four bands' gradients of the nodes at (y, x) in each tile entry's block, in fp32: the transpose of
-    `_store_bands`, with the same interleaved read of the high bands for channels_last tensors."""
+    """The four bands' gradients of the nodes at (y, x) under each tile entry, in the tensor's dtype: the
+    transpose of `_store_bands`, with the same interleaved read of the high bands for channels_last tensors."""
     at = base + y * s_h + x * s_w
-    low = tl.load(ptr + at, mask=mask, other=0.0).to(tl.float32)
+    low = tl.load(ptr + at, mask=mask, other=0.0)
     if CHANNELS_LAST:
         slot = _band_slots()
         bands = tl.load(ptr + (at + to_high)[:, :, None] + slot * s_c, mask=mask[:, :, None] & (slot < 3),
-                        other=0.0).to(tl.float32)
+                        other=0.0)
         # split takes the last axis apart: slots (0, 2) and (1, 3), the inverse of `_store_bands`' joins
         first, second = tl.split(tl.reshape(bands, (low.shape[0], low.shape[1], 2, 2)))
         high_y, high_xy = tl.split(first)
         high_x, _ = tl.split(second)
     else:
-        high_y = tl.load(ptr + at + to_high, mask=mask, other=0.0).to(tl.float32)
-        high_x = tl.load(ptr + at + to_high + s_c, mask=mask, other=0.0).to(tl.float32)
-        high_xy = tl.load(ptr + at + to_high + 2 * s_c, mask=mask, other=0.0).to(tl.float32)
+        high_y = tl.load(ptr + at + to_high, mask=mask, other=0.0)
+        high_x = tl.load(ptr + at + to_high + s_c, mask=mask, other=0.0)
+        high_xy = tl.load(ptr + at + to_high + 2 * s_c, mask=mask, other=0.0)
     return low, high_y, high_x, high_xy
 
 
 @triton.jit
-def _node_children(ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr, from_parent, mask,
-                   CHANNELS_LAST: tl.constexpr):
+def _load_quad_bands(ptr, base, to_high, s_c, s_h, s_w, T: tl.constexpr, mask, CHANNELS_LAST: tl.constexpr):
+    """`_load_bands` of level-1 quad T (Z-order, as `_load_quad`)."""
+    Y: tl.constexpr = ((T >> 1) & 1) | ((T >> 2) & 2) | ((T >> 3) & 4)
+    X: tl.constexpr = (T & 1) | ((T >> 1) & 2) | ((T >> 2) & 4)
+    return _load_bands(ptr, base, to_high, s_c, s_h, s_w, Y, X, mask, CHANNELS_LAST)
+
+
+@triton.jit
+def _children(low, high_y, high_x, high_xy, from_parent):
     """Gradients of a node's four children (top-left, top-right, bottom-left, bottom-right) by Haar synthesis
     (the transform is orthogonal), from its own bands' gradients plus what reaches its LL from the coarser
     levels (`from_parent`)."""
-    low, high_y, high_x, high_xy = _load_bands(ptr, base, to_high, s_c, s_h, s_w, y, x, mask, CHANNELS_LAST)
-    low += from_parent
+    low = low.to(tl.float32) + from_parent
+    high_y, high_x, high_xy = high_y.to(tl.float32), high_x.to(tl.float32), high_xy.to(tl.float32)
     return ((low + high_y + high_x + high_xy) * 0.5, (low + high_y - high_x - high_xy) * 0.5,
             (low - high_y + high_x - high_xy) * 0.5, (low - high_y - high_x + high_xy) * 0.5)
 
 
 @triton.jit
-def _pick(child0, child1, child2, child3, CHILD: tl.constexpr):
-    picked = child0
-    if CHILD == 1:
-        picked = child1
-    if CHILD == 2:
-        picked = child2
-    if CHILD == 3:
-        picked = child3
-    return picked
+def _node_children(ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr, from_parent, mask,
+                   CHANNELS_LAST: tl.constexpr):
+    low, high_y, high_x, high_xy = _load_bands(ptr, base, to_high, s_c, s_h, s_w, y, x, mask, CHANNELS_LAST)
+    return _children(low, high_y, high_x, high_xy, from_parent)
 
 
 @triton.jit
 def _haar_backward_kernel(grad_x_ptr, g1, g2, g3, g4, N, C, HL, WL, x_n, x_c, x_h, x_w,
                           g1_n, g1_c, g1_h, g1_w, g2_n, g2_c, g2_h, g2_w, g3_n, g3_c, g3_h, g3_w,
                           g4_n, g4_c, g4_h, g4_w, LEVELS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                          BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr):
-    n, c, i, j, mask = _tile_indices(N, C, HL, WL, CHANNELS_LAST, BLOCK_P, BLOCK_Q)
+                          BLOCK_Q: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr, GROUP: tl.constexpr):
+    BLOCK_P: tl.constexpr = TILE // BLOCK_Q
+    QUADS: tl.constexpr = 1 << (2 * (LEVELS - 1))
+    G: tl.constexpr = GROUP if GROUP < QUADS else QUADS
+    n, c, i, j, mask = _tile_indices(N, C, HL, WL, CHANNELS_LAST, BLOCK_P, BLOCK_Q, WIDE)
     pixels, _ = _level_offsets(n, c, i, j, C, x_n, x_c, x_h, x_w, 0, LEVELS)
     base1, high1 = _level_offsets(n, c, i, j, C, g1_n, g1_c, g1_h, g1_w, 1, LEVELS)
     base2, high2 = _level_offsets(n, c, i, j, C, g2_n, g2_c, g2_h, g2_w, 2, LEVELS)
@@ -221,8 +287,20 @@ def _haar_backward_kernel(grad_x_ptr, g1, g2, g3, g4, N, C, HL, WL, x_n, x_c, x_
     k2a, k2b, k2c, k2d = zero, zero, zero, zero  # children of the current level-2, -3 and -4 nodes
     k3a, k3b, k3c, k3d = zero, zero, zero, zero
     k4a, k4b, k4c, k4d = zero, zero, zero, zero
+    unused = tl.zeros((BLOCK_P, BLOCK_Q), dtype=g1.dtype.element_ty)
+    l0, y0, x0, xy0 = unused, unused, unused, unused  # level-1 bands of a group of G quads (past G: unused)
+    l1, y1_, x1_, xy1 = unused, unused, unused, unused
+    l2, y2, x2, xy2 = unused, unused, unused, unused
+    l3, y3, x3, xy3 = unused, unused, unused, unused
     # The forward's walk in the same Z-order, each node synthesised on its first visit, before its children.
-    for t in tl.static_range(1 << (2 * (LEVELS - 1))):
+    for t in tl.static_range(QUADS):
+        if t % G == 0:  # as in the forward: a group's loads go out together
+            l0, y0, x0, xy0 = _load_quad_bands(g1, base1, high1, g1_c, g1_h, g1_w, t, mask, CHANNELS_LAST)
+            if G >= 2:
+                l1, y1_, x1_, xy1 = _load_quad_bands(g1, base1, high1, g1_c, g1_h, g1_w, t + 1, mask, CHANNELS_LAST)
+            if G >= 4:
+                l2, y2, x2, xy2 = _load_quad_bands(g1, base1, high1, g1_c, g1_h, g1_w, t + 2, mask, CHANNELS_LAST)
+                l3, y3, x3, xy3 = _load_quad_bands(g1, base1, high1, g1_c, g1_h, g1_w, t + 3, mask, CHANNELS_LAST)
         y1 = ((t >> 1) & 1) | ((t >> 2) & 2) | ((t >> 3) & 4)
         x1 = (t & 1) | ((t >> 1) & 2) | ((t >> 2) & 4)
         if LEVELS >= 4:
@@ -246,7 +324,8 @@ def _haar_backward_kernel(grad_x_ptr, g1, g2, g3, g4, N, C, HL, WL, x_n, x_c, x_
         from2 = zero
         if LEVELS >= 2:
             from2 = _pick(k2a, k2b, k2c, k2d, t & 3)
-        a, b, c_, d = _node_children(g1, base1, high1, g1_c, g1_h, g1_w, y1, x1, from2, mask, CHANNELS_LAST)
+        a, b, c_, d = _children(_pick(l0, l1, l2, l3, t % G), _pick(y0, y1_, y2, y3, t % G),
+                                _pick(x0, x1_, x2, x3, t % G), _pick(xy0, xy1, xy2, xy3, t % G), from2)
         quad = pixels + (2 * y1) * x_h + (2 * x1) * x_w  # top-left input pixel of quad t
         tl.store(grad_x_ptr + quad, a, mask=mask)
         tl.store(grad_x_ptr + quad + x_w, b, mask=mask)
@@ -254,21 +333,49 @@ def _haar_backward_kernel(grad_x_ptr, g1, g2, g3, g4, N, C, HL, WL, x_n, x_c, x_
         tl.store(grad_x_ptr + quad + x_h + x_w, d, mask=mask)
 
 
+def _autotuned(kernel):
+    configs = [triton.Config({"TILE": c["TILE"], "GROUP": c["GROUP"]}, num_warps=c["num_warps"]) for c in CONFIGS]
+    return triton.autotune(configs=configs, key=["N", "C", "HL", "WL", "LEVELS", "CHANNELS_LAST"])(kernel)
+
+
+_haar_forward_tuned = _autotuned(_haar_forward_kernel)
+_haar_backward_tuned = _autotuned(_haar_backward_kernel)
+
+
 def _block_q(extent: int) -> int:
-    """Tile width along the contiguous axis: the power of two covering it, up to MAX_BLOCK_Q. Covering all of a
-    pixel's channels (48 -> 64, a quarter of the lanes masked) keeps each row of a load one contiguous run."""
-    return min(triton.next_power_of_2(extent), MAX_BLOCK_Q)
+    """Tile width along the contiguous axis (channels, or level-L columns): the largest power of two dividing the
+    extent (48 channels -> 16), so no lane is masked and each row stays one contiguous run; when that is under
+    MIN_BLOCK_Q, the power of two covering the extent (lanes past it masked). At most MAX_BLOCK_Q."""
+    divisor = min(extent & -extent, MAX_BLOCK_Q)
+    return divisor if divisor >= MIN_BLOCK_Q else min(triton.next_power_of_2(extent), MAX_BLOCK_Q)
 
 
-def _tile_grid(dense: torch.Tensor, levels: int) -> tuple[tuple[int, int], bool, int, int]:
-    """(grid, channels_last, BLOCK_P, BLOCK_Q) of either kernel over `dense` (the input, or its gradient)."""
+def _launch(kernel, tuned, dense: torch.Tensor, per_level: list[torch.Tensor], levels: int,
+            config: dict | None) -> None:
+    """Run `kernel` over `dense` (the input, or its gradient) and the per-level tensors: on a GPU through its
+    autotuner (`tuned`) unless a config is given; on CPU tensors (TRITON_INTERPRET=1) with INTERPRETER_CONFIG."""
     n, c, h, w = dense.shape
-    blocks_high, blocks_wide = h >> levels, w >> levels
     channels_last = memory_format_of(dense) == torch.channels_last
-    rows, extent = (n * blocks_high * blocks_wide, c) if channels_last else (n * c * blocks_high, blocks_wide)
+    rows, extent = (n * (h >> levels) * (w >> levels), c) if channels_last else (n * c * (h >> levels), w >> levels)
     block_q = _block_q(extent)
-    block_p = max(1, TILE // block_q)
-    return (triton.cdiv(rows, block_p), triton.cdiv(extent, block_q)), channels_last, block_p, block_q
+
+    def grid(meta):
+        return triton.cdiv(rows, meta["TILE"] // block_q), triton.cdiv(extent, block_q)
+
+    arguments = _level_arguments(dense, per_level, levels)
+    constants = {"LEVELS": levels, "CHANNELS_LAST": channels_last, "BLOCK_Q": block_q,
+                 "WIDE": any(_spans_wide_offsets(t) for t in (dense, *per_level))}
+    if config is None and dense.is_cuda:
+        tuned[grid](*arguments, **constants)
+    else:
+        config = config or INTERPRETER_CONFIG
+        constants["WIDE"] = config.get("WIDE", constants["WIDE"])  # the tests force 64-bit offsets this way
+        kernel[grid](*arguments, **constants, TILE=config["TILE"], GROUP=config["GROUP"],
+                     **({"num_warps": config["num_warps"]} if "num_warps" in config else {}))
+
+
+def _spans_wide_offsets(tensor: torch.Tensor) -> bool:
+    return sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride())) >= 2**31 - 1
 
 
 def _level_arguments(dense: torch.Tensor, per_level: list[torch.Tensor], levels: int) -> list:
@@ -286,27 +393,32 @@ def check_supported_levels(levels: int) -> None:
         raise ValueError(f"the fused Haar DWT handles up to {MAX_LEVELS} levels, got {levels}")
 
 
-def haar_dwt_triton(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+def haar_dwt_triton(x: torch.Tensor, levels: int, config: dict | None = None) -> list[torch.Tensor]:
+    """The forward kernel; `config` (a CONFIGS entry: TILE, GROUP, num_warps; WIDE to force 64-bit offsets)
+    bypasses the autotuner."""
     check_levels(x.shape, levels)
     check_supported_levels(levels)
     n, c, h, w = x.shape
     layout = memory_format_of(x)
     outputs = [torch.empty((n, 4 * c, h >> level, w >> level), device=x.device, dtype=x.dtype, memory_format=layout)
                for level in range(1, levels + 1)]
-    grid, channels_last, block_p, block_q = _tile_grid(x, levels)
-    _haar_forward_kernel[grid](*_level_arguments(x, outputs, levels), LEVELS=levels, CHANNELS_LAST=channels_last,
-                               BLOCK_P=block_p, BLOCK_Q=block_q)
+    _launch(_haar_forward_kernel, _haar_forward_tuned, x, outputs, levels, config)
     return outputs
 
 
-def haar_dwt_backward_triton(output_grads: list[torch.Tensor], channels_last: bool) -> torch.Tensor:
+def haar_dwt_backward_triton(output_grads: list[torch.Tensor], channels_last: bool,
+                             config: dict | None = None) -> torch.Tensor:
     levels = len(output_grads)
     check_supported_levels(levels)
     n, c4, h1, w1 = output_grads[0].shape
     layout = torch.channels_last if channels_last else torch.contiguous_format
     grad = torch.empty((n, c4 // 4, 2 * h1, 2 * w1), device=output_grads[0].device, dtype=output_grads[0].dtype,
                        memory_format=layout)
-    grid, grad_channels_last, block_p, block_q = _tile_grid(grad, levels)
-    _haar_backward_kernel[grid](*_level_arguments(grad, list(output_grads), levels), LEVELS=levels,
-                                CHANNELS_LAST=grad_channels_last, BLOCK_P=block_p, BLOCK_Q=block_q)
+    _launch(_haar_backward_kernel, _haar_backward_tuned, grad, list(output_grads), levels, config)
     return grad
+
+
+def chosen_configs() -> dict[str, list]:
+    """What the autotuners picked so far in this process, per kernel: (key, config) pairs, for the benchmarks."""
+    return {name: [(list(map(str, key)), str(config)) for key, config in tuned.cache.items()]
+            for name, tuned in (("forward", _haar_forward_tuned), ("backward", _haar_backward_tuned))}

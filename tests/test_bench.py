@@ -12,6 +12,14 @@ def test_dwt_benchmark_reports_every_implementation_against_a_copy(capsys):
     assert '"copy_gb_s"' in capsys.readouterr().out
 
 
+def test_dwt_benchmark_times_each_launch_configuration_on_request():
+    from engine.kernels.haar_triton import CONFIGS
+    rows = dwt.main(["--quick", "--device", "cpu", "--dtype", "fp32", "--channels-last", "--configs"])
+    configured = [row for row in rows if row["implementation"].startswith("fused, config")]
+    assert len(configured) == len(CONFIGS)
+    assert all(row["forward_ms"] > 0 and row["backward_ms"] > 0 for row in configured)
+
+
 def test_wavemix_step_benchmark_runs_each_variant():
     rows = wavemix_step.main(["--quick", "--device", "cpu", "--no-compile", "--only", "plain,fused"])
     assert [(row["dwt"], row["compile"]) for row in rows] == [("plain", False)] * 2 + [("fused", False)] * 2

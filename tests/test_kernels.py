@@ -4,7 +4,8 @@ import torch
 
 from engine.bench.references import ReferenceDWT
 from engine.kernels import haar_dwt, haar_dwt_backward_torch, haar_dwt_torch
-from engine.kernels.haar_triton import haar_dwt_backward_triton, haar_dwt_triton
+from engine.kernels.haar_triton import (CONFIGS, _block_q, _spans_wide_offsets, haar_dwt_backward_triton,
+                                        haar_dwt_triton)
 
 SHAPES = [(2, 3, 8, 8), (1, 5, 16, 24), (3, 2, 32, 16)]
 
@@ -89,6 +90,32 @@ def test_triton_kernels_match_plain_torch(levels, channels_last, dtype, toleranc
     assert actual_grad.shape == x.shape and actual_grad.dtype == dtype
     assert actual_grad.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     assert relative_error(actual_grad, expected_grad) < tolerance
+
+
+@pytest.mark.parametrize("config", CONFIGS + [{"TILE": 256, "GROUP": 4, "WIDE": True}],
+                         ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_every_launch_configuration_computes_the_same_transform(config, channels_last):
+    """The autotuner may pick any of CONFIGS on a GPU: each must give the same values and gradients (here 48
+    channels, as in WaveMix: tiles 16 channels wide, so a program covers part of a pixel's channels)."""
+    x = torch.randn(2, 48, 16, 16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    expected = haar_dwt_torch(x, 3)
+    for mine, theirs in zip(haar_dwt_triton(x, 3, config), expected):
+        assert relative_error(mine, theirs) < 1e-6
+    grads = [torch.randn_like(o) for o in expected]
+    grad = haar_dwt_backward_triton(grads, channels_last, config)
+    assert relative_error(grad, haar_dwt_backward_torch(grads)) < 1e-6
+
+
+def test_tiles_cover_the_contiguous_axis_without_masked_lanes_where_they_can():
+    assert [_block_q(extent) for extent in (48, 64, 96, 192, 8, 3, 5, 20)] == [16, 64, 32, 64, 8, 4, 8, 32]
+
+
+def test_offsets_past_two_to_the_31_switch_to_64_bit_arithmetic():
+    assert not _spans_wide_offsets(torch.empty(128, 48, 256, 256, device="meta"))  # WaveMix at 1024 px: 2^28.6
+    assert _spans_wide_offsets(torch.empty(512, 64, 256, 256, device="meta"))
 
 
 def test_compiles_as_one_graph_with_the_operator():
