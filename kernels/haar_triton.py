@@ -12,25 +12,27 @@ its fourth child, and so on: elementwise on tiles, no reductions. Backward: each
 loads its bands' gradients, adds what reaches its LL from its parent, and synthesises its four children (the
 transform is orthogonal); the level-1 quads' children are the input gradient, stored as four pixel tiles.
 
-Channel c's high bands are channels C + 3c + k, adjacent in channels_last memory: both kernels move them as one
-interleaved [.., 4] tile (slot 3 masked), so a warp's access is one contiguous run. Measured on an H100 before
-that (bench/NOTES.md, third session; (128, 48, 64, 64) bf16 channels_last, 3 levels), with each band on its own,
-3 channels apart (a warp's 64 bytes spread over ~24 memory sectors): forward 0.150 ms (0.28 of copy), and a
-tile-tree backward 0.51 ms, slower than the Z-order backward this one replaces (0.09-0.27 ms). In NCHW the Q
-axis holds level-L columns, 2^L pixels apart: loads and stores there stay strided (the old Z-order forward was
-faster in fp32 NCHW: 0.485 against 0.688 ms); channels_last is the layout the engine trains in.
+Channel c's high bands are channels C + 3c + k, adjacent in channels_last memory. Moved as three tiles, 3
+channels apart, a warp's 64 bytes spread over ~24 memory sectors; moved as one interleaved [.., 4] tile (slot 3
+masked; INTERLEAVE), a warp's access is one contiguous run, but the interleaving goes through shared memory and
+scalar per-element addresses, which cost registers. In NCHW the Q axis holds level-L columns, 2^L pixels apart:
+loads and stores there stay strided; channels_last is the layout the engine trains in.
 
-Bytes in flight. A memory-bound kernel needs many loads outstanding per SM; the third session's forward used 142
-registers a thread (ptxas, sm_90), so an SM held 3 programs, each waiting on one quad's 4 loads at a time.
-Here index arithmetic is 32-bit (64-bit only for tensors past 2^31 elements), tiles are as wide as the largest
-power of two dividing the channels (48 -> 16: no masked lanes), and a GROUP of quads is loaded before any is
-used. Which tile size, warp count and group is fastest is the GPU's to tell: each kernel is autotuned per shape
-over CONFIGS (registers and vector widths of each, from ptxas for sm_90a, are in bench/NOTES.md).
+Bytes in flight. A memory-bound kernel needs many loads outstanding per SM. The third session's kernels (bands
+apart, one quad's loads at a time, 64-bit offsets, 48 channels padded to 64-wide tiles) used 142 registers a
+thread in the forward (ptxas, sm_90): an SM held 3 programs, each waiting on one quad's 4 loads at a time; on an
+H100, (128, 48, 64, 64) bf16 channels_last, 3 levels: forward 0.150 ms, 0.28 of copy (bench/NOTES.md). Here
+index arithmetic is 32-bit (64-bit only for tensors past 2^31 elements), tiles are as wide as the largest power
+of two dividing the extent (48 channels -> 16: no masked lanes), and a GROUP of quads is loaded before any is
+used. Which tile, warp count, group and band layout is fastest is the GPU's to tell: each kernel is autotuned
+per shape over CONFIGS (registers and loads in flight of each, from ptxas for sm_90a, are in bench/NOTES.md).
 
 All arithmetic is fp32; results are stored in the tensors' dtype. Outputs are laid out as `haar_torch`
 documents. Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
+
+import logging
 
 import torch
 import triton
@@ -38,16 +40,22 @@ import triton.language as tl
 
 from engine.kernels.haar_torch import check_levels, memory_format_of
 
+log = logging.getLogger("engine")
+_tuned_shapes: set = set()
+
 MAX_LEVELS = 4
 MAX_BLOCK_Q, MIN_BLOCK_Q = 64, 8
-# Launch configurations the autotuners time on the GPU, per shape (TILE = BLOCK_P * BLOCK_Q positions a program;
-# GROUP: level-1 quads whose loads go out together). The first is the design measured on an H100 in the third
-# session (one quad at a time, 4 warps, TILE 512); the others keep more loads in flight per register. Registers
-# decide how many programs an SM holds (the third session's forward used 142 a thread: 3 programs of 4 warps),
-# and with them how many bytes are in flight, which a memory-bound kernel needs.
-CONFIGS = [{"TILE": tile, "GROUP": group, "num_warps": warps}
-           for tile, group, warps in ((512, 1, 4), (256, 4, 4), (128, 4, 4), (512, 4, 8), (128, 4, 2), (256, 2, 4))]
-INTERPRETER_CONFIG = {"TILE": 512, "GROUP": 4}  # CPU tensors (the tests): nothing to time; the grouped path
+# Launch configurations the autotuners time on the GPU, per shape. TILE = BLOCK_P * BLOCK_Q positions a program;
+# GROUP: level-1 quads whose loads go out together; INTERLEAVE: channels_last high bands moved as one interleaved
+# tile (coalesced, but it costs registers: ptxas gives the forward at TILE 512 on 4 warps 207-245 registers with
+# it, 80 without) or as three tiles 3 channels apart. Registers decide how many programs an SM holds, and with them how
+# many loads are in flight, which a memory-bound kernel lives on; the GPU tells which trade wins. The first
+# entry is the third session's measured design (one quad at a time, 4 warps, TILE 512, bands apart).
+CONFIGS = [{"TILE": tile, "GROUP": group, "num_warps": warps, "INTERLEAVE": interleave}
+           for tile, group, warps, interleave in ((512, 1, 4, False), (256, 4, 4, False), (512, 4, 8, False),
+                                                  (128, 4, 2, False), (256, 4, 4, True), (128, 4, 4, True),
+                                                  (128, 4, 2, True), (512, 4, 8, True))]
+INTERPRETER_CONFIG = {"TILE": 512, "GROUP": 4, "INTERLEAVE": True}  # CPU tensors (tests): nothing to time
 
 
 # --- Shared by both directions -------------------------------------------------------------------------------
@@ -121,10 +129,10 @@ def _load_quad(x_ptr, pixels, x_h, x_w, T: tl.constexpr, mask):
 
 @triton.jit
 def _store_bands(ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr, low, high_y, high_x,
-                 high_xy, mask, CHANNELS_LAST: tl.constexpr):
+                 high_xy, mask, INTERLEAVED: tl.constexpr):
     at = base + y * s_h + x * s_w
     tl.store(ptr + at, low, mask=mask)
-    if CHANNELS_LAST:
+    if INTERLEAVED:
         # Channel c's three high bands are channels C + 3c + k: adjacent in memory. Interleaved into one
         # [.., 4] tile (slot 3 masked), a warp's store covers one contiguous run; three separate stores, 3
         # channels apart, would spread each warp's bytes over ~12x the memory sectors they fill.
@@ -151,11 +159,11 @@ def _add_child(low, high_y, high_x, high_xy, child_low, CHILD: tl.constexpr):
 
 @triton.jit
 def _finish_node(low, high_y, high_x, high_xy, ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr,
-                 mask, CHANNELS_LAST: tl.constexpr):
+                 mask, INTERLEAVED: tl.constexpr):
     """Store a complete node's bands (its four children's signed sums, halved) and return its LL."""
     low = low * 0.5
     _store_bands(ptr, base, to_high, s_c, s_h, s_w, y, x, low, high_y * 0.5, high_x * 0.5, high_xy * 0.5, mask,
-                 CHANNELS_LAST)
+                 INTERLEAVED)
     return low
 
 
@@ -163,8 +171,10 @@ def _finish_node(low, high_y, high_x, high_xy, ptr, base, to_high, s_c, s_h, s_w
 def _haar_forward_kernel(x_ptr, out1, out2, out3, out4, N, C, HL, WL, x_n, x_c, x_h, x_w,
                          o1_n, o1_c, o1_h, o1_w, o2_n, o2_c, o2_h, o2_w, o3_n, o3_c, o3_h, o3_w,
                          o4_n, o4_c, o4_h, o4_w, LEVELS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                         BLOCK_Q: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr, GROUP: tl.constexpr):
+                         BLOCK_Q: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr, GROUP: tl.constexpr,
+                         INTERLEAVE: tl.constexpr):
     BLOCK_P: tl.constexpr = TILE // BLOCK_Q
+    INTERLEAVED: tl.constexpr = CHANNELS_LAST and INTERLEAVE  # high bands adjacent: see `_store_bands`
     QUADS: tl.constexpr = 1 << (2 * (LEVELS - 1))
     G: tl.constexpr = GROUP if GROUP < QUADS else QUADS
     n, c, i, j, mask = _tile_indices(N, C, HL, WL, CHANNELS_LAST, BLOCK_P, BLOCK_Q, WIDE)
@@ -200,35 +210,35 @@ def _haar_forward_kernel(x_ptr, out1, out2, out3, out4, N, C, HL, WL, x_n, x_c, 
         x1 = (t & 1) | ((t >> 1) & 2) | ((t >> 2) & 4)
         low1 = (a + b + c_ + d) * 0.5
         _store_bands(out1, base1, high1, o1_c, o1_h, o1_w, y1, x1, low1, (a + b - c_ - d) * 0.5,
-                     (a - b + c_ - d) * 0.5, (a - b - c_ + d) * 0.5, mask, CHANNELS_LAST)
+                     (a - b + c_ - d) * 0.5, (a - b - c_ + d) * 0.5, mask, INTERLEAVED)
         if LEVELS >= 2:
             l2, y2, x2, xy2 = _add_child(l2, y2, x2, xy2, low1, t & 3)
             if (t & 3) == 3:  # level-2 node t >> 2 is complete
                 low2 = _finish_node(l2, y2, x2, xy2, out2, base2, high2, o2_c, o2_h, o2_w, y1 >> 1, x1 >> 1, mask,
-                                    CHANNELS_LAST)
+                                    INTERLEAVED)
                 l2, y2, x2, xy2 = zero, zero, zero, zero
                 if LEVELS >= 3:
                     l3, y3, x3, xy3 = _add_child(l3, y3, x3, xy3, low2, (t >> 2) & 3)
                     if (t & 15) == 15:  # level-3 node t >> 4 is complete
                         low3 = _finish_node(l3, y3, x3, xy3, out3, base3, high3, o3_c, o3_h, o3_w, y1 >> 2,
-                                            x1 >> 2, mask, CHANNELS_LAST)
+                                            x1 >> 2, mask, INTERLEAVED)
                         l3, y3, x3, xy3 = zero, zero, zero, zero
                         if LEVELS >= 4:
                             l4, y4, x4, xy4 = _add_child(l4, y4, x4, xy4, low3, (t >> 4) & 3)
                             if (t & 63) == 63:
                                 _finish_node(l4, y4, x4, xy4, out4, base4, high4, o4_c, o4_h, o4_w, 0, 0, mask,
-                                             CHANNELS_LAST)
+                                             INTERLEAVED)
 
 
 # --- Backward: the same tile tree, walked down -------------------------------------------------------------------
 @triton.jit
 def _load_bands(ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr, mask,
-                CHANNELS_LAST: tl.constexpr):
+                INTERLEAVED: tl.constexpr):
     """The four bands' gradients of the nodes at (y, x) under each tile entry, in the tensor's dtype: the
     transpose of `_store_bands`, with the same interleaved read of the high bands for channels_last tensors."""
     at = base + y * s_h + x * s_w
     low = tl.load(ptr + at, mask=mask, other=0.0)
-    if CHANNELS_LAST:
+    if INTERLEAVED:
         slot = _band_slots()
         bands = tl.load(ptr + (at + to_high)[:, :, None] + slot * s_c, mask=mask[:, :, None] & (slot < 3),
                         other=0.0)
@@ -244,11 +254,11 @@ def _load_bands(ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.conste
 
 
 @triton.jit
-def _load_quad_bands(ptr, base, to_high, s_c, s_h, s_w, T: tl.constexpr, mask, CHANNELS_LAST: tl.constexpr):
+def _load_quad_bands(ptr, base, to_high, s_c, s_h, s_w, T: tl.constexpr, mask, INTERLEAVED: tl.constexpr):
     """`_load_bands` of level-1 quad T (Z-order, as `_load_quad`)."""
     Y: tl.constexpr = ((T >> 1) & 1) | ((T >> 2) & 2) | ((T >> 3) & 4)
     X: tl.constexpr = (T & 1) | ((T >> 1) & 2) | ((T >> 2) & 4)
-    return _load_bands(ptr, base, to_high, s_c, s_h, s_w, Y, X, mask, CHANNELS_LAST)
+    return _load_bands(ptr, base, to_high, s_c, s_h, s_w, Y, X, mask, INTERLEAVED)
 
 
 @triton.jit
@@ -264,8 +274,8 @@ def _children(low, high_y, high_x, high_xy, from_parent):
 
 @triton.jit
 def _node_children(ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr, from_parent, mask,
-                   CHANNELS_LAST: tl.constexpr):
-    low, high_y, high_x, high_xy = _load_bands(ptr, base, to_high, s_c, s_h, s_w, y, x, mask, CHANNELS_LAST)
+                   INTERLEAVED: tl.constexpr):
+    low, high_y, high_x, high_xy = _load_bands(ptr, base, to_high, s_c, s_h, s_w, y, x, mask, INTERLEAVED)
     return _children(low, high_y, high_x, high_xy, from_parent)
 
 
@@ -273,8 +283,10 @@ def _node_children(ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.con
 def _haar_backward_kernel(grad_x_ptr, g1, g2, g3, g4, N, C, HL, WL, x_n, x_c, x_h, x_w,
                           g1_n, g1_c, g1_h, g1_w, g2_n, g2_c, g2_h, g2_w, g3_n, g3_c, g3_h, g3_w,
                           g4_n, g4_c, g4_h, g4_w, LEVELS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                          BLOCK_Q: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr, GROUP: tl.constexpr):
+                          BLOCK_Q: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr, GROUP: tl.constexpr,
+                          INTERLEAVE: tl.constexpr):
     BLOCK_P: tl.constexpr = TILE // BLOCK_Q
+    INTERLEAVED: tl.constexpr = CHANNELS_LAST and INTERLEAVE  # high bands adjacent: see `_store_bands`
     QUADS: tl.constexpr = 1 << (2 * (LEVELS - 1))
     G: tl.constexpr = GROUP if GROUP < QUADS else QUADS
     n, c, i, j, mask = _tile_indices(N, C, HL, WL, CHANNELS_LAST, BLOCK_P, BLOCK_Q, WIDE)
@@ -295,32 +307,32 @@ def _haar_backward_kernel(grad_x_ptr, g1, g2, g3, g4, N, C, HL, WL, x_n, x_c, x_
     # The forward's walk in the same Z-order, each node synthesised on its first visit, before its children.
     for t in tl.static_range(QUADS):
         if t % G == 0:  # as in the forward: a group's loads go out together
-            l0, y0, x0, xy0 = _load_quad_bands(g1, base1, high1, g1_c, g1_h, g1_w, t, mask, CHANNELS_LAST)
+            l0, y0, x0, xy0 = _load_quad_bands(g1, base1, high1, g1_c, g1_h, g1_w, t, mask, INTERLEAVED)
             if G >= 2:
-                l1, y1_, x1_, xy1 = _load_quad_bands(g1, base1, high1, g1_c, g1_h, g1_w, t + 1, mask, CHANNELS_LAST)
+                l1, y1_, x1_, xy1 = _load_quad_bands(g1, base1, high1, g1_c, g1_h, g1_w, t + 1, mask, INTERLEAVED)
             if G >= 4:
-                l2, y2, x2, xy2 = _load_quad_bands(g1, base1, high1, g1_c, g1_h, g1_w, t + 2, mask, CHANNELS_LAST)
-                l3, y3, x3, xy3 = _load_quad_bands(g1, base1, high1, g1_c, g1_h, g1_w, t + 3, mask, CHANNELS_LAST)
+                l2, y2, x2, xy2 = _load_quad_bands(g1, base1, high1, g1_c, g1_h, g1_w, t + 2, mask, INTERLEAVED)
+                l3, y3, x3, xy3 = _load_quad_bands(g1, base1, high1, g1_c, g1_h, g1_w, t + 3, mask, INTERLEAVED)
         y1 = ((t >> 1) & 1) | ((t >> 2) & 2) | ((t >> 3) & 4)
         x1 = (t & 1) | ((t >> 1) & 2) | ((t >> 2) & 4)
         if LEVELS >= 4:
             if (t & 63) == 0:
                 k4a, k4b, k4c, k4d = _node_children(g4, base4, high4, g4_c, g4_h, g4_w, 0, 0, zero, mask,
-                                                    CHANNELS_LAST)
+                                                    INTERLEAVED)
         if LEVELS >= 3:
             if (t & 15) == 0:
                 from4 = zero
                 if LEVELS >= 4:
                     from4 = _pick(k4a, k4b, k4c, k4d, (t >> 4) & 3)
                 k3a, k3b, k3c, k3d = _node_children(g3, base3, high3, g3_c, g3_h, g3_w, y1 >> 2, x1 >> 2, from4,
-                                                    mask, CHANNELS_LAST)
+                                                    mask, INTERLEAVED)
         if LEVELS >= 2:
             if (t & 3) == 0:
                 from3 = zero
                 if LEVELS >= 3:
                     from3 = _pick(k3a, k3b, k3c, k3d, (t >> 2) & 3)
                 k2a, k2b, k2c, k2d = _node_children(g2, base2, high2, g2_c, g2_h, g2_w, y1 >> 1, x1 >> 1, from3,
-                                                    mask, CHANNELS_LAST)
+                                                    mask, INTERLEAVED)
         from2 = zero
         if LEVELS >= 2:
             from2 = _pick(k2a, k2b, k2c, k2d, t & 3)
@@ -333,9 +345,18 @@ def _haar_backward_kernel(grad_x_ptr, g1, g2, g3, g4, N, C, HL, WL, x_n, x_c, x_
         tl.store(grad_x_ptr + quad + x_h + x_w, d, mask=mask)
 
 
+def _without_moot_interleaving(configs, named_args, **constants):
+    """NCHW tensors have no adjacent high bands: INTERLEAVE changes nothing there, so it is not timed twice."""
+    if constants.get("CHANNELS_LAST", True):
+        return configs
+    return [config for config in configs if not config.kwargs["INTERLEAVE"]]
+
+
 def _autotuned(kernel):
-    configs = [triton.Config({"TILE": c["TILE"], "GROUP": c["GROUP"]}, num_warps=c["num_warps"]) for c in CONFIGS]
-    return triton.autotune(configs=configs, key=["N", "C", "HL", "WL", "LEVELS", "CHANNELS_LAST"])(kernel)
+    configs = [triton.Config({"TILE": c["TILE"], "GROUP": c["GROUP"], "INTERLEAVE": c["INTERLEAVE"]},
+                             num_warps=c["num_warps"]) for c in CONFIGS]
+    return triton.autotune(configs=configs, key=["N", "C", "HL", "WL", "LEVELS", "CHANNELS_LAST"],
+                           prune_configs_by={"early_config_prune": _without_moot_interleaving})(kernel)
 
 
 _haar_forward_tuned = _autotuned(_haar_forward_kernel)
@@ -366,11 +387,18 @@ def _launch(kernel, tuned, dense: torch.Tensor, per_level: list[torch.Tensor], l
     constants = {"LEVELS": levels, "CHANNELS_LAST": channels_last, "BLOCK_Q": block_q,
                  "WIDE": any(_spans_wide_offsets(t) for t in (dense, *per_level))}
     if config is None and dense.is_cuda:
+        shape = (kernel.__name__, tuple(dense.shape), channels_last, dense.dtype)
+        if shape not in _tuned_shapes:  # the first launch per shape times every config: say why it pauses
+            log.info("tuning %s for %s %s%s over %d launch configurations (once per shape)", kernel.__name__,
+                     tuple(dense.shape), str(dense.dtype).removeprefix("torch."), " channels_last" * channels_last,
+                     len(CONFIGS))
+            _tuned_shapes.add(shape)
         tuned[grid](*arguments, **constants)
     else:
         config = config or INTERPRETER_CONFIG
         constants["WIDE"] = config.get("WIDE", constants["WIDE"])  # the tests force 64-bit offsets this way
         kernel[grid](*arguments, **constants, TILE=config["TILE"], GROUP=config["GROUP"],
+                     INTERLEAVE=config["INTERLEAVE"],
                      **({"num_warps": config["num_warps"]} if "num_warps" in config else {}))
 
 
@@ -394,8 +422,8 @@ def check_supported_levels(levels: int) -> None:
 
 
 def haar_dwt_triton(x: torch.Tensor, levels: int, config: dict | None = None) -> list[torch.Tensor]:
-    """The forward kernel; `config` (a CONFIGS entry: TILE, GROUP, num_warps; WIDE to force 64-bit offsets)
-    bypasses the autotuner."""
+    """The forward kernel; `config` (a CONFIGS entry: TILE, GROUP, INTERLEAVE, num_warps; WIDE to force 64-bit
+    offsets) bypasses the autotuner."""
     check_levels(x.shape, levels)
     check_supported_levels(levels)
     n, c, h, w = x.shape

@@ -4,8 +4,8 @@ import torch
 
 from engine.bench.references import ReferenceDWT
 from engine.kernels import haar_dwt, haar_dwt_backward_torch, haar_dwt_torch
-from engine.kernels.haar_triton import (CONFIGS, _block_q, _spans_wide_offsets, haar_dwt_backward_triton,
-                                        haar_dwt_triton)
+from engine.kernels.haar_triton import (CONFIGS, _block_q, _haar_forward_tuned, _spans_wide_offsets,
+                                        _without_moot_interleaving, haar_dwt_backward_triton, haar_dwt_triton)
 
 SHAPES = [(2, 3, 8, 8), (1, 5, 16, 24), (3, 2, 32, 16)]
 
@@ -92,7 +92,7 @@ def test_triton_kernels_match_plain_torch(levels, channels_last, dtype, toleranc
     assert relative_error(actual_grad, expected_grad) < tolerance
 
 
-@pytest.mark.parametrize("config", CONFIGS + [{"TILE": 256, "GROUP": 4, "WIDE": True}],
+@pytest.mark.parametrize("config", CONFIGS + [{"TILE": 256, "GROUP": 4, "INTERLEAVE": True, "WIDE": True}],
                          ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_every_launch_configuration_computes_the_same_transform(config, channels_last):
@@ -107,6 +107,14 @@ def test_every_launch_configuration_computes_the_same_transform(config, channels
     grads = [torch.randn_like(o) for o in expected]
     grad = haar_dwt_backward_triton(grads, channels_last, config)
     assert relative_error(grad, haar_dwt_backward_torch(grads)) < 1e-6
+
+
+def test_autotuner_times_interleaving_only_where_high_bands_are_adjacent():
+    configs = _haar_forward_tuned.configs
+    assert len(configs) == len(CONFIGS)
+    assert _without_moot_interleaving(configs, {}, CHANNELS_LAST=True) == configs
+    nchw = _without_moot_interleaving(configs, {}, CHANNELS_LAST=False)
+    assert nchw and all(not config.kwargs["INTERLEAVE"] for config in nchw)
 
 
 def test_tiles_cover_the_contiguous_axis_without_masked_lanes_where_they_can():
