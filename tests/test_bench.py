@@ -86,3 +86,27 @@ def test_wavemix_step_benchmark_says_where_the_step_time_goes():
 def test_kernel_names_are_read_as_what_they_do(name, kind):
     from engine.bench.timing import kernel_kind
     assert kernel_kind(name) == kind
+
+
+def test_kernels_compile_for_hopper_without_spilling_and_with_vector_loads():
+    """Compiled for sm_90a here (no GPU needed): a kernel change that spills registers, or loses the vectorised
+    channels_last loads, shows before any GPU time is spent."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-m", "engine.bench.kernel_registers", "--configs", "0",
+                             "--layouts", "channels_last"], capture_output=True, text=True, env=env, check=True)
+    forward, backward = [json.loads(line) for line in result.stdout.splitlines()]
+    assert forward["direction"] == "forward" and backward["direction"] == "backward"
+    for row in (forward, backward):
+        assert row["spill_bytes"] == 0 and row["programs_per_sm"] >= 2
+    assert any(width.startswith("ld.global.v") for width in forward["loads"])
+    assert any(width.startswith("st.global.v") for width in backward["stores"])
+
+
+def test_kernel_registers_refuses_interpreted_kernels():
+    from engine.bench import kernel_registers
+    with pytest.raises(SystemExit, match="unset TRITON_INTERPRET"):
+        kernel_registers.main([])
