@@ -12,6 +12,6 @@ timeout 70 python3 -m engine.bench.dwt --dtype bf16 --channels-last --compile --
 timeout 40 python3 -m engine.bench.dwt --dtype fp32 --configs 2>&1 | tee -a "$out/dwt.jsonl"
 # the reference first (the 4x target is against it), then ours from the most to the least important
 # (--kernels: where each variant's device time goes, by kernel and by kind, for the step's non-DWT share)
-timeout 170 python3 -m engine.bench.wavemix_step --kernels 15 \
+timeout 180 python3 -m engine.bench.wavemix_step --kernels 15 --stem \
   --variants reference:fp32:eager,fused:amp:compiled,fused:amp:eager,plain:amp:compiled,fused:fp32:eager \
   2>&1 | tee "$out/wavemix_step.jsonl"

@@ -1,5 +1,6 @@
-"""WaveMix-192/16 training step, side by side in one process: the reference DWT formulation, the plain-torch
-Haar and the fused kernel, eager and compiled, AMP (bf16 + channels_last) and fp32. Images/s and peak memory.
+"""WaveMix-192/16 training step, side by side in one process: the reference formulation (the published stem and
+DWT), and the engine's model with the plain-torch Haar or the fused kernel, eager and compiled, AMP (bf16 +
+channels_last) and fp32. Images/s and peak memory.
 
     python -m engine.bench.wavemix_step                       # batch 128 at 256x256, on the GPU
     python -m engine.bench.wavemix_step --quick --device cpu  # smoke run
@@ -31,6 +32,7 @@ def step_rate(dwt_name, dwt, precision, compile_it, batch, size, device, warmup,
     amp = precision == "amp"
     memory_format = torch.channels_last if amp else torch.contiguous_format
     model = use_dwt(wavemix_192_16(10), dwt).to(device, memory_format=memory_format)
+    model.conv.composed = dwt_name != "reference"  # the reference formulation runs the published stem too
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     forward = torch.compile(model) if compile_it else model
     images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
@@ -54,6 +56,26 @@ def step_rate(dwt_name, dwt, precision, compile_it, batch, size, device, warmup,
     if kernels:  # after the timed steps: the profiler's own overhead stays out of images/s
         row["kernels"] = kernel_breakdown(step, device, steps=min(iterations, 3), top=kernels)
     return row
+
+
+def stem_rates(batch, size, device, warmup, iterations) -> list[dict]:
+    """The patchify stem alone, forward and backward under bf16 autocast and channels_last: the published three
+    convolutions against their composition (models/wavemix.py: PatchifyStem)."""
+    stem = wavemix_192_16(10).conv.to(device, memory_format=torch.channels_last)
+    images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    rows = []
+    for composed in (False, True):
+        stem.composed = composed
+
+        def step():
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                stem(images).float().square().mean().backward()
+
+        reset_peak_memory(device)
+        seconds = time_per_call(step, device, warmup, iterations)
+        rows.append({"stem": "composed" if composed else "published", "fwd_bwd_ms": round(seconds * 1e3, 3),
+                     "images_per_s": round(batch / seconds, 1), "peak_gib": peak_memory_gib(device)})
+    return rows
 
 
 def variant_name(dwt_name: str, precision: str, compile_it: bool) -> str:
@@ -85,6 +107,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--kernels", type=int, default=0, metavar="N",
                         help="also profile each variant: its N costliest kernels and the device time per kind "
                              "(convolution, DWT, inductor-fused, normalisation, optimizer...)")
+    parser.add_argument("--stem", action="store_true",
+                        help="also time the patchify stem alone, published against composed (bf16, channels_last)")
     parser.add_argument("--quick", action="store_true", help="batch 2 at 32 px, 1 iteration (smoke test)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -96,6 +120,9 @@ def main(argv=None) -> list[dict]:
     print(json.dumps({"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                       "batch": batch, "image_size": size, "torch": torch.__version__}))
     rows = []
+    if args.stem:
+        for row in stem_rates(batch, size, device, warmup, iterations):
+            print(json.dumps(row), flush=True)
     for dwt_name, precision, compile_it in variants:
         if dwt_name not in wanted or (compile_it and args.no_compile):
             continue

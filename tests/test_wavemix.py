@@ -67,6 +67,42 @@ def test_a_block_compiles_as_one_graph():
         assert torch.allclose(compiled(x), block(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(32, 32), (64, 96), (256, 256)])
+def test_composed_stem_is_the_published_stem_in_values_and_gradients(size):
+    """One 8x8/4 convolution composed from the three (and the border ring the published way) computes the
+    published stem, and hands each of its six parameters the same gradient."""
+    torch.manual_seed(0)
+    stem = wavemix_192_16(3).conv
+    images = torch.randn(2, 3, *size)
+    direction = torch.randn(2, 192, size[0] // 4, size[1] // 4)  # a fixed random direction: every patch counts
+    results = {}
+    for composed in (False, True):
+        stem.composed = composed
+        stem.zero_grad()
+        patches = stem[2](stem[1](stem[0](images))) if not composed else stem.composed_patches(images)
+        (patches * direction).sum().backward()
+        results[composed] = (patches.detach(), [p.grad.clone() for conv in list(stem)[:3] for p in conv.parameters()])
+    (published, published_grads), (composed, composed_grads) = results[False], results[True]
+    assert composed.shape == published.shape == (2, 192, size[0] // 4, size[1] // 4)
+    assert ((composed - published).norm() / published.norm()).item() < 1e-5
+    for mine, theirs in zip(composed_grads, published_grads):
+        assert ((mine - theirs).norm() / theirs.norm()).item() < 2e-5
+
+
+def test_composed_stem_compiles_as_one_graph_and_runs_under_bf16_autocast():
+    torch.manual_seed(0)
+    stem = wavemix_192_16(3).conv.eval().to(memory_format=torch.channels_last)
+    images = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    compiled = torch.compile(stem, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        assert torch.allclose(compiled(images), stem(images), rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = stem.composed_patches(images)
+        published = stem[2](stem[1](stem[0](images)))
+    assert half.dtype == torch.bfloat16
+    assert ((half.float() - published).norm() / published.norm()).item() < 2e-2  # bf16 rounding, not a bug
+
+
 def test_image_sides_must_be_multiples_of_32():
     with pytest.raises(ValueError, match="divisible by 32"):
         wavemix_192_16(3)(torch.randn(1, 3, 48, 48))
