@@ -13,6 +13,10 @@ for backbone in resnet50 mobilenet_v3_large; do
   timeout 80 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone "$backbone" --image-size 256 \
     --batch-size 128 --workers 15 --steps 15 2>&1 | grep -v -i deprecat | tee -a "$out/loaders.jsonl"
 done
+# mobilenet (the lightest step, where DALI's decoding on the SMs shows most) with more JPEGs on the hardware decoder
+timeout 45 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone mobilenet_v3_large --loaders dali \
+  --image-size 256 --batch-size 128 --workers 15 --steps 15 --dali-hw-decoder-load 0.9 2>&1 \
+  | grep -v -i deprecat | tee -a "$out/loaders.jsonl"
 # DALI alone at the anchor's batch (256), then the anchor's own script beside it when carried (.anchors/, a copy
 # of ../shared/device/dali_anchor.py: same card, same call), on its own files
 for threads in 8 15; do

@@ -22,13 +22,15 @@ from engine.models import build_backbone
 from engine.profile import endless, images_per_s
 
 
-def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup, train_step) -> dict:
+def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup, train_step,
+                 hw_decoder_load=None) -> dict:
     """Images/s of one pipeline alone and, unless `train_step` is None, feeding the training step."""
     if name == "dali" and not dali_available():
         raise RuntimeError("DALI is not installed")
+    options = {"hw_decoder_load": hw_decoder_load} if name == "dali" and hw_decoder_load is not None else {}
     pipeline = PIPELINES[name](index, index.train, image_size=size, augment=True, batch_size=batch, train=True,
-                               device=device, seed=0, workers=workers, channels_last=True, dtype=dtype)
-    row = {"loader": name, "batch": batch, "workers": workers,
+                               device=device, seed=0, workers=workers, channels_last=True, dtype=dtype, **options)
+    row = {"loader": name, "batch": batch, "workers": workers, **options,
            "loader_only_img_s": round(images_per_s(endless(pipeline), steps, warmup, lambda x, y: None, device), 1)}
     if train_step is not None:
         row["train_img_s"] = round(images_per_s(endless(pipeline), steps, warmup, train_step, device), 1)
@@ -73,6 +75,9 @@ def main(argv=None) -> list[dict]:
                         help="comma-separated pipelines, in the order to measure them (default: %(default)s)")
     parser.add_argument("--loader-only", action="store_true",
                         help="measure the loaders alone: no model, no end-to-end or synthetic rates")
+    parser.add_argument("--dali-hw-decoder-load", type=float, default=None, metavar="SHARE",
+                        help="share of JPEGs DALI sends to the GPU's hardware decoder (default: DALI's, 0.65); "
+                             "the rest decode on CPU threads and SMs, beside the training")
     parser.add_argument("--quick", action="store_true", help="32 px, batch 8, 2 steps (smoke test)")
     args = parser.parse_args(argv)
     loaders = chosen_loaders(args.loaders)
@@ -96,7 +101,8 @@ def main(argv=None) -> list[dict]:
         print(json.dumps(rows[-1]), flush=True)
     for name in loaders:  # in the order asked: the default puts DALI first, so a time limit cuts the fallbacks
         try:
-            rows.append(loader_rates(name, index, size, batch, device, args.workers, dtype, steps, warmup, train_step))
+            rows.append(loader_rates(name, index, size, batch, device, args.workers, dtype, steps, warmup, train_step,
+                                     args.dali_hw_decoder_load))
         except Exception as err:  # noqa: BLE001 - one failing loader must not hide the others' numbers
             rows.append({"loader": name, "error": repr(err)[:300]})
         print(json.dumps(rows[-1]), flush=True)
