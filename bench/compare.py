@@ -6,8 +6,9 @@ of each and their ratio, per backbone.
 
 The engine side is `engine train`'s own step and loader as configured by default for the machine (on a GPU:
 bf16, channels_last, torch.compile, DALI or resident loader, autotuned batch), timed over one epoch's batches
-after warm-up; the reference side is bench/reference_loop.py at the same batch size the authors' loop would
-need to fit (128, as ANCHORS.md measured).
+after warm-up, and then the same step on synthetic data already on the device (engine_over_synthetic: 1.0
+means the loader never held the step back); the reference side is bench/reference_loop.py at the same batch size
+the authors' loop would need to fit (128, as ANCHORS.md measured).
 """
 from __future__ import annotations
 
@@ -18,17 +19,22 @@ import math
 import torch
 
 from engine.bench.reference_loop import reference_epoch_rate
-from engine.profile import TrainStep, endless, images_per_s
+from engine.profile import TrainStep, endless, images_per_s, synthetic_batch
 from engine.run import make_batches, prepare_config
 
 
-def engine_epoch_rate(data: str, backbone: str, image_size: tuple[int, int], device: str, batch_size, steps: int | None):
+def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: str, batch_size, steps: int | None):
+    """The engine's epoch images/s over the files, and its same (already compiled) step's rate on synthetic data
+    on the device: their ratio says whether its loader keeps up."""
     config, index = prepare_config(backbone=backbone, data=data, image_size=image_size, device=device,
                                    batch_size=batch_size, pretrained=False)
     step = TrainStep(config, index.num_classes)
     pipeline = make_batches(config, index, index.train, train=True, device=torch.device(config.device))
     steps = steps or len(pipeline)
-    return images_per_s(endless(pipeline), steps, 3, step, torch.device(config.device)), config, index
+    epoch_rate = images_per_s(endless(pipeline), steps, 3, step, torch.device(config.device))
+    synthetic = synthetic_batch(config, index.num_classes, step.memory_format)
+    synthetic_rate = images_per_s(iter(lambda: synthetic, None), steps, 3, step, torch.device(config.device))
+    return epoch_rate, synthetic_rate, config, index
 
 
 def main(argv=None) -> list[dict]:
@@ -44,11 +50,13 @@ def main(argv=None) -> list[dict]:
     batch, steps = (8, 2) if args.quick else (args.batch_size, None)
     rows = []
     for backbone in args.backbones.split(","):
-        engine_rate, config, index = engine_epoch_rate(args.data, backbone, size, args.device,
-                                                       batch if args.quick else None, steps)
+        engine_rate, synthetic_rate, config, index = engine_rates(args.data, backbone, size, args.device,
+                                                                  batch if args.quick else None, steps)
         reference_rate = reference_epoch_rate(str(index.root / "train"), backbone, size, batch,
                                               torch.device(config.device), max_steps=steps)
         rows.append({"backbone": backbone, "engine_img_s": round(engine_rate, 1),
+                     "engine_synthetic_img_s": round(synthetic_rate, 1),
+                     "engine_over_synthetic": round(engine_rate / synthetic_rate, 3),
                      "engine_setup": f"{config.precision}, batch {config.batch_size}, {config.loader}"
                                      f"{', compile' if config.compile else ''}",
                      "reference_img_s": round(reference_rate, 1), "ratio": round(engine_rate / reference_rate, 2)})

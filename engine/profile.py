@@ -87,13 +87,20 @@ class TrainStep:
                 for k, phase in enumerate(self.PHASES)}
 
 
+def synthetic_batch(config: RunConfig, num_classes: int, memory_format: torch.memory_format) -> tuple:
+    """One batch of random images and labels already on the device, in the dtype and layout the loaders hand
+    over: what the training step would run at with an infinitely fast loader."""
+    device = torch.device(config.device)
+    images = torch.randn(config.batch_size, 3, *config.image_size, device=device, dtype=input_dtype(config.precision))
+    return (images.contiguous(memory_format=memory_format),
+            torch.randint(0, num_classes, (config.batch_size,), device=device))
+
+
 def profile(config: RunConfig, index: DatasetIndex | None, steps: int, warmup: int) -> dict:
     device = torch.device(config.device)
     step = TrainStep(config, index.num_classes if index else 1000)
     batch = config.batch_size
-    synthetic = (torch.randn(batch, 3, *config.image_size, device=device, dtype=input_dtype(config.precision))
-                 .contiguous(memory_format=step.memory_format),
-                 torch.randint(0, index.num_classes if index else 1000, (batch,), device=device))
+    synthetic = synthetic_batch(config, index.num_classes if index else 1000, step.memory_format)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()

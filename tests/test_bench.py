@@ -56,6 +56,9 @@ def test_compare_runs_the_engine_and_the_authors_loop_on_the_same_files():
     from engine.bench import compare
     rows = compare.main(["--data", "demo", "--quick", "--device", "cpu", "--backbones", "mobilenet_v3_large"])
     assert rows[0]["engine_img_s"] > 0 and rows[0]["reference_img_s"] > 0 and rows[0]["ratio"] > 0
+    assert rows[0]["engine_synthetic_img_s"] > 0
+    assert rows[0]["engine_over_synthetic"] == pytest.approx(rows[0]["engine_img_s"] / rows[0]["engine_synthetic_img_s"],
+                                                             abs=1e-3)
 
 
 def test_augment_benchmark_times_both_implementations():
