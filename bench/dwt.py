@@ -49,14 +49,14 @@ def measure(name, dwt, x, device, warmup, iterations, compile_it, copy_gb_s: flo
 
 def measure_configs(x, device, warmup, iterations, copy_gb_s: float) -> list[dict]:
     """The fused kernels under each launch configuration the autotuner chooses from, forward and backward apart."""
-    from engine.kernels.haar_triton import CONFIGS, haar_dwt_backward_triton, haar_dwt_triton
+    from engine.kernels.haar_triton import configs_for, haar_dwt_backward_triton, haar_dwt_triton
 
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     outputs = haar_dwt_triton(x, LEVELS)
     grads = [torch.randn_like(o) for o in outputs]
     moved = (x.numel() + sum(o.numel() for o in outputs)) * x.element_size()
     rows = []
-    for config in CONFIGS:
+    for config in configs_for(channels_last):
         forward_s = time_per_call(lambda: haar_dwt_triton(x, LEVELS, config), device, warmup, iterations)
         backward_s = time_per_call(lambda: haar_dwt_backward_triton(grads, channels_last, config), device, warmup,
                                    iterations)

@@ -20,6 +20,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import torch
+
 REGISTERS_PER_SM, THREADS_PER_SM, PROGRAMS_PER_SM = 65536, 2048, 32  # sm_90
 POINTERS = ("x_ptr", "grad_x_ptr", "out1", "out2", "out3", "out4", "g1", "g2", "g3", "g4")
 
@@ -52,13 +54,14 @@ def _ptxas_report(ptx: str) -> tuple[int, int]:
             int(re.search(r"(\d+) bytes spill stores", text).group(1)))
 
 
-def kernel_cost(kernel, config: dict, levels: int, channels_last: bool, block_q: int, dtype: str = "bf16") -> dict:
+def kernel_cost(kernel, config: dict, levels: int, channels_last: bool, block_name: str, block: int,
+                dtype: str = "bf16") -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    constants = {"LEVELS": levels, "CHANNELS_LAST": channels_last, "BLOCK_Q": block_q, "WIDE": False,
-                 "TILE": config["TILE"], "GROUP": config["GROUP"], "INTERLEAVE": config["INTERLEAVE"]}
+    constants = {"LEVELS": levels, block_name: block, "WIDE": False,
+                 **{key: value for key, value in config.items() if key != "num_warps"}}
     signature, constexprs, hints = _signature(kernel, constants, dtype, channels_last)
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=hints),
                               target=GPUTarget("cuda", 90, 32), options={"num_warps": config["num_warps"]})
@@ -67,36 +70,41 @@ def kernel_cost(kernel, config: dict, levels: int, channels_last: bool, block_q:
     threads = 32 * config["num_warps"]
     allocated = -(-registers // 8) * 8  # registers are allocated in units of 8 a thread
     programs = min(REGISTERS_PER_SM // (allocated * threads), THREADS_PER_SM // threads, PROGRAMS_PER_SM)
-    group = min(config["GROUP"], 4 ** (levels - 1))
+    # loads in flight: GROUP quads of 4 pixel tiles (tile tree) or GROUP pairs of row tiles (row pyramid)
+    in_flight = 4 * min(config["GROUP"], 4 ** (levels - 1)) if channels_last else 2 * min(config["GROUP"],
+                                                                                          2 ** (levels - 1))
     return {"registers": registers, "spill_bytes": spilled, "programs_per_sm": programs,
-            "elements_in_flight_per_sm": programs * config["TILE"] * 4 * group,
+            "elements_in_flight_per_sm": programs * config["TILE"] * in_flight,
             "loads": dict(Counter(re.findall(r"ld\.global[\w.]*", ptx))),
             "stores": dict(Counter(re.findall(r"st\.global[\w.]*", ptx)))}
 
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="", help="comma-separated indices into CONFIGS (default: all)")
+    parser.add_argument("--configs", default="",
+                        help="comma-separated indices into each layout's configurations (default: all)")
     parser.add_argument("--layouts", default="channels_last,nchw", help="channels_last and/or nchw")
     parser.add_argument("--channels", type=int, default=48, help="C of the DWT input (WaveMix: 48)")
-    parser.add_argument("--width", type=int, default=64, help="input width, for the NCHW tile (WaveMix: 64)")
+    parser.add_argument("--width", type=int, default=64, help="input width, for the NCHW row tile (WaveMix: 64)")
     parser.add_argument("--levels", type=int, default=3)
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("kernel_registers compiles the kernels: unset TRITON_INTERPRET")
     from engine.kernels import haar_triton
 
-    indices = [int(i) for i in args.configs.split(",")] if args.configs else range(len(haar_triton.CONFIGS))
     rows = []
     for layout in args.layouts.split(","):
         channels_last = layout == "channels_last"
-        block_q = haar_triton._block_q(args.channels if channels_last else args.width >> args.levels)
-        for index in indices:
-            config = haar_triton.CONFIGS[index]
-            for direction, kernel in (("forward", haar_triton._haar_forward_kernel),
-                                      ("backward", haar_triton._haar_backward_kernel)):
-                rows.append({"layout": layout, "direction": direction, "config": config, "block_q": block_q,
-                             **kernel_cost(kernel, config, args.levels, channels_last, block_q)})
+        family = haar_triton.FAMILIES[torch.channels_last if channels_last else torch.contiguous_format]
+        block = (haar_triton._block_q(args.channels) if channels_last
+                 else haar_triton._block_x(args.width, args.levels))
+        configs = family.configs
+        for index in ([int(i) for i in args.configs.split(",")] if args.configs else range(len(configs))):
+            for direction, kernel in (("forward", family.forward), ("backward", family.backward)):
+                rows.append({"layout": layout, "family": family.name, "direction": direction,
+                             "config": configs[index], family.block_name: block,
+                             **kernel_cost(kernel, configs[index], args.levels, channels_last, family.block_name,
+                                           block)})
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 

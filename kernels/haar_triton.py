@@ -1,419 +1,154 @@
 """Fused multi-level Haar DWT in Triton: all levels from one read of the input, and the matching backward.
 
-Both directions walk the same tile tree. Each program owns a [BLOCK_P, BLOCK_Q] tile of level-L output
-positions: the Q axis is the memory-contiguous one (channels for channels_last tensors, columns for NCHW ones),
-so pixels are read and written as coalesced tiles, and the P axis enumerates the rest. For each position it
-walks the 2^L x 2^L input block under it as a tree, unrolled at compile time: the 4^(L-1) level-1 quads in
-Z-order (bit pairs (y, x), finest last), so the four children of every coarser node come one after another.
+Two kernel families, one per memory layout, each a forward and a backward:
+- channels_last, the layout the engine trains in: a tile tree whose tiles run along the channels
+  (kernels/haar_tiles.py);
+- NCHW: a row pyramid whose tiles run along image rows (kernels/haar_rows.py).
+This module launches them. Outputs are laid out as `haar_torch` documents; arithmetic is fp32, results are stored
+in the tensors' dtype. Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (the tests).
 
-Forward: a quad's four pixels, loaded as four tiles, give the level-1 bands at once; its LL is added, with the
-child's signs, into the running bands of its level-2 parent, which is stored (and pushed up to level 3) after
-its fourth child, and so on: elementwise on tiles, no reductions. Backward: each node, on its first visit,
-loads its bands' gradients, adds what reaches its LL from its parent, and synthesises its four children (the
-transform is orthogonal); the level-1 quads' children are the input gradient, stored as four pixel tiles.
-
-Channel c's high bands are channels C + 3c + k, adjacent in channels_last memory. Moved as three tiles, 3
-channels apart, a warp's 64 bytes spread over ~24 memory sectors; moved as one interleaved [.., 4] tile (slot 3
-masked; INTERLEAVE), a warp's access is one contiguous run, but the interleaving goes through shared memory and
-scalar per-element addresses, which cost registers. In NCHW the Q axis holds level-L columns, 2^L pixels apart:
-loads and stores there stay strided; channels_last is the layout the engine trains in.
-
-Bytes in flight. A memory-bound kernel needs many loads outstanding per SM. The third session's kernels (bands
-apart, one quad's loads at a time, 64-bit offsets, 48 channels padded to 64-wide tiles) used 142 registers a
-thread in the forward (ptxas, sm_90): an SM held 3 programs, each waiting on one quad's 4 loads at a time; on an
-H100, (128, 48, 64, 64) bf16 channels_last, 3 levels: forward 0.150 ms, 0.28 of copy (bench/NOTES.md). Here
-index arithmetic is 32-bit (64-bit only for tensors past 2^31 elements), tiles are as wide as the largest power
-of two dividing the extent (48 channels -> 16: no masked lanes), and a GROUP of quads is loaded before any is
-used. Which tile, warp count, group and band layout is fastest is the GPU's to tell: each kernel is autotuned
-per shape over CONFIGS (registers and loads in flight of each, from ptxas for sm_90a, are in bench/NOTES.md).
-
-All arithmetic is fp32; results are stored in the tensors' dtype. Outputs are laid out as `haar_torch`
-documents. Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1.
+Bytes in flight. A memory-bound kernel needs many loads outstanding per SM. The third session's channels_last
+forward (one quad's loads at a time, 64-bit offsets, 48 channels padded to 64-wide tiles) used 142 registers a
+thread (ptxas, sm_90): an SM held 3 programs, each waiting on one quad's 4 loads at a time; on an H100,
+(128, 48, 64, 64) bf16, 3 levels, its forward took 0.150 ms, 0.28 of copy (bench/NOTES.md). Now index arithmetic
+is 32-bit (64-bit only for tensors past 2^31 elements), tiles are as wide as the largest power of two dividing
+the channels (48 -> 16: no masked lanes), and a GROUP of quads (or row pairs) is loaded before any is used.
+Which tile, warp count, group and band layout is fastest is the GPU's to tell: each kernel is autotuned per
+shape on its first launch over its family's configurations (`python -m engine.bench.kernel_registers` gives
+their registers and loads in flight without a GPU; `python -m engine.bench.dwt --configs` times them on one).
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import triton
-import triton.language as tl
 
+from engine.kernels.haar_rows import _haar_rows_backward_kernel, _haar_rows_forward_kernel
+from engine.kernels.haar_tiles import _haar_backward_kernel, _haar_forward_kernel
 from engine.kernels.haar_torch import check_levels, memory_format_of
 
 log = logging.getLogger("engine")
 _tuned_shapes: set = set()
 
 MAX_LEVELS = 4
-MAX_BLOCK_Q, MIN_BLOCK_Q = 64, 8
-# Launch configurations the autotuners time on the GPU, per shape. TILE = BLOCK_P * BLOCK_Q positions a program;
-# GROUP: level-1 quads whose loads go out together; INTERLEAVE: channels_last high bands moved as one interleaved
-# tile (coalesced, but it costs registers: ptxas gives the forward at TILE 512 on 4 warps 207-245 registers with
-# it, 80 without) or as three tiles 3 channels apart. Registers decide how many programs an SM holds, and with them how
-# many loads are in flight, which a memory-bound kernel lives on; the GPU tells which trade wins. The first
-# entry is the third session's measured design (one quad at a time, 4 warps, TILE 512, bands apart).
-CONFIGS = [{"TILE": tile, "GROUP": group, "num_warps": warps, "INTERLEAVE": interleave}
-           for tile, group, warps, interleave in ((512, 1, 4, False), (256, 4, 4, False), (512, 4, 8, False),
-                                                  (128, 4, 2, False), (256, 4, 4, True), (128, 4, 4, True),
-                                                  (128, 4, 2, True), (512, 4, 8, True))]
-INTERPRETER_CONFIG = {"TILE": 512, "GROUP": 4, "INTERLEAVE": True}  # CPU tensors (tests): nothing to time
-
-
-# --- Shared by both directions -------------------------------------------------------------------------------
-@triton.jit
-def _tile_indices(N, C, HL, WL, CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
-                  WIDE: tl.constexpr):
-    """(n, c, i, j) of this program's level-L positions, each broadcastable to [BLOCK_P, BLOCK_Q], and the mask
-    of those that exist. channels_last: Q is the channel; NCHW: Q is the column j. Index arithmetic is 32-bit
-    unless WIDE (a tensor spans 2^31 elements or more): 64-bit offsets cost registers, and registers decide how
-    many programs, and so how many loads, an SM keeps in flight."""
-    row = tl.program_id(0)
-    if WIDE:
-        row = row.to(tl.int64)
-    p = (row * BLOCK_P + tl.arange(0, BLOCK_P))[:, None]
-    q = (tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q))[None, :]
-    if CHANNELS_LAST:
-        c = q
-        j = p % WL
-        i = (p // WL) % HL
-        n = p // (WL * HL)
-        mask = (p < N * HL * WL) & (q < C)
-    else:
-        j = q
-        i = p % HL
-        c = (p // HL) % C
-        n = p // (HL * C)
-        mask = (p < N * C * HL) & (q < WL)
-    return n, c, i, j, mask
-
-
-@triton.jit
-def _level_offsets(n, c, i, j, C, s_n, s_c, s_h, s_w, LEVEL: tl.constexpr, LEVELS: tl.constexpr):
-    """Offsets of channel c's LL at the top-left level-LEVEL position under each tile entry (level 0: the input
-    pixels), and the offset from there to its first high band (channel C + 3c). Levels above LEVELS are unused:
-    they get level LEVELS' offsets rather than a negative shift."""
-    SHIFT: tl.constexpr = LEVELS - LEVEL if LEVEL <= LEVELS else 0
-    base = n * s_n + c * s_c + (i << SHIFT) * s_h + (j << SHIFT) * s_w
-    return base, (C + 2 * c) * s_c
-
-
-@triton.jit
-def _band_slots():
-    """[1, 1, 4]: slot k of a channel's interleaved high bands; slot 3 is padding (tensor sides are powers of 2)."""
-    return tl.arange(0, 4)[None, None, :]
-
-
-@triton.jit
-def _pick(value0, value1, value2, value3, INDEX: tl.constexpr):
-    """One of four values, chosen at compile time."""
-    picked = value0
-    if INDEX == 1:
-        picked = value1
-    if INDEX == 2:
-        picked = value2
-    if INDEX == 3:
-        picked = value3
-    return picked
-
-
-# --- Forward: the tile tree, walked up ----------------------------------------------------------------------------
-@triton.jit
-def _load_quad(x_ptr, pixels, x_h, x_w, T: tl.constexpr, mask):
-    """The four pixels (a b / c d) of level-1 quad T under each tile entry, in the input's dtype. Quads come in
-    Z-order: bit pairs (y, x) of T, finest last."""
-    Y: tl.constexpr = 2 * (((T >> 1) & 1) | ((T >> 2) & 2) | ((T >> 3) & 4))
-    X: tl.constexpr = 2 * ((T & 1) | ((T >> 1) & 2) | ((T >> 2) & 4))
-    at = x_ptr + pixels + Y * x_h + X * x_w
-    return (tl.load(at, mask=mask, other=0.0), tl.load(at + x_w, mask=mask, other=0.0),
-            tl.load(at + x_h, mask=mask, other=0.0), tl.load(at + x_h + x_w, mask=mask, other=0.0))
-
-
-@triton.jit
-def _store_bands(ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr, low, high_y, high_x,
-                 high_xy, mask, INTERLEAVED: tl.constexpr):
-    at = base + y * s_h + x * s_w
-    tl.store(ptr + at, low, mask=mask)
-    if INTERLEAVED:
-        # Channel c's three high bands are channels C + 3c + k: adjacent in memory. Interleaved into one
-        # [.., 4] tile (slot 3 masked), a warp's store covers one contiguous run; three separate stores, 3
-        # channels apart, would spread each warp's bytes over ~12x the memory sectors they fill.
-        # join stacks along a new last axis, so join(join(p, q), join(r, s)) flattens to p, r, q, s
-        bands = tl.reshape(tl.join(tl.join(high_y, high_xy), tl.join(high_x, high_xy)),
-                           (high_y.shape[0], high_y.shape[1], 4))
-        slot = _band_slots()
-        tl.store(ptr + (at + to_high)[:, :, None] + slot * s_c, bands, mask=mask[:, :, None] & (slot < 3))
-    else:
-        tl.store(ptr + at + to_high, high_y, mask=mask)
-        tl.store(ptr + at + to_high + s_c, high_x, mask=mask)
-        tl.store(ptr + at + to_high + 2 * s_c, high_xy, mask=mask)
-
-
-@triton.jit
-def _add_child(low, high_y, high_x, high_xy, child_low, CHILD: tl.constexpr):
-    """Add a child's LL into its parent's running (unscaled) bands; CHILD is its place in the quad: 0 top-left,
-    1 top-right, 2 bottom-left, 3 bottom-right."""
-    sign_y: tl.constexpr = 1 - 2 * (CHILD >> 1)
-    sign_x: tl.constexpr = 1 - 2 * (CHILD & 1)
-    return (low + child_low, high_y + sign_y * child_low, high_x + sign_x * child_low,
-            high_xy + (sign_y * sign_x) * child_low)
-
-
-@triton.jit
-def _finish_node(low, high_y, high_x, high_xy, ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr,
-                 mask, INTERLEAVED: tl.constexpr):
-    """Store a complete node's bands (its four children's signed sums, halved) and return its LL."""
-    low = low * 0.5
-    _store_bands(ptr, base, to_high, s_c, s_h, s_w, y, x, low, high_y * 0.5, high_x * 0.5, high_xy * 0.5, mask,
-                 INTERLEAVED)
-    return low
-
-
-@triton.jit
-def _haar_forward_kernel(x_ptr, out1, out2, out3, out4, N, C, HL, WL, x_n, x_c, x_h, x_w,
-                         o1_n, o1_c, o1_h, o1_w, o2_n, o2_c, o2_h, o2_w, o3_n, o3_c, o3_h, o3_w,
-                         o4_n, o4_c, o4_h, o4_w, LEVELS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                         BLOCK_Q: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr, GROUP: tl.constexpr,
-                         INTERLEAVE: tl.constexpr):
-    BLOCK_P: tl.constexpr = TILE // BLOCK_Q
-    INTERLEAVED: tl.constexpr = CHANNELS_LAST and INTERLEAVE  # high bands adjacent: see `_store_bands`
-    QUADS: tl.constexpr = 1 << (2 * (LEVELS - 1))
-    G: tl.constexpr = GROUP if GROUP < QUADS else QUADS
-    n, c, i, j, mask = _tile_indices(N, C, HL, WL, CHANNELS_LAST, BLOCK_P, BLOCK_Q, WIDE)
-    pixels, _ = _level_offsets(n, c, i, j, C, x_n, x_c, x_h, x_w, 0, LEVELS)
-    base1, high1 = _level_offsets(n, c, i, j, C, o1_n, o1_c, o1_h, o1_w, 1, LEVELS)
-    base2, high2 = _level_offsets(n, c, i, j, C, o2_n, o2_c, o2_h, o2_w, 2, LEVELS)
-    base3, high3 = _level_offsets(n, c, i, j, C, o3_n, o3_c, o3_h, o3_w, 3, LEVELS)
-    base4, high4 = _level_offsets(n, c, i, j, C, o4_n, o4_c, o4_h, o4_w, 4, LEVELS)
-    zero = tl.zeros((BLOCK_P, BLOCK_Q), dtype=tl.float32)
-    l2, y2, x2, xy2 = zero, zero, zero, zero  # running sums of the current level-2, -3 and -4 nodes
-    l3, y3, x3, xy3 = zero, zero, zero, zero
-    l4, y4, x4, xy4 = zero, zero, zero, zero
-    unused = tl.zeros((BLOCK_P, BLOCK_Q), dtype=x_ptr.dtype.element_ty)
-    a0, b0, c0, d0 = unused, unused, unused, unused  # the pixels of a group of G quads (slots past G: unused)
-    a1, b1, c1, d1 = unused, unused, unused, unused
-    a2, b2, c2, d2 = unused, unused, unused, unused
-    a3, b3, c3, d3 = unused, unused, unused, unused
-    for t in tl.static_range(QUADS):
-        # A group's loads go out together, before any of its quads is used: G quads in flight, not one.
-        if t % G == 0:
-            a0, b0, c0, d0 = _load_quad(x_ptr, pixels, x_h, x_w, t, mask)
-            if G >= 2:
-                a1, b1, c1, d1 = _load_quad(x_ptr, pixels, x_h, x_w, t + 1, mask)
-            if G >= 4:
-                a2, b2, c2, d2 = _load_quad(x_ptr, pixels, x_h, x_w, t + 2, mask)
-                a3, b3, c3, d3 = _load_quad(x_ptr, pixels, x_h, x_w, t + 3, mask)
-        a = _pick(a0, a1, a2, a3, t % G).to(tl.float32)
-        b = _pick(b0, b1, b2, b3, t % G).to(tl.float32)
-        c_ = _pick(c0, c1, c2, c3, t % G).to(tl.float32)
-        d = _pick(d0, d1, d2, d3, t % G).to(tl.float32)
-        # level-1 position (y1, x1) of quad t inside the block; its ancestors' are its bits shifted
-        y1 = ((t >> 1) & 1) | ((t >> 2) & 2) | ((t >> 3) & 4)
-        x1 = (t & 1) | ((t >> 1) & 2) | ((t >> 2) & 4)
-        low1 = (a + b + c_ + d) * 0.5
-        _store_bands(out1, base1, high1, o1_c, o1_h, o1_w, y1, x1, low1, (a + b - c_ - d) * 0.5,
-                     (a - b + c_ - d) * 0.5, (a - b - c_ + d) * 0.5, mask, INTERLEAVED)
-        if LEVELS >= 2:
-            l2, y2, x2, xy2 = _add_child(l2, y2, x2, xy2, low1, t & 3)
-            if (t & 3) == 3:  # level-2 node t >> 2 is complete
-                low2 = _finish_node(l2, y2, x2, xy2, out2, base2, high2, o2_c, o2_h, o2_w, y1 >> 1, x1 >> 1, mask,
-                                    INTERLEAVED)
-                l2, y2, x2, xy2 = zero, zero, zero, zero
-                if LEVELS >= 3:
-                    l3, y3, x3, xy3 = _add_child(l3, y3, x3, xy3, low2, (t >> 2) & 3)
-                    if (t & 15) == 15:  # level-3 node t >> 4 is complete
-                        low3 = _finish_node(l3, y3, x3, xy3, out3, base3, high3, o3_c, o3_h, o3_w, y1 >> 2,
-                                            x1 >> 2, mask, INTERLEAVED)
-                        l3, y3, x3, xy3 = zero, zero, zero, zero
-                        if LEVELS >= 4:
-                            l4, y4, x4, xy4 = _add_child(l4, y4, x4, xy4, low3, (t >> 4) & 3)
-                            if (t & 63) == 63:
-                                _finish_node(l4, y4, x4, xy4, out4, base4, high4, o4_c, o4_h, o4_w, 0, 0, mask,
-                                             INTERLEAVED)
-
-
-# --- Backward: the same tile tree, walked down -------------------------------------------------------------------
-@triton.jit
-def _load_bands(ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr, mask,
-                INTERLEAVED: tl.constexpr):
-    """The four bands' gradients of the nodes at (y, x) under each tile entry, in the tensor's dtype: the
-    transpose of `_store_bands`, with the same interleaved read of the high bands for channels_last tensors."""
-    at = base + y * s_h + x * s_w
-    low = tl.load(ptr + at, mask=mask, other=0.0)
-    if INTERLEAVED:
-        slot = _band_slots()
-        bands = tl.load(ptr + (at + to_high)[:, :, None] + slot * s_c, mask=mask[:, :, None] & (slot < 3),
-                        other=0.0)
-        # split takes the last axis apart: slots (0, 2) and (1, 3), the inverse of `_store_bands`' joins
-        first, second = tl.split(tl.reshape(bands, (low.shape[0], low.shape[1], 2, 2)))
-        high_y, high_xy = tl.split(first)
-        high_x, _ = tl.split(second)
-    else:
-        high_y = tl.load(ptr + at + to_high, mask=mask, other=0.0)
-        high_x = tl.load(ptr + at + to_high + s_c, mask=mask, other=0.0)
-        high_xy = tl.load(ptr + at + to_high + 2 * s_c, mask=mask, other=0.0)
-    return low, high_y, high_x, high_xy
-
-
-@triton.jit
-def _load_quad_bands(ptr, base, to_high, s_c, s_h, s_w, T: tl.constexpr, mask, INTERLEAVED: tl.constexpr):
-    """`_load_bands` of level-1 quad T (Z-order, as `_load_quad`)."""
-    Y: tl.constexpr = ((T >> 1) & 1) | ((T >> 2) & 2) | ((T >> 3) & 4)
-    X: tl.constexpr = (T & 1) | ((T >> 1) & 2) | ((T >> 2) & 4)
-    return _load_bands(ptr, base, to_high, s_c, s_h, s_w, Y, X, mask, INTERLEAVED)
-
-
-@triton.jit
-def _children(low, high_y, high_x, high_xy, from_parent):
-    """Gradients of a node's four children (top-left, top-right, bottom-left, bottom-right) by Haar synthesis
-    (the transform is orthogonal), from its own bands' gradients plus what reaches its LL from the coarser
-    levels (`from_parent`)."""
-    low = low.to(tl.float32) + from_parent
-    high_y, high_x, high_xy = high_y.to(tl.float32), high_x.to(tl.float32), high_xy.to(tl.float32)
-    return ((low + high_y + high_x + high_xy) * 0.5, (low + high_y - high_x - high_xy) * 0.5,
-            (low - high_y + high_x - high_xy) * 0.5, (low - high_y - high_x + high_xy) * 0.5)
-
-
-@triton.jit
-def _node_children(ptr, base, to_high, s_c, s_h, s_w, y: tl.constexpr, x: tl.constexpr, from_parent, mask,
-                   INTERLEAVED: tl.constexpr):
-    low, high_y, high_x, high_xy = _load_bands(ptr, base, to_high, s_c, s_h, s_w, y, x, mask, INTERLEAVED)
-    return _children(low, high_y, high_x, high_xy, from_parent)
-
-
-@triton.jit
-def _haar_backward_kernel(grad_x_ptr, g1, g2, g3, g4, N, C, HL, WL, x_n, x_c, x_h, x_w,
-                          g1_n, g1_c, g1_h, g1_w, g2_n, g2_c, g2_h, g2_w, g3_n, g3_c, g3_h, g3_w,
-                          g4_n, g4_c, g4_h, g4_w, LEVELS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                          BLOCK_Q: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr, GROUP: tl.constexpr,
-                          INTERLEAVE: tl.constexpr):
-    BLOCK_P: tl.constexpr = TILE // BLOCK_Q
-    INTERLEAVED: tl.constexpr = CHANNELS_LAST and INTERLEAVE  # high bands adjacent: see `_store_bands`
-    QUADS: tl.constexpr = 1 << (2 * (LEVELS - 1))
-    G: tl.constexpr = GROUP if GROUP < QUADS else QUADS
-    n, c, i, j, mask = _tile_indices(N, C, HL, WL, CHANNELS_LAST, BLOCK_P, BLOCK_Q, WIDE)
-    pixels, _ = _level_offsets(n, c, i, j, C, x_n, x_c, x_h, x_w, 0, LEVELS)
-    base1, high1 = _level_offsets(n, c, i, j, C, g1_n, g1_c, g1_h, g1_w, 1, LEVELS)
-    base2, high2 = _level_offsets(n, c, i, j, C, g2_n, g2_c, g2_h, g2_w, 2, LEVELS)
-    base3, high3 = _level_offsets(n, c, i, j, C, g3_n, g3_c, g3_h, g3_w, 3, LEVELS)
-    base4, high4 = _level_offsets(n, c, i, j, C, g4_n, g4_c, g4_h, g4_w, 4, LEVELS)
-    zero = tl.zeros((BLOCK_P, BLOCK_Q), dtype=tl.float32)
-    k2a, k2b, k2c, k2d = zero, zero, zero, zero  # children of the current level-2, -3 and -4 nodes
-    k3a, k3b, k3c, k3d = zero, zero, zero, zero
-    k4a, k4b, k4c, k4d = zero, zero, zero, zero
-    unused = tl.zeros((BLOCK_P, BLOCK_Q), dtype=g1.dtype.element_ty)
-    l0, y0, x0, xy0 = unused, unused, unused, unused  # level-1 bands of a group of G quads (past G: unused)
-    l1, y1_, x1_, xy1 = unused, unused, unused, unused
-    l2, y2, x2, xy2 = unused, unused, unused, unused
-    l3, y3, x3, xy3 = unused, unused, unused, unused
-    # The forward's walk in the same Z-order, each node synthesised on its first visit, before its children.
-    for t in tl.static_range(QUADS):
-        if t % G == 0:  # as in the forward: a group's loads go out together
-            l0, y0, x0, xy0 = _load_quad_bands(g1, base1, high1, g1_c, g1_h, g1_w, t, mask, INTERLEAVED)
-            if G >= 2:
-                l1, y1_, x1_, xy1 = _load_quad_bands(g1, base1, high1, g1_c, g1_h, g1_w, t + 1, mask, INTERLEAVED)
-            if G >= 4:
-                l2, y2, x2, xy2 = _load_quad_bands(g1, base1, high1, g1_c, g1_h, g1_w, t + 2, mask, INTERLEAVED)
-                l3, y3, x3, xy3 = _load_quad_bands(g1, base1, high1, g1_c, g1_h, g1_w, t + 3, mask, INTERLEAVED)
-        y1 = ((t >> 1) & 1) | ((t >> 2) & 2) | ((t >> 3) & 4)
-        x1 = (t & 1) | ((t >> 1) & 2) | ((t >> 2) & 4)
-        if LEVELS >= 4:
-            if (t & 63) == 0:
-                k4a, k4b, k4c, k4d = _node_children(g4, base4, high4, g4_c, g4_h, g4_w, 0, 0, zero, mask,
-                                                    INTERLEAVED)
-        if LEVELS >= 3:
-            if (t & 15) == 0:
-                from4 = zero
-                if LEVELS >= 4:
-                    from4 = _pick(k4a, k4b, k4c, k4d, (t >> 4) & 3)
-                k3a, k3b, k3c, k3d = _node_children(g3, base3, high3, g3_c, g3_h, g3_w, y1 >> 2, x1 >> 2, from4,
-                                                    mask, INTERLEAVED)
-        if LEVELS >= 2:
-            if (t & 3) == 0:
-                from3 = zero
-                if LEVELS >= 3:
-                    from3 = _pick(k3a, k3b, k3c, k3d, (t >> 2) & 3)
-                k2a, k2b, k2c, k2d = _node_children(g2, base2, high2, g2_c, g2_h, g2_w, y1 >> 1, x1 >> 1, from3,
-                                                    mask, INTERLEAVED)
-        from2 = zero
-        if LEVELS >= 2:
-            from2 = _pick(k2a, k2b, k2c, k2d, t & 3)
-        a, b, c_, d = _children(_pick(l0, l1, l2, l3, t % G), _pick(y0, y1_, y2, y3, t % G),
-                                _pick(x0, x1_, x2, x3, t % G), _pick(xy0, xy1, xy2, xy3, t % G), from2)
-        quad = pixels + (2 * y1) * x_h + (2 * x1) * x_w  # top-left input pixel of quad t
-        tl.store(grad_x_ptr + quad, a, mask=mask)
-        tl.store(grad_x_ptr + quad + x_w, b, mask=mask)
-        tl.store(grad_x_ptr + quad + x_h, c_, mask=mask)
-        tl.store(grad_x_ptr + quad + x_h + x_w, d, mask=mask)
-
-
-def _without_moot_interleaving(configs, named_args, **constants):
-    """NCHW tensors have no adjacent high bands: INTERLEAVE changes nothing there, so it is not timed twice."""
-    if constants.get("CHANNELS_LAST", True):
-        return configs
-    return [config for config in configs if not config.kwargs["INTERLEAVE"]]
-
-
-def _autotuned(kernel):
-    configs = [triton.Config({"TILE": c["TILE"], "GROUP": c["GROUP"], "INTERLEAVE": c["INTERLEAVE"]},
-                             num_warps=c["num_warps"]) for c in CONFIGS]
-    return triton.autotune(configs=configs, key=["N", "C", "HL", "WL", "LEVELS", "CHANNELS_LAST"],
-                           prune_configs_by={"early_config_prune": _without_moot_interleaving})(kernel)
-
-
-_haar_forward_tuned = _autotuned(_haar_forward_kernel)
-_haar_backward_tuned = _autotuned(_haar_backward_kernel)
+MAX_BLOCK_Q, MIN_BLOCK_Q = 64, 8  # tile tree: channels a tile spans
+MAX_BLOCK_X = 128  # row pyramid: input columns a tile spans
+# Tile-tree configurations. TILE = BLOCK_P * BLOCK_Q positions a program; GROUP: level-1 quads whose loads go out
+# together; INTERLEAVE: the high bands moved as one interleaved tile (coalesced, but it costs registers: ptxas
+# gives the forward at TILE 512 on 4 warps 207-245 registers with it, 80 without) or as three tiles 3 channels
+# apart. The first entry is the third session's measured design (one quad at a time, 4 warps, TILE 512).
+TILE_CONFIGS = [{"TILE": tile, "GROUP": group, "num_warps": warps, "INTERLEAVE": interleave}
+                for tile, group, warps, interleave in ((512, 1, 4, False), (256, 4, 4, False), (512, 4, 8, False),
+                                                       (128, 4, 2, False), (256, 4, 4, True), (128, 4, 4, True),
+                                                       (128, 4, 2, True), (512, 4, 8, True))]
+# Row-pyramid configurations. TILE = BLOCK_P * BLOCK_X input pixels a row tile; GROUP: level-1 rows (input row
+# pairs) whose loads go out together.
+ROW_CONFIGS = [{"TILE": tile, "GROUP": group, "num_warps": warps}
+               for tile, group, warps in ((512, 1, 4), (512, 2, 4), (1024, 2, 4), (1024, 4, 8), (2048, 2, 8),
+                                          (256, 4, 2))]
+INTERPRETER_CONFIGS = {torch.channels_last: {"TILE": 512, "GROUP": 4, "INTERLEAVE": True},  # CPU tensors: nothing
+                       torch.contiguous_format: {"TILE": 512, "GROUP": 2}}                 # to time
 
 
 def _block_q(extent: int) -> int:
-    """Tile width along the contiguous axis (channels, or level-L columns): the largest power of two dividing the
-    extent (48 channels -> 16), so no lane is masked and each row stays one contiguous run; when that is under
-    MIN_BLOCK_Q, the power of two covering the extent (lanes past it masked). At most MAX_BLOCK_Q."""
+    """Tile width along the channels: the largest power of two dividing them (48 -> 16), so no lane is masked and
+    each row stays one contiguous run; when that is under MIN_BLOCK_Q, the power of two covering them (lanes past
+    it masked). At most MAX_BLOCK_Q."""
     divisor = min(extent & -extent, MAX_BLOCK_Q)
     return divisor if divisor >= MIN_BLOCK_Q else min(triton.next_power_of_2(extent), MAX_BLOCK_Q)
 
 
-def _launch(kernel, tuned, dense: torch.Tensor, per_level: list[torch.Tensor], levels: int,
-            config: dict | None) -> None:
-    """Run `kernel` over `dense` (the input, or its gradient) and the per-level tensors: on a GPU through its
-    autotuner (`tuned`) unless a config is given; on CPU tensors (TRITON_INTERPRET=1) with INTERPRETER_CONFIG."""
+def _block_x(width: int, levels: int) -> int:
+    """Row tile width: the power of two covering a row (up to MAX_BLOCK_X), at least 2^levels columns so that
+    every level keeps one."""
+    return max(min(triton.next_power_of_2(width), MAX_BLOCK_X), 1 << levels)
+
+
+def _tile_geometry(dense: torch.Tensor, levels: int):
     n, c, h, w = dense.shape
-    channels_last = memory_format_of(dense) == torch.channels_last
-    rows, extent = (n * (h >> levels) * (w >> levels), c) if channels_last else (n * c * (h >> levels), w >> levels)
-    block_q = _block_q(extent)
+    sizes = (n, c, h >> levels, w >> levels)  # N, C, HL, WL
+    return sizes, n * (h >> levels) * (w >> levels), c, _block_q(c)
+
+
+def _row_geometry(dense: torch.Tensor, levels: int):
+    n, c, h, w = dense.shape
+    sizes = (n, c, h >> levels, w)  # N, C, HL, W
+    return sizes, n * c * (h >> levels), w, _block_x(w, levels)
+
+
+def _autotuned(kernel, configs: list[dict], key: list[str]):
+    return triton.autotune(configs=[triton.Config({k: v for k, v in c.items() if k != "num_warps"},
+                                                  num_warps=c["num_warps"]) for c in configs], key=key)(kernel)
+
+
+@dataclass(frozen=True)
+class KernelFamily:
+    """A layout's forward and backward kernels, the configurations their autotuners choose from, and how a
+    tensor of that layout maps onto programs: geometry(dense, levels) -> (sizes, rows, extent, block), the
+    programs covering rows x extent with tiles `block` wide along the contiguous axis (the kernels' `block_name`)."""
+    name: str
+    forward: object
+    backward: object
+    configs: list[dict]
+    geometry: Callable
+    block_name: str
+    width_name: str
+
+    def __post_init__(self):
+        key = ["N", "C", "HL", self.width_name, "LEVELS"]
+        object.__setattr__(self, "tuned", {"forward": _autotuned(self.forward, self.configs, key),
+                                           "backward": _autotuned(self.backward, self.configs, key)})
+
+
+FAMILIES = {
+    torch.channels_last: KernelFamily("tile tree", _haar_forward_kernel, _haar_backward_kernel, TILE_CONFIGS,
+                                      _tile_geometry, "BLOCK_Q", "WL"),
+    torch.contiguous_format: KernelFamily("row pyramid", _haar_rows_forward_kernel, _haar_rows_backward_kernel,
+                                          ROW_CONFIGS, _row_geometry, "BLOCK_X", "W"),
+}
+
+
+def configs_for(channels_last: bool) -> list[dict]:
+    """The launch configurations the autotuner picks from for tensors of that layout."""
+    return FAMILIES[torch.channels_last if channels_last else torch.contiguous_format].configs
+
+
+def _launch(direction: str, dense: torch.Tensor, per_level: list[torch.Tensor], levels: int,
+            config: dict | None) -> None:
+    """Run the `direction` kernel of `dense`'s layout over `dense` (the input, or its gradient) and the per-level
+    tensors: on a GPU through its autotuner unless a config is given; on CPU tensors (TRITON_INTERPRET=1) with
+    the layout's INTERPRETER_CONFIGS entry."""
+    layout = memory_format_of(dense)
+    family = FAMILIES[layout]
+    sizes, rows, extent, block = family.geometry(dense, levels)
 
     def grid(meta):
-        return triton.cdiv(rows, meta["TILE"] // block_q), triton.cdiv(extent, block_q)
+        return triton.cdiv(rows, meta["TILE"] // block), triton.cdiv(extent, block)
 
-    arguments = _level_arguments(dense, per_level, levels)
-    constants = {"LEVELS": levels, "CHANNELS_LAST": channels_last, "BLOCK_Q": block_q,
+    padded = per_level + [dense] * (MAX_LEVELS - levels)  # unused slots: any valid pointer, never touched
+    arguments = [dense, *padded, *sizes, *dense.stride(), *(s for tensor in padded for s in tensor.stride())]
+    constants = {"LEVELS": levels, family.block_name: block,
                  "WIDE": any(_spans_wide_offsets(t) for t in (dense, *per_level))}
     if config is None and dense.is_cuda:
-        shape = (kernel.__name__, tuple(dense.shape), channels_last, dense.dtype)
+        shape = (direction, tuple(dense.shape), layout, dense.dtype)
         if shape not in _tuned_shapes:  # the first launch per shape times every config: say why it pauses
-            log.info("tuning %s for %s %s%s over %d launch configurations (once per shape)", kernel.__name__,
-                     tuple(dense.shape), str(dense.dtype).removeprefix("torch."), " channels_last" * channels_last,
-                     len(CONFIGS))
+            log.info("tuning the Haar DWT %s (%s) for %s %s over %d launch configurations (once per shape)",
+                     direction, family.name, tuple(dense.shape), str(dense.dtype).removeprefix("torch."),
+                     len(family.configs))
             _tuned_shapes.add(shape)
-        tuned[grid](*arguments, **constants)
-    else:
-        config = config or INTERPRETER_CONFIG
-        constants["WIDE"] = config.get("WIDE", constants["WIDE"])  # the tests force 64-bit offsets this way
-        kernel[grid](*arguments, **constants, TILE=config["TILE"], GROUP=config["GROUP"],
-                     INTERLEAVE=config["INTERLEAVE"],
-                     **({"num_warps": config["num_warps"]} if "num_warps" in config else {}))
+        family.tuned[direction][grid](*arguments, **constants)
+        return
+    config = dict(config or INTERPRETER_CONFIGS[layout])
+    constants["WIDE"] = config.pop("WIDE", constants["WIDE"])  # the tests force 64-bit offsets this way
+    kernel = family.forward if direction == "forward" else family.backward
+    kernel[grid](*arguments, **constants, **config)
 
 
 def _spans_wide_offsets(tensor: torch.Tensor) -> bool:
     return sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride())) >= 2**31 - 1
-
-
-def _level_arguments(dense: torch.Tensor, per_level: list[torch.Tensor], levels: int) -> list:
-    """Both kernels' leading arguments: the dense tensor (the input, or its gradient) and the per-level ones,
-    padded to MAX_LEVELS (unused slots: any valid pointer, never touched), the sizes they index with, then every
-    tensor's strides."""
-    n, c, h, w = dense.shape
-    padded = per_level + [dense] * (MAX_LEVELS - levels)
-    strides = [s for tensor in padded for s in tensor.stride()]
-    return [dense, *padded, n, c, h >> levels, w >> levels, *dense.stride(), *strides]
 
 
 def check_supported_levels(levels: int) -> None:
@@ -422,15 +157,15 @@ def check_supported_levels(levels: int) -> None:
 
 
 def haar_dwt_triton(x: torch.Tensor, levels: int, config: dict | None = None) -> list[torch.Tensor]:
-    """The forward kernel; `config` (a CONFIGS entry: TILE, GROUP, INTERLEAVE, num_warps; WIDE to force 64-bit
-    offsets) bypasses the autotuner."""
+    """The forward kernel; `config` (one of `configs_for(layout)`; WIDE to force 64-bit offsets) bypasses the
+    autotuner."""
     check_levels(x.shape, levels)
     check_supported_levels(levels)
     n, c, h, w = x.shape
     layout = memory_format_of(x)
     outputs = [torch.empty((n, 4 * c, h >> level, w >> level), device=x.device, dtype=x.dtype, memory_format=layout)
                for level in range(1, levels + 1)]
-    _launch(_haar_forward_kernel, _haar_forward_tuned, x, outputs, levels, config)
+    _launch("forward", x, outputs, levels, config)
     return outputs
 
 
@@ -442,11 +177,11 @@ def haar_dwt_backward_triton(output_grads: list[torch.Tensor], channels_last: bo
     layout = torch.channels_last if channels_last else torch.contiguous_format
     grad = torch.empty((n, c4 // 4, 2 * h1, 2 * w1), device=output_grads[0].device, dtype=output_grads[0].dtype,
                        memory_format=layout)
-    _launch(_haar_backward_kernel, _haar_backward_tuned, grad, list(output_grads), levels, config)
+    _launch("backward", grad, list(output_grads), levels, config)
     return grad
 
 
 def chosen_configs() -> dict[str, list]:
-    """What the autotuners picked so far in this process, per kernel: (key, config) pairs, for the benchmarks."""
-    return {name: [(list(map(str, key)), str(config)) for key, config in tuned.cache.items()]
-            for name, tuned in (("forward", _haar_forward_tuned), ("backward", _haar_backward_tuned))}
+    """What the autotuners picked so far in this process, per family and direction: (key, config) pairs."""
+    return {f"{family.name} {direction}": [(list(map(str, key)), str(config)) for key, config in tuned.cache.items()]
+            for family in FAMILIES.values() for direction, tuned in family.tuned.items()}

@@ -13,10 +13,10 @@ def test_dwt_benchmark_reports_every_implementation_against_a_copy(capsys):
 
 
 def test_dwt_benchmark_times_each_launch_configuration_on_request():
-    from engine.kernels.haar_triton import CONFIGS
+    from engine.kernels.haar_triton import TILE_CONFIGS
     rows = dwt.main(["--quick", "--device", "cpu", "--dtype", "fp32", "--channels-last", "--configs"])
     configured = [row for row in rows if row["implementation"].startswith("fused, config")]
-    assert len(configured) == len(CONFIGS)
+    assert len(configured) == len(TILE_CONFIGS)
     assert all(row["forward_ms"] > 0 and row["backward_ms"] > 0 for row in configured)
 
 
@@ -99,14 +99,16 @@ def test_kernels_compile_for_hopper_without_spilling_and_with_vector_loads():
     import subprocess
     import sys
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-m", "engine.bench.kernel_registers", "--configs", "0",
-                             "--layouts", "channels_last"], capture_output=True, text=True, env=env, check=True)
-    forward, backward = [json.loads(line) for line in result.stdout.splitlines()]
-    assert forward["direction"] == "forward" and backward["direction"] == "backward"
-    for row in (forward, backward):
+    result = subprocess.run([sys.executable, "-m", "engine.bench.kernel_registers", "--configs", "0"],
+                            capture_output=True, text=True, env=env, check=True)
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(row["layout"], row["direction"]) for row in rows] == [
+        ("channels_last", "forward"), ("channels_last", "backward"), ("nchw", "forward"), ("nchw", "backward")]
+    for row in rows:
         assert row["spill_bytes"] == 0 and row["programs_per_sm"] >= 2
-    assert any(width.startswith("ld.global.v") for width in forward["loads"])
-    assert any(width.startswith("st.global.v") for width in backward["stores"])
+    for forward, backward in (rows[:2], rows[2:]):  # pixels move as vectors, in both layouts
+        assert any(width.startswith("ld.global.v") for width in forward["loads"])
+        assert any(width.startswith("st.global.v") for width in backward["stores"])
 
 
 def test_kernel_registers_refuses_interpreted_kernels():

@@ -4,8 +4,8 @@ import torch
 
 from engine.bench.references import ReferenceDWT
 from engine.kernels import haar_dwt, haar_dwt_backward_torch, haar_dwt_torch
-from engine.kernels.haar_triton import (CONFIGS, _block_q, _haar_forward_tuned, _spans_wide_offsets,
-                                        _without_moot_interleaving, haar_dwt_backward_triton, haar_dwt_triton)
+from engine.kernels.haar_triton import (FAMILIES, ROW_CONFIGS, TILE_CONFIGS, _block_q, _block_x,
+                                        _spans_wide_offsets, configs_for, haar_dwt_backward_triton, haar_dwt_triton)
 
 SHAPES = [(2, 3, 8, 8), (1, 5, 16, 24), (3, 2, 32, 16)]
 
@@ -92,13 +92,20 @@ def test_triton_kernels_match_plain_torch(levels, channels_last, dtype, toleranc
     assert relative_error(actual_grad, expected_grad) < tolerance
 
 
-@pytest.mark.parametrize("config", CONFIGS + [{"TILE": 256, "GROUP": 4, "INTERLEAVE": True, "WIDE": True}],
-                         ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-def test_every_launch_configuration_computes_the_same_transform(config, channels_last):
-    """The autotuner may pick any of CONFIGS on a GPU: each must give the same values and gradients (here 48
-    channels, as in WaveMix: tiles 16 channels wide, so a program covers part of a pixel's channels)."""
-    x = torch.randn(2, 48, 16, 16)
+LAUNCHES = ([(True, config) for config in TILE_CONFIGS] + [(False, config) for config in ROW_CONFIGS]
+            + [(True, {"TILE": 256, "GROUP": 4, "INTERLEAVE": True, "WIDE": True}),
+               (False, {"TILE": 512, "GROUP": 2, "WIDE": True})])
+
+
+@pytest.mark.parametrize("channels_last, config", LAUNCHES,
+                         ids=lambda v: "-".join(f"{k}{x}" for k, x in v.items()) if isinstance(v, dict) else
+                         ("channels_last" if v else "nchw"))
+@pytest.mark.parametrize("shape", [(2, 48, 16, 16), (1, 3, 8, 24)], ids=["48ch", "3ch-wide"])
+def test_every_launch_configuration_computes_the_same_transform(channels_last, config, shape):
+    """The autotuner may pick any configuration of the layout's family on a GPU: each must give the same values
+    and gradients. 48 channels as in WaveMix (channels_last tiles 16 channels wide: a program covers part of a
+    pixel's channels); 3 channels and 24 columns (masked lanes; NCHW rows 32 wide for 24 columns)."""
+    x = torch.randn(shape)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     expected = haar_dwt_torch(x, 3)
@@ -109,16 +116,15 @@ def test_every_launch_configuration_computes_the_same_transform(config, channels
     assert relative_error(grad, haar_dwt_backward_torch(grads)) < 1e-6
 
 
-def test_autotuner_times_interleaving_only_where_high_bands_are_adjacent():
-    configs = _haar_forward_tuned.configs
-    assert len(configs) == len(CONFIGS)
-    assert _without_moot_interleaving(configs, {}, CHANNELS_LAST=True) == configs
-    nchw = _without_moot_interleaving(configs, {}, CHANNELS_LAST=False)
-    assert nchw and all(not config.kwargs["INTERLEAVE"] for config in nchw)
+def test_each_layout_has_its_kernel_family():
+    assert configs_for(True) == TILE_CONFIGS and configs_for(False) == ROW_CONFIGS
+    assert len(FAMILIES[torch.channels_last].tuned["forward"].configs) == len(TILE_CONFIGS)
+    assert len(FAMILIES[torch.contiguous_format].tuned["backward"].configs) == len(ROW_CONFIGS)
 
 
 def test_tiles_cover_the_contiguous_axis_without_masked_lanes_where_they_can():
     assert [_block_q(extent) for extent in (48, 64, 96, 192, 8, 3, 5, 20)] == [16, 64, 32, 64, 8, 4, 8, 32]
+    assert [_block_x(width, 3) for width in (64, 24, 8, 512)] == [64, 32, 8, 128]
 
 
 def test_offsets_past_two_to_the_31_switch_to_64_bit_arithmetic():
