@@ -45,6 +45,16 @@ def _rows_base(n, c, i, C, s_n, s_c, s_h, LEVEL: tl.constexpr, LEVELS: tl.conste
 
 
 @triton.jit
+def _row_level(n, c, i, in_rows, C, W, s_n, s_c, s_h, BLOCK_X: tl.constexpr, LEVEL: tl.constexpr,
+               LEVELS: tl.constexpr):
+    """Level LEVEL's columns under this program, their mask, the offset of channel c's first row there, and from
+    that row to its first high band."""
+    x, mask = _columns(W, BLOCK_X, LEVEL, LEVELS)
+    base, to_high = _rows_base(n, c, i, C, s_n, s_c, s_h, LEVEL, LEVELS)
+    return x, mask & in_rows, base, to_high
+
+
+@triton.jit
 def _pick_row(top, bottom, INDEX: tl.constexpr):
     picked = top
     if INDEX == 1:
@@ -86,17 +96,11 @@ def _haar_rows_forward_kernel(x_ptr, out1, out2, out3, out4, N, C, HL, W, x_n, x
     ROWS: tl.constexpr = 1 << (LEVELS - 1)  # level-1 rows under a level-L row
     G: tl.constexpr = GROUP if GROUP < ROWS else ROWS
     n, c, i, in_rows = _row_indices(N, C, HL, BLOCK_P, WIDE)
-    x0, m0 = _columns(W, BLOCK_X, 0, LEVELS)
-    x1, m1 = _columns(W, BLOCK_X, 1, LEVELS)
-    x2, m2 = _columns(W, BLOCK_X, 2, LEVELS)
-    x3, m3 = _columns(W, BLOCK_X, 3, LEVELS)
-    x4, m4 = _columns(W, BLOCK_X, 4, LEVELS)
-    m0, m1, m2, m3, m4 = m0 & in_rows, m1 & in_rows, m2 & in_rows, m3 & in_rows, m4 & in_rows
-    pixels, _ = _rows_base(n, c, i, C, x_n, x_c, x_h, 0, LEVELS)
-    base1, high1 = _rows_base(n, c, i, C, o1_n, o1_c, o1_h, 1, LEVELS)
-    base2, high2 = _rows_base(n, c, i, C, o2_n, o2_c, o2_h, 2, LEVELS)
-    base3, high3 = _rows_base(n, c, i, C, o3_n, o3_c, o3_h, 3, LEVELS)
-    base4, high4 = _rows_base(n, c, i, C, o4_n, o4_c, o4_h, 4, LEVELS)
+    x0, m0, pixels, _ = _row_level(n, c, i, in_rows, C, W, x_n, x_c, x_h, BLOCK_X, 0, LEVELS)
+    x1, m1, base1, high1 = _row_level(n, c, i, in_rows, C, W, o1_n, o1_c, o1_h, BLOCK_X, 1, LEVELS)
+    x2, m2, base2, high2 = _row_level(n, c, i, in_rows, C, W, o2_n, o2_c, o2_h, BLOCK_X, 2, LEVELS)
+    x3, m3, base3, high3 = _row_level(n, c, i, in_rows, C, W, o3_n, o3_c, o3_h, BLOCK_X, 3, LEVELS)
+    x4, m4, base4, high4 = _row_level(n, c, i, in_rows, C, W, o4_n, o4_c, o4_h, BLOCK_X, 4, LEVELS)
     WIDTH1: tl.constexpr = BLOCK_X >> 1  # level-l rows are BLOCK_X >> l wide (unused levels: 1)
     WIDTH2: tl.constexpr = BLOCK_X >> 2 if LEVELS >= 3 else 1
     WIDTH3: tl.constexpr = BLOCK_X >> 3 if LEVELS >= 4 else 1
@@ -169,17 +173,11 @@ def _haar_rows_backward_kernel(grad_x_ptr, g1, g2, g3, g4, N, C, HL, W, x_n, x_c
     ROWS: tl.constexpr = 1 << (LEVELS - 1)
     G: tl.constexpr = GROUP if GROUP < ROWS else ROWS
     n, c, i, in_rows = _row_indices(N, C, HL, BLOCK_P, WIDE)
-    x0, m0 = _columns(W, BLOCK_X, 0, LEVELS)
-    x1, m1 = _columns(W, BLOCK_X, 1, LEVELS)
-    x2, m2 = _columns(W, BLOCK_X, 2, LEVELS)
-    x3, m3 = _columns(W, BLOCK_X, 3, LEVELS)
-    x4, m4 = _columns(W, BLOCK_X, 4, LEVELS)
-    m0, m1, m2, m3, m4 = m0 & in_rows, m1 & in_rows, m2 & in_rows, m3 & in_rows, m4 & in_rows
-    pixels, _ = _rows_base(n, c, i, C, x_n, x_c, x_h, 0, LEVELS)
-    base1, high1 = _rows_base(n, c, i, C, g1_n, g1_c, g1_h, 1, LEVELS)
-    base2, high2 = _rows_base(n, c, i, C, g2_n, g2_c, g2_h, 2, LEVELS)
-    base3, high3 = _rows_base(n, c, i, C, g3_n, g3_c, g3_h, 3, LEVELS)
-    base4, high4 = _rows_base(n, c, i, C, g4_n, g4_c, g4_h, 4, LEVELS)
+    x0, m0, pixels, _ = _row_level(n, c, i, in_rows, C, W, x_n, x_c, x_h, BLOCK_X, 0, LEVELS)
+    x1, m1, base1, high1 = _row_level(n, c, i, in_rows, C, W, g1_n, g1_c, g1_h, BLOCK_X, 1, LEVELS)
+    x2, m2, base2, high2 = _row_level(n, c, i, in_rows, C, W, g2_n, g2_c, g2_h, BLOCK_X, 2, LEVELS)
+    x3, m3, base3, high3 = _row_level(n, c, i, in_rows, C, W, g3_n, g3_c, g3_h, BLOCK_X, 3, LEVELS)
+    x4, m4, base4, high4 = _row_level(n, c, i, in_rows, C, W, g4_n, g4_c, g4_h, BLOCK_X, 4, LEVELS)
     WIDTH1: tl.constexpr = BLOCK_X >> 1  # level-l rows are BLOCK_X >> l wide (unused levels: 1)
     WIDTH2: tl.constexpr = BLOCK_X >> 2 if LEVELS >= 2 else 1
     WIDTH3: tl.constexpr = BLOCK_X >> 3 if LEVELS >= 3 else 1
