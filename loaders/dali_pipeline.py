@@ -47,10 +47,11 @@ def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment:
     def pipeline():
         encoded, label = fn.readers.file(files=files, labels=labels, name=READER, shuffle_after_epoch=train,
                                          shard_id=shard_id, num_shards=num_shards, pad_last_batch=not train)
-        # hw_decoder_load: the share of JPEGs sent to the GPU's hardware decoder (DALI's default 0.65 when None);
-        # the rest decode on the CPU and SMs, where they compete with training
-        decoder = {"device": "mixed", "hw_decoder_load": hw_decoder_load} if on_gpu and hw_decoder_load is not None \
-            else {"device": "mixed" if on_gpu else "cpu"}
+        decoder = {"device": "mixed" if on_gpu else "cpu"}
+        if on_gpu and hw_decoder_load is not None:
+            # the share of JPEGs sent to the GPU's hardware decoder (DALI's default: 0.65); the rest decode on CPU
+            # threads and SMs, where they compete with the training
+            decoder["hw_decoder_load"] = hw_decoder_load
         images = fn.decoders.image(encoded, output_type=types.RGB, **decoder)
         images = fn.resize(images, size=list(image_size), antialias=True)
         if augment and train:

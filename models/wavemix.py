@@ -107,15 +107,17 @@ class PatchifyStem(nn.Sequential):
     def composed_patches(self, images: torch.Tensor) -> torch.Tensor:
         first = self[0]
         patch = self[2].stride[0]
-        kernel, bias, last_two = self.composed_kernels()
-        patches = F.conv2d(images, kernel, bias, stride=patch, padding=first.padding[0] + self[1].padding[0])
+        halo = first.padding[0] + self[1].padding[0]  # image pixels beyond a patch that reach it: 2
+        # in the images' dtype, as the modules would be (autocast, if on, casts both to its own anyway)
+        kernel, bias, last_two = (tensor.to(images.dtype) for tensor in self.composed_kernels())
+        patches = F.conv2d(images, kernel, bias, stride=patch, padding=halo)
         # The first convolution one pixel outside the image (rows -1 and H, columns -1 and W), which the published
         # code replaces by zeros: only the image's border line reaches there, through the kernel's far tap row.
         weight, first_bias = first.weight, first.bias
-        top = F.conv2d(images[..., :1, :], weight[:, :, -1:, :], first_bias, padding=(0, 2))  # (N, 48, 1, W + 2)
-        bottom = F.conv2d(images[..., -1:, :], weight[:, :, :1, :], first_bias, padding=(0, 2))
-        left = F.conv2d(images[..., :, :1], weight[:, :, :, -1:], first_bias, padding=(2, 0))  # (N, 48, H + 2, 1)
-        right = F.conv2d(images[..., :, -1:], weight[:, :, :, :1], first_bias, padding=(2, 0))
+        top = F.conv2d(images[..., :1, :], weight[:, :, -1:, :], first_bias, padding=(0, halo))  # (N, 48, 1, W + 2)
+        bottom = F.conv2d(images[..., -1:, :], weight[:, :, :1, :], first_bias, padding=(0, halo))
+        left = F.conv2d(images[..., :, :1], weight[:, :, :, -1:], first_bias, padding=(halo, 0))  # (N, 48, H + 2, 1)
+        right = F.conv2d(images[..., :, -1:], weight[:, :, :, :1], first_bias, padding=(halo, 0))
         # Carried through the last two convolutions, the ring reaches only the outermost patches, each line through
         # the matching edge taps of their composed kernel.
         patches[..., :1, :] -= F.conv2d(top, last_two[:, :, :1, :], stride=(1, patch))

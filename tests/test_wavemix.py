@@ -101,6 +101,9 @@ def test_composed_stem_compiles_as_one_graph_and_runs_under_bf16_autocast():
         published = stem[2](stem[1](stem[0](images)))
     assert half.dtype == torch.bfloat16
     assert ((half.float() - published).norm() / published.norm()).item() < 2e-2  # bf16 rounding, not a bug
+    with torch.no_grad():  # a model cast to bf16 whole, without autocast, runs too
+        whole = stem.to(torch.bfloat16).composed_patches(images.to(torch.bfloat16))
+    assert ((whole.float() - published).norm() / published.norm()).item() < 2e-2
 
 
 def test_image_sides_must_be_multiples_of_32():
