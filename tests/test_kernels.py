@@ -122,6 +122,31 @@ def test_each_layout_has_its_kernel_family():
     assert len(FAMILIES[torch.contiguous_format].tuned["backward"].configs) == len(ROW_CONFIGS)
 
 
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format], ids=["channels_last", "nchw"])
+def test_autotuned_launch_hands_each_kernel_exactly_its_arguments(layout, monkeypatch):
+    """On a GPU the autotuner adds a configuration's keys to what `_launch` passes: together they must be the
+    kernel's parameters, and the grid must cover the tensor (checked here with the launch intercepted)."""
+    launches = []
+
+    class Intercepted:
+        def __getitem__(self, grid):
+            return lambda *arguments, **constants: launches.append((grid, arguments, constants))
+
+    family = FAMILIES[layout]
+    monkeypatch.setitem(family.tuned, "forward", Intercepted())
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda tensor: True))
+    x = torch.randn(2, 48, 64, 64).contiguous(memory_format=layout)
+    haar_dwt_triton(x, 3)
+    (grid, arguments, constants), = launches
+    names = family.forward.arg_names
+    config_keys = {key for key in family.configs[0] if key != "num_warps"}
+    assert list(names[:len(arguments)]) == [n for n in names if n not in constants and n not in config_keys]
+    assert set(names[len(arguments):]) == set(constants) | config_keys
+    sizes, rows, extent, block = family.geometry(x, 3)
+    tile = family.configs[0]["TILE"]
+    assert grid({"TILE": tile}) == (-(-rows // (tile // block)), -(-extent // block))
+
+
 def test_tiles_cover_the_contiguous_axis_without_masked_lanes_where_they_can():
     assert [_block_q(extent) for extent in (48, 64, 96, 192, 8, 3, 5, 20)] == [16, 64, 32, 64, 8, 4, 8, 32]
     assert [_block_x(width, 3) for width in (64, 24, 8, 512)] == [64, 32, 8, 128]
