@@ -60,6 +60,28 @@ def test_wavemix_compiles_with_inductor_under_bf16_autocast():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+def test_composed_stem_on_cuda_is_the_published_stem():
+    """cuDNN's convolutions, channels_last, in-place ring corrections on the GPU: fp32 (TF32 off, so rounding is
+    fp32's) to 1e-5 in values and gradients; under bf16 autocast to bf16 rounding."""
+    torch.manual_seed(0)
+    stem = wavemix_192_16(10).conv.cuda().to(memory_format=torch.channels_last)
+    images = torch.randn(4, 3, 128, 96, device="cuda").contiguous(memory_format=torch.channels_last)
+    direction = torch.randn(4, 192, 32, 24, device="cuda")
+    results = {}
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        for composed in (False, True):
+            stem.zero_grad()
+            patches = stem.composed_patches(images) if composed else stem[2](stem[1](stem[0](images)))
+            (patches * direction).sum().backward()
+            results[composed] = patches.detach(), [p.grad.clone() for conv in list(stem)[:3] for p in conv.parameters()]
+    (published, published_grads), (composed, composed_grads) = results[False], results[True]
+    assert relative_error(composed, published) < 1e-5
+    assert all(relative_error(mine, theirs) < 1e-4 for mine, theirs in zip(composed_grads, published_grads))
+    with torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
+        half = stem.composed_patches(images)
+    assert half.dtype == torch.bfloat16 and relative_error(half.float(), published) < 2e-2
+
+
 @pytest.mark.parametrize("phase", ["adamw", "sgd"])
 def test_fused_optimizers_step_as_the_reference_implementation(phase):
     from engine.trainer import OPTIMIZERS, make_optimizer
