@@ -116,6 +116,22 @@ def test_every_launch_configuration_computes_the_same_transform(channels_last, c
     assert relative_error(grad, haar_dwt_backward_torch(grads)) < 1e-6
 
 
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "nchw"])
+def test_the_autotuners_choice_never_changes_a_result(channels_last):
+    """Configurations differ in tiling and memory movement, not in any element's arithmetic: every one gives
+    bit for bit the same outputs and gradients, so runs on different GPUs (or DDP ranks) agree whatever is picked."""
+    x = torch.randn(2, 48, 16, 16).to(torch.bfloat16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    first, *others = configs_for(channels_last)
+    outputs = haar_dwt_triton(x, 3, first)
+    grads = [torch.randn_like(o) for o in outputs]
+    grad = haar_dwt_backward_triton(grads, channels_last, first)
+    for config in others:
+        assert all(torch.equal(a, b) for a, b in zip(haar_dwt_triton(x, 3, config), outputs)), config
+        assert torch.equal(haar_dwt_backward_triton(grads, channels_last, config), grad), config
+
+
 def test_each_layout_has_its_kernel_family():
     assert configs_for(True) == TILE_CONFIGS and configs_for(False) == ROW_CONFIGS
     assert len(FAMILIES[torch.channels_last].tuned["forward"].configs) == len(TILE_CONFIGS)
