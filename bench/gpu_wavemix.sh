@@ -4,7 +4,7 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl pytorch_wavelets==1.3.0 PyWavelets
 # then run this with carry [".whl"] (or after bench/stage_gpu_site.sh, which holds them too). Each step has its
-# own time limit so that one slow compile cannot take the whole call: about 6-7 minutes in all on an H100 (the
+# own time limit so that one slow compile cannot take the whole call: 6-9 minutes in all on an H100 (the
 # GPU tests compile every launch configuration of both kernel families).
 source bench/gpu_setup.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/gpu.txt"
