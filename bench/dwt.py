@@ -19,6 +19,7 @@ import torch
 
 from engine.bench.references import dwt_implementations
 from engine.bench.timing import time_per_call
+from engine.kernels import memory_format_of
 from engine.models.wavemix import LEVELS
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -51,7 +52,7 @@ def measure_configs(x, device, warmup, iterations, copy_gb_s: float) -> list[dic
     """The fused kernels under each launch configuration the autotuner chooses from, forward and backward apart."""
     from engine.kernels.haar_triton import configs_for, haar_dwt_backward_triton, haar_dwt_triton
 
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    channels_last = memory_format_of(x) == torch.channels_last
     outputs = haar_dwt_triton(x, LEVELS)
     grads = [torch.randn_like(o) for o in outputs]
     moved = (x.numel() + sum(o.numel() for o in outputs)) * x.element_size()

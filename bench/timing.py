@@ -71,15 +71,15 @@ def kernel_breakdown(fn: Callable[[], object], device: torch.device, steps: int,
         rows = [(e.key, e.self_device_time_total) for e in profiler.key_averages() if e.device_type != DeviceType.CPU]
     else:
         rows = [(e.key, e.self_cpu_time_total) for e in profiler.key_averages()]
-    rows = [(name, microseconds / steps / 1e3) for name, microseconds in rows if microseconds > 0]
+    rows = [(name, kernel_kind(name), microseconds / steps / 1e3) for name, microseconds in rows if microseconds > 0]
     if not rows:
         raise RuntimeError("the profiler recorded no kernel time")
-    total = sum(ms for _, ms in rows)
+    total = sum(ms for _, _, ms in rows)
     by_kind: dict[str, float] = {}
-    for name, ms in rows:
-        by_kind[kernel_kind(name)] = by_kind.get(kernel_kind(name), 0.0) + ms
-    ranked = sorted(rows, key=lambda row: -row[1])[:top]
+    for _, kind, ms in rows:
+        by_kind[kind] = by_kind.get(kind, 0.0) + ms
+    ranked = sorted(rows, key=lambda row: -row[2])[:top]
     return {"profiled_ms_per_step": round(total, 3),
             "by_kind_ms": {kind: round(ms, 3) for kind, ms in sorted(by_kind.items(), key=lambda item: -item[1])},
-            "top_kernels": [{"name": name[:120], "kind": kernel_kind(name), "ms": round(ms, 3),
-                             "share": round(ms / total, 3)} for name, ms in ranked]}
+            "top_kernels": [{"name": name[:120], "kind": kind, "ms": round(ms, 3), "share": round(ms / total, 3)}
+                            for name, kind, ms in ranked]}
