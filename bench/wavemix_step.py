@@ -11,6 +11,7 @@ Synthetic data already on the device, AdamW step, random init, 10 classes, as AN
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import time
 
@@ -83,14 +84,18 @@ def variant_name(dwt_name: str, precision: str, compile_it: bool) -> str:
 
 
 def chosen_variants(spec: str) -> list[tuple[str, str, bool]]:
-    """The variants named in --variants, in the order named; all of them when none is named."""
+    """The variants matching --variants, a comma-separated list of names or shell patterns (`fused:*:eager`,
+    `*:amp:*`), in the order named; all of them when none is named. A pattern matching nothing is an error."""
     if not spec:
         return VARIANTS
     names = {variant_name(*variant): variant for variant in VARIANTS}
-    unknown = sorted(set(spec.split(",")) - set(names))
-    if unknown:
-        raise SystemExit(f"unknown variant {unknown[0]!r}; choose from {', '.join(names)}")
-    return [names[name] for name in spec.split(",")]
+    chosen = []
+    for pattern in spec.split(","):
+        matches = fnmatch.filter(names, pattern)
+        if not matches:
+            raise SystemExit(f"unknown variant {pattern!r}; choose from {', '.join(names)} (or a pattern)")
+        chosen += [names[name] for name in matches if names[name] not in chosen]
+    return chosen
 
 
 def main(argv=None) -> list[dict]:
@@ -99,11 +104,10 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--iterations", type=int, default=10)
-    parser.add_argument("--only", default="", help="comma-separated DWT names to run (reference,plain,fused)")
-    parser.add_argument("--no-compile", action="store_true", help="skip the compiled variants")
     parser.add_argument("--variants", default="",
-                        help="comma-separated DWT:PRECISION:MODE to run, e.g. reference:fp32:eager,fused:amp:compiled "
-                             "(default: all)")
+                        help="comma-separated DWT:PRECISION:MODE to run, in that order, e.g. "
+                             "reference:fp32:eager,fused:amp:compiled; shell patterns work: '*:*:eager' skips the "
+                             "compiled ones, 'fused:*:*' runs the fused kernel only (default: all)")
     parser.add_argument("--kernels", type=int, default=0, metavar="N",
                         help="also profile each variant: its N costliest kernels and the device time per kind "
                              "(convolution, DWT, inductor-fused, normalisation, optimizer...)")
@@ -115,7 +119,6 @@ def main(argv=None) -> list[dict]:
     batch, size = (2, 32) if args.quick else (args.batch_size, args.image_size)
     iterations, warmup = (1, 0) if args.quick else (args.iterations, 3)
     dwts = dwt_implementations(device)
-    wanted = set(args.only.split(",")) if args.only else set(dwts)
     variants = chosen_variants(args.variants)
     print(json.dumps({"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                       "batch": batch, "image_size": size, "torch": torch.__version__}))
@@ -124,8 +127,6 @@ def main(argv=None) -> list[dict]:
         for row in stem_rates(batch, size, device, warmup, iterations):
             print(json.dumps(row), flush=True)
     for dwt_name, precision, compile_it in variants:
-        if dwt_name not in wanted or (compile_it and args.no_compile):
-            continue
         try:
             row = step_rate(dwt_name, dwts[dwt_name], precision, compile_it, batch, size, device, warmup, iterations,
                             args.kernels)

@@ -21,7 +21,7 @@ def test_dwt_benchmark_times_each_launch_configuration_on_request():
 
 
 def test_wavemix_step_benchmark_runs_each_variant():
-    rows = wavemix_step.main(["--quick", "--device", "cpu", "--no-compile", "--only", "plain,fused"])
+    rows = wavemix_step.main(["--quick", "--device", "cpu", "--variants", "plain:*:eager,fused:*:eager"])
     assert [(row["dwt"], row["compile"]) for row in rows] == [("plain", False)] * 2 + [("fused", False)] * 2
     assert all("error" not in row and row["images_per_s"] > 0 for row in rows)
 
@@ -32,6 +32,9 @@ def test_wavemix_step_benchmark_runs_only_the_named_variants():
                                                                 ("reference", "fp32")]
     with pytest.raises(SystemExit, match="unknown variant 'fused:fp16:eager'"):
         wavemix_step.main(["--quick", "--device", "cpu", "--variants", "fused:fp16:eager"])
+    chosen = wavemix_step.chosen_variants("fused:amp:compiled,*:amp:*")  # patterns; a variant runs once
+    assert [wavemix_step.variant_name(*variant) for variant in chosen] == [
+        "fused:amp:compiled", "plain:amp:eager", "plain:amp:compiled", "fused:amp:eager"]
 
 
 def test_loader_benchmark_compares_every_pipeline_with_synthetic_data():
