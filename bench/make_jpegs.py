@@ -23,10 +23,14 @@ def make_jpegs(root: Path, train: int = 2048, test: int = 100, classes: int = 10
     return root
 
 
-if __name__ == "__main__":
+def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path)
     parser.add_argument("--train", type=int, default=2048)
     parser.add_argument("--test", type=int, default=100)
-    args = parser.parse_args()
-    make_jpegs(args.root, args.train, args.test)
+    args = parser.parse_args(argv)
+    return make_jpegs(args.root, args.train, args.test)
+
+
+if __name__ == "__main__":
+    main()

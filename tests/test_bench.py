@@ -118,3 +118,71 @@ def test_kernel_registers_refuses_interpreted_kernels():
     from engine.bench import kernel_registers
     with pytest.raises(SystemExit, match="unset TRITON_INTERPRET"):
         kernel_registers.main([])
+
+
+# --- The one-call GPU scripts: a renamed flag must fail here, not after minutes of someone's device time --------------
+def _script_commands(script):
+    """(module, argv) of every `python3 -m engine...` command in a bench/gpu_*.sh script, its shell variables
+    replaced by the script's own values (an assignment, or a for loop's first item)."""
+    import re
+    import shlex
+    text = script.read_text().replace("\\\n", " ")
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    values = {}
+    for line in lines:
+        if match := re.match(r"\s*(\w+)=(\S+)$", line):
+            values.setdefault(match[1], match[2])
+        if match := re.match(r"\s*for (\w+) in (\S+)", line):
+            values[match[1]] = match[2]
+    for line in lines:
+        if match := re.search(r"python3 -m (engine(?:\.bench\.\w+)?) (.*)", line):
+            command = re.split(r"\s(?:\||&&|\d?>)", match[2])[0]  # up to a pipe, a chain or a redirection
+            argv = [re.sub(r"\$\{?(\w+)\}?", lambda m: values[m[1]], word) for word in shlex.split(command)]
+            yield match[1], argv
+
+
+def _parse_only(module_name, argv, monkeypatch):
+    """Parse `argv` as the module's main would, and stop there: SystemExit(2) on a flag it does not take."""
+    import argparse
+    import importlib
+
+    class Parsed(Exception):
+        pass
+
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise Parsed(original(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    with pytest.raises(Parsed) as parsed:
+        importlib.import_module(module_name).main(argv)
+    monkeypatch.undo()
+    return parsed.value.args[0]
+
+
+def _gpu_scripts():
+    from pathlib import Path
+    return sorted((Path(__file__).parent.parent / "bench").glob("gpu_*.sh"))
+
+
+def test_gpu_scripts_only_pass_flags_the_benchmarks_and_the_cli_take(monkeypatch):
+    from engine.cli import cli
+    commands = [command for script in _gpu_scripts() for command in _script_commands(script)]
+    assert {module for module, _ in commands} >= {"engine", "engine.bench.loaders", "engine.bench.wavemix_step",
+                                                 "engine.bench.dwt", "engine.bench.compare"}
+    for module, argv in commands:
+        if module == "engine":  # click: parse into a context without running the command
+            cli.commands[argv[0]].make_context(argv[0], argv[1:])
+            continue
+        args = _parse_only(module, argv, monkeypatch)
+        if module == "engine.bench.wavemix_step":  # its variant names are checked after parsing
+            assert wavemix_step.chosen_variants(args.variants)
+        if module == "engine.bench.loaders":
+            from engine.bench import loaders
+            assert loaders.chosen_loaders(args.loaders)
+
+
+def test_a_renamed_flag_in_a_gpu_script_is_caught(monkeypatch):
+    with pytest.raises(SystemExit):
+        _parse_only("engine.bench.wavemix_step", ["--only", "fused"], monkeypatch)
