@@ -8,6 +8,11 @@ Bytes counted: forward reads the input once and writes the three levels (1/4 + 1
 1.3125x the input); the backward reads those gradients and writes the input's. A copy reads and writes the
 input once. "of copy" is the implementation's GB/s over the copy's GB/s: 1.0 means it moves bytes as fast as the
 memory system allows.
+
+Timing: on a GPU, every figure but the `*_host_ms` ones is the kernels' time, from a CUDA graph of the calls
+replayed (`bench.timing.kernel_time_per_call`), the copy's too: at ~0.1 ms a call the host's launch overhead
+(the custom op's dispatch, Triton's launcher, autograd) is of the same order, and a plain loop would time the host.
+`forward_host_ms` and `fwd_bwd_host_ms` are that plain loop: what a caller waits when nothing else hides it.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import os
 import torch
 
 from engine.bench.references import dwt_implementations
-from engine.bench.timing import time_per_call
+from engine.bench.timing import kernel_time_per_call, time_per_call
 from engine.kernels import memory_format_of
 from engine.models.wavemix import LEVELS
 
@@ -28,24 +33,27 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def measure(name, dwt, x, device, warmup, iterations, compile_it, copy_gb_s: float) -> dict:
     fn = torch.compile(dwt, fullgraph=True) if compile_it else dwt
     element = x.element_size()
-    input_bytes = x.numel() * element
-    output_bytes = sum(o.numel() for o in fn(x)) * element
-    forward_s = time_per_call(lambda: fn(x), device, warmup, iterations)
+    moved = (x.numel() + sum(o.numel() for o in fn(x))) * element  # input read, levels written
     leaf = x.detach().requires_grad_(True)
     grads = [torch.randn_like(o) for o in fn(leaf)]
+
+    def forward():
+        fn(x)
 
     def forward_backward():
         torch.autograd.backward(fn(leaf), grads)
         leaf.grad = None
 
-    both_s = time_per_call(forward_backward, device, warmup, iterations)
-    forward_gb_s = (input_bytes + output_bytes) / forward_s / 1e9
-    both_gb_s = 2 * (input_bytes + output_bytes) / both_s / 1e9
+    forward_s, timing = kernel_time_per_call(forward, device, warmup, iterations)
+    both_s, _ = kernel_time_per_call(forward_backward, device, warmup, iterations)
+    forward_gb_s, both_gb_s = moved / forward_s / 1e9, 2 * moved / both_s / 1e9
     return {"implementation": name + (" compiled" if compile_it else ""),
             "forward_ms": round(forward_s * 1e3, 3), "forward_gb_s": round(forward_gb_s, 1),
             "forward_of_copy": round(forward_gb_s / copy_gb_s, 3),
             "fwd_bwd_ms": round(both_s * 1e3, 3), "fwd_bwd_gb_s": round(both_gb_s, 1),
-            "fwd_bwd_of_copy": round(both_gb_s / copy_gb_s, 3)}
+            "fwd_bwd_of_copy": round(both_gb_s / copy_gb_s, 3), "timing": timing,
+            "forward_host_ms": round(time_per_call(forward, device, warmup, iterations) * 1e3, 3),
+            "fwd_bwd_host_ms": round(time_per_call(forward_backward, device, warmup, iterations) * 1e3, 3)}
 
 
 def measure_configs(x, device, warmup, iterations, copy_gb_s: float) -> list[dict]:
@@ -58,9 +66,9 @@ def measure_configs(x, device, warmup, iterations, copy_gb_s: float) -> list[dic
     moved = (x.numel() + sum(o.numel() for o in outputs)) * x.element_size()
     rows = []
     for config in configs_for(channels_last):
-        forward_s = time_per_call(lambda: haar_dwt_triton(x, LEVELS, config), device, warmup, iterations)
-        backward_s = time_per_call(lambda: haar_dwt_backward_triton(grads, channels_last, config), device, warmup,
-                                   iterations)
+        forward_s, _ = kernel_time_per_call(lambda: haar_dwt_triton(x, LEVELS, config), device, warmup, iterations)
+        backward_s, _ = kernel_time_per_call(lambda: haar_dwt_backward_triton(grads, channels_last, config), device,
+                                             warmup, iterations)
         rows.append({"implementation": "fused, config " + ",".join(f"{k}={v}" for k, v in config.items()),
                      "forward_ms": round(forward_s * 1e3, 3),
                      "forward_of_copy": round(moved / forward_s / 1e9 / copy_gb_s, 3),
@@ -91,7 +99,7 @@ def main(argv=None) -> list[dict]:
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     copy_target = torch.empty_like(x)
-    copy_s = time_per_call(lambda: copy_target.copy_(x), device, warmup, iterations)
+    copy_s, _ = kernel_time_per_call(lambda: copy_target.copy_(x), device, warmup, iterations)
     copy_gb_s = 2 * x.numel() * x.element_size() / copy_s / 1e9
     rows = []
     for name, dwt in dwt_implementations(device).items():

@@ -27,6 +27,35 @@ def time_per_call(fn: Callable[[], object], device: torch.device, warmup: int, i
     return (time.perf_counter() - started) / iterations
 
 
+def kernel_time_per_call(fn: Callable[[], object], device: torch.device, warmup: int, iterations: int
+                         ) -> tuple[float, str]:
+    """(seconds per call of `fn`'s device work alone, how it was timed). On a GPU, after warm-up (autotuning and
+    compilation included), `iterations` calls are captured in one CUDA graph and the graph is replayed under CUDA
+    events: the host's launch overhead (Python, a custom op's dispatch, Triton's launcher, autograd) is left out,
+    and what remains is the kernels' time, which is what a bandwidth is about. A small, fast operator measured in a
+    plain loop is timed by its host instead once each call's kernels take less than the host needs to launch them.
+    Where capture fails (an operator that synchronises or copies from the host), the plain loop, said so."""
+    if device.type != "cuda":
+        return time_per_call(fn, device, warmup, iterations), "wall clock"
+    side = torch.cuda.Stream(device)  # capture wants its warm-up off the default stream
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for _ in range(iterations):
+                fn()
+    except RuntimeError as err:
+        torch.cuda.synchronize(device)
+        return time_per_call(fn, device, 1, iterations), f"plain loop (CUDA graph capture failed: {str(err)[:80]})"
+    seconds = time_per_call(graph.replay, device, 1, 3) / iterations
+    del graph
+    return seconds, "CUDA graph replay"
+
+
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()

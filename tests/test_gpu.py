@@ -122,3 +122,22 @@ def test_resident_batches_never_wait_for_the_gpu(tiny_dataset):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert len(batches) == 2 * len(pipeline) and batches[0][0].dtype == torch.bfloat16
+
+
+def test_the_dwt_benchmark_times_the_kernels_through_a_cuda_graph():
+    """bench.dwt's figures are the kernels' time (a CUDA graph replayed), not the host's launch overhead: the
+    capture of the fused operator, forward and backward through autograd, must work, and leave the operator
+    computing the same transform afterwards."""
+    from engine.bench.timing import kernel_time_per_call
+    x = torch.randn(16, 48, 64, 64, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    leaf = x.detach().requires_grad_(True)
+    grads = [torch.randn_like(o) for o in haar_dwt(x, 3)]
+
+    def forward_backward():
+        torch.autograd.backward(haar_dwt(leaf, 3), grads)
+        leaf.grad = None
+
+    seconds, timing = kernel_time_per_call(forward_backward, torch.device("cuda"), 3, 10)
+    assert timing == "CUDA graph replay" and 0 < seconds < 0.01
+    expected = haar_dwt_torch(x.float(), 3)
+    assert all(relative_error(o, e) < 1e-2 for o, e in zip(haar_dwt(x, 3), expected))
