@@ -44,8 +44,9 @@ def measure(name, dwt, x, device, warmup, iterations, compile_it, copy_gb_s: flo
         torch.autograd.backward(fn(leaf), grads)
         leaf.grad = None
 
-    forward_s, timing = kernel_time_per_call(forward, device, warmup, iterations)
-    both_s, _ = kernel_time_per_call(forward_backward, device, warmup, iterations)
+    forward_s, forward_timing = kernel_time_per_call(forward, device, warmup, iterations)
+    both_s, both_timing = kernel_time_per_call(forward_backward, device, warmup, iterations)
+    timing = forward_timing if forward_timing == both_timing else f"forward: {forward_timing}; fwd_bwd: {both_timing}"
     forward_gb_s, both_gb_s = moved / forward_s / 1e9, 2 * moved / both_s / 1e9
     return {"implementation": name + (" compiled" if compile_it else ""),
             "forward_ms": round(forward_s * 1e3, 3), "forward_gb_s": round(forward_gb_s, 1),
