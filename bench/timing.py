@@ -37,7 +37,9 @@ def kernel_time_per_call(fn: Callable[[], object], device: torch.device, warmup:
     Where capture fails (an operator that synchronises or copies from the host), the plain loop, said so."""
     if device.type != "cuda":
         return time_per_call(fn, device, warmup, iterations), "wall clock"
-    side = torch.cuda.Stream(device)  # capture wants its warm-up off the default stream
+    # Warm-up off the default stream, on the stream the capture then uses: libraries that keep a handle or a
+    # workspace per stream (cuBLAS, cuDNN) create it during the warm-up, not mid-capture, where that is illegal.
+    side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
         for _ in range(warmup):
@@ -45,7 +47,7 @@ def kernel_time_per_call(fn: Callable[[], object], device: torch.device, warmup:
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=side):
             for _ in range(iterations):
                 fn()
     except RuntimeError as err:
