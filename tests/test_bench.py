@@ -162,8 +162,8 @@ def _parse_only(module_name, argv, monkeypatch):
 
 
 def _gpu_scripts():
-    from pathlib import Path
-    return sorted((Path(__file__).parent.parent / "bench").glob("gpu_*.sh"))
+    from tests.conftest import REPO
+    return sorted((REPO / "bench").glob("gpu_*.sh"))
 
 
 def test_gpu_scripts_only_pass_flags_the_benchmarks_and_the_cli_take(monkeypatch):
