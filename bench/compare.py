@@ -2,13 +2,15 @@
 of each and their ratio, per backbone.
 
     python -m engine.bench.compare --data /tmp/jpgs --backbones resnet50,convnext_tiny,regnet_y_3_2gf   # GPU
+    python -m engine.bench.compare --data /tmp/jpgs --backbones all          # every backbone, WaveMix too
     python -m engine.bench.compare --data demo --quick --device cpu                                   # smoke
 
 The engine side is `engine train`'s own step and loader as configured by default for the machine (on a GPU:
 bf16, channels_last, torch.compile, DALI or resident loader, autotuned batch), timed over one epoch's batches
 after warm-up, and then the same step on synthetic data already on the device (engine_over_synthetic: 1.0
 means the loader never held the step back); the reference side is bench/reference_loop.py at the same batch size
-the authors' loop would need to fit (128, as ANCHORS.md measured).
+the authors' loop would need to fit (128, as ANCHORS.md measured). The last line is the geometric mean of the
+ratios over the backbones run.
 """
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ import math
 import torch
 
 from engine.bench.reference_loop import reference_epoch_rate
+from engine.errors import UserInputError
+from engine.grid import pick_names
+from engine.models import list_backbones
 from engine.profile import TrainStep, endless, images_per_s, synthetic_batch
 from engine.run import make_batches, prepare_config
 
@@ -40,16 +45,21 @@ def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="dataset name or a folder with train/<class>/<image>")
-    parser.add_argument("--backbones", default="resnet50,convnext_tiny,regnet_y_3_2gf,mobilenet_v3_large")
+    parser.add_argument("--backbones", default="resnet50,convnext_tiny,regnet_y_3_2gf,mobilenet_v3_large",
+                        help="comma-separated names or shell patterns ('regnet*'), or all")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=128, help="the reference loop's batch")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="32 px, batch 8, 2 steps each (smoke test)")
     args = parser.parse_args(argv)
+    try:
+        backbones = pick_names(args.backbones, list_backbones(), "backbone")
+    except UserInputError as error:
+        parser.error(str(error))
     size = (32, 32) if args.quick else (args.image_size, args.image_size)
     batch, steps = (8, 2) if args.quick else (args.batch_size, None)
     rows = []
-    for backbone in args.backbones.split(","):
+    for backbone in backbones:
         engine_rate, synthetic_rate, config, index = engine_rates(args.data, backbone, size, args.device,
                                                                   batch if args.quick else None, steps)
         reference_rate = reference_epoch_rate(str(index.root / "train"), backbone, size, batch,

@@ -9,8 +9,11 @@
 source bench/gpu_setup.sh
 export ENGINE_PROFILES=$out/profiles.json
 python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
-timeout 300 python3 -m engine.bench.compare --data /tmp/jpgs --backbones resnet50,mobilenet_v3_large \
-  2>&1 | grep -v -i deprecat | tee "$out/compare.jsonl"
+# BACKBONES: the comparison's backbones, comma-separated (WaveMix needs the wavelet wheels, as
+# gpu_wavemix.sh); each takes about 2 minutes (autotune, compile, an epoch of each loop), so 4 at most a call
+backbones=${BACKBONES:-resnet50,mobilenet_v3_large}
+timeout $((150 * $(tr ',' '\n' <<< "$backbones" | wc -l))) python3 -m engine.bench.compare --data /tmp/jpgs \
+  --backbones "$backbones" 2>&1 | grep -v -i deprecat | tee "$out/compare.jsonl"
 # COMPARE_ONLY=1: stop here (~4-5 minutes in all), when the session has little device time left
 [ "${COMPARE_ONLY:-0}" = 1 ] && exit 0
 timeout 100 python3 -m engine train --backbone mobilenet_v3_large --data /tmp/jpgs --no-pretrained --image-size 256 \

@@ -1,7 +1,8 @@
 """The paper's authors' published training loop, faithfully: an fp32 model with autocast around the loss only,
 a GradScaler, PIL + torchvision transforms (Resize, TrivialAugmentWide, ToTensor, Normalize), a DataLoader with 2
 workers, and a `.item()` every batch. Used by bench/compare.py as the baseline the engine is measured against.
-On a machine without CUDA the autocast and the scaler are off (the loop is otherwise the same)."""
+On a machine without CUDA the autocast and the scaler are off (the loop is otherwise the same). The model is
+torchvision's, or for WaveMix the published formulation (bench/references.py: pytorch_wavelets' transforms)."""
 from __future__ import annotations
 
 import time
@@ -10,9 +11,19 @@ import torch
 import torchvision
 import torchvision.transforms as T
 
+from engine.bench.references import reference_wavemix
 from engine.loaders.torch_pipeline import IMAGENET_MEAN, IMAGENET_STD
 
 AUTHORS_WORKERS = 2
+# backbones the authors did not take from torchvision: name -> builder(num_classes)
+AUTHORS_MODELS = {"wavemix": reference_wavemix}
+
+
+def authors_model(backbone: str, num_classes: int) -> torch.nn.Module:
+    build = AUTHORS_MODELS.get(backbone)
+    if build is None:
+        return torchvision.models.get_model(backbone, weights=None, num_classes=num_classes)
+    return build(num_classes)
 
 
 def reference_epoch_rate(folder: str, backbone: str, image_size: tuple[int, int], batch_size: int,
@@ -23,7 +34,7 @@ def reference_epoch_rate(folder: str, backbone: str, image_size: tuple[int, int]
     transform = T.Compose([T.Resize(list(image_size)), T.TrivialAugmentWide(), T.ToTensor(),
                            T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     dataset = torchvision.datasets.ImageFolder(folder, transform=transform)
-    model = torchvision.models.get_model(backbone, weights=None, num_classes=len(dataset.classes)).to(device)
+    model = authors_model(backbone, len(dataset.classes)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     cuda = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)

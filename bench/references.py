@@ -4,6 +4,9 @@
   three separate transforms per block (J=1, J=2, J=3: six single-level DWTs), LL of each, high bands of J=3.
 - plain: the plain-torch Haar of kernels/haar_torch.py (autograd through slicing), three levels in one pass.
 - fused: the engine's `haar_dwt` operator (Triton on CUDA).
+
+`reference_wavemix` is the whole published model in that formulation (the published stem too), for the
+authors' training loop (bench/reference_loop.py).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import types
 import torch
 
 from engine.kernels import haar_dwt, haar_dwt_torch
-from engine.models.wavemix import LEVELS, Level3WaveBlock
+from engine.models.wavemix import LEVELS, Level3WaveBlock, wavemix_192_16
 
 
 def import_pytorch_wavelets():
@@ -63,4 +66,14 @@ def use_dwt(model: torch.nn.Module, dwt) -> torch.nn.Module:
     for block in model.modules():
         if isinstance(block, Level3WaveBlock):
             block.forward = types.MethodType(_block_forward_with(dwt), block)
+    return model
+
+
+def reference_wavemix(num_classes: int) -> torch.nn.Module:
+    """WaveMix-192/16 computed as the published code computes it: the stem's three convolutions one after the
+    other and pytorch_wavelets' six transforms in every block (fp32 only: it crashes under autocast). The
+    transforms are a submodule, so `.to(device)` moves their filters with the weights."""
+    model = use_dwt(wavemix_192_16(num_classes), dwt := ReferenceDWT())
+    model.conv.composed = False
+    model.reference_dwt = dwt
     return model

@@ -52,7 +52,7 @@ class Cell:
                 "--seed", str(self.seed), "--fraction", f"{self.fraction:g}", "--out", str(out), *train_flags]
 
 
-def _pick(requested: str, known: list[str], what: str) -> list[str]:
+def pick_names(requested: str, known: list[str], what: str) -> list[str]:
     """'all', or comma-separated names and shell patterns ('regnet*'), each of which must match something."""
     if requested == "all":
         return list(known)
@@ -67,8 +67,8 @@ def _pick(requested: str, known: list[str], what: str) -> list[str]:
 
 
 def expand_cells(backbones: str, datasets: str, seeds: str, fractions: str) -> list[Cell]:
-    backbone_names = _pick(backbones, list_backbones(), "backbone")
-    dataset_names = _pick(datasets, [name for name in registry() if name != "demo"], "dataset")
+    backbone_names = pick_names(backbones, list_backbones(), "backbone")
+    dataset_names = pick_names(datasets, [name for name in registry() if name != "demo"], "dataset")
     try:
         seed_values = [int(seed) for seed in seeds.split(",")]
         fraction_values = [float(fraction) for fraction in fractions.split(",")]
