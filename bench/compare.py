@@ -5,12 +5,12 @@ of each and their ratio, per backbone.
     python -m engine.bench.compare --data /tmp/jpgs --backbones all          # every backbone, WaveMix too
     python -m engine.bench.compare --data demo --quick --device cpu                                   # smoke
 
-The engine side is `engine train`'s own step and loader as configured by default for the machine (on a GPU:
-bf16, channels_last, torch.compile, DALI or resident loader, autotuned batch), timed over one epoch's batches
-after warm-up, and then the same step on synthetic data already on the device (engine_over_synthetic: 1.0
-means the loader never held the step back); the reference side is bench/reference_loop.py at the same batch size
-the authors' loop would need to fit (128, as ANCHORS.md measured). The last line is the geometric mean of the
-ratios over the backbones run.
+The engine side is `engine train`'s own step and loader as configured by default for the machine (on a GPU: bf16,
+channels_last, torch.compile, DALI or resident loader, autotuned batch), timed over one epoch's batches (30 at
+least) after warm-up, and then the same step on synthetic data already on the device (engine_over_synthetic: 1.0
+means the loader never held the step back); the reference side is bench/reference_loop.py at the same batch size the
+authors' loop would need to fit (128, as ANCHORS.md measured). The last line is the geometric mean of the ratios
+over the backbones run.
 """
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ from engine.models import list_backbones
 from engine.profile import TrainStep, endless, images_per_s, synthetic_batch
 from engine.run import make_batches, prepare_config
 
+# at least this many steps timed, epoch after epoch: 2048 files at an autotuned batch of 256 are 8 steps, half
+# a second of a compiled resnet50, where one late batch would move the ratio by several percent
+MIN_TIMED_STEPS = 30
+
 
 def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: str, batch_size, steps: int | None):
     """The engine's epoch images/s over the files, and its same (already compiled) step's rate on synthetic data
@@ -35,7 +39,7 @@ def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: 
                                    batch_size=batch_size, pretrained=False)
     step = TrainStep(config, index.num_classes)
     pipeline = make_batches(config, index, index.train, train=True, device=torch.device(config.device))
-    steps = steps or len(pipeline)
+    steps = steps or max(len(pipeline), MIN_TIMED_STEPS)
     epoch_rate = images_per_s(endless(pipeline), steps, 3, step, torch.device(config.device))
     synthetic = synthetic_batch(config, index.num_classes, step.memory_format)
     synthetic_rate = images_per_s(iter(lambda: synthetic, None), steps, 3, step, torch.device(config.device))
