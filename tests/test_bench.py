@@ -86,6 +86,13 @@ def test_the_authors_loop_trains_wavemix_as_the_published_code_computes_it():
     assert ((ours - theirs).norm() / theirs.norm()).item() < 1e-6  # our stem composes its kernel in fp32
 
 
+def test_the_authors_loop_refuses_a_folder_too_small_to_time(tiny_dataset):
+    import torch
+    from engine.bench.reference_loop import reference_epoch_rate
+    with pytest.raises(ValueError, match="3 batches of 12 in an epoch"):  # 36 images: all of it warm-up
+        reference_epoch_rate(str(tiny_dataset / "train"), "mobilenet_v3_large", (32, 32), 12, torch.device("cpu"))
+
+
 def test_augment_benchmark_times_both_implementations():
     from engine.bench import augment
     rows = augment.main(["--quick", "--device", "cpu"])
