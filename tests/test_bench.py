@@ -158,16 +158,19 @@ def _script_commands(script):
     text = script.read_text().replace("\\\n", " ")
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     values = {}
+
+    def expand(word):
+        return re.sub(r"\$\{?(\w+)\}?", lambda m: values[m[1]], word)
+
     for line in lines:
         if match := re.match(r"\s*(\w+)=(\S+)$", line):  # name=value, or name=${VARIABLE:-default}
             values.setdefault(match[1], re.sub(r"^\$\{\w+:-(.*)\}$", r"\1", match[2]))
-        if match := re.match(r"\s*for (\w+) in (\S+)", line):
-            values[match[1]] = match[2]
+        if match := re.match(r"\s*for (\w+) in ([^\s;]+)", line):
+            values[match[1]] = expand(match[2])
     for line in lines:
         if match := re.search(r"python3 -m (engine(?:\.bench\.\w+)?) (.*)", line):
             command = re.split(r"\s(?:\||&&|\d?>)", match[2])[0]  # up to a pipe, a chain or a redirection
-            argv = [re.sub(r"\$\{?(\w+)\}?", lambda m: values[m[1]], word) for word in shlex.split(command)]
-            yield match[1], argv
+            yield match[1], [expand(word) for word in shlex.split(command)]
 
 
 def _parse_only(module_name, argv, monkeypatch):
