@@ -10,7 +10,7 @@ source bench/gpu_setup.sh
 export ENGINE_PROFILES=$out/profiles.json
 python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 # BACKBONES: the comparison's backbones, comma-separated (WaveMix needs the wavelet wheels, as
-# gpu_wavemix.sh); each takes about 2 minutes (autotune, compile, an epoch of each loop), so 4 at most a call
+# gpu_wavemix.sh); each takes about 2 minutes (autotune, compile, an epoch of each loop), so 3 at most a call
 backbones=${BACKBONES:-resnet50,mobilenet_v3_large}
 timeout $((150 * $(tr ',' '\n' <<< "$backbones" | wc -l))) python3 -m engine.bench.compare --data /tmp/jpgs \
   --backbones "$backbones" 2>&1 | grep -v -i deprecat | tee "$out/compare.jsonl"
