@@ -152,12 +152,13 @@ def test_kernel_registers_refuses_interpreted_kernels():
 # --- The one-call GPU scripts: a renamed flag must fail here, not after minutes of someone's device time --------------
 def _script_commands(script):
     """(module, argv) of every `python3 -m engine...` command in a bench/gpu_*.sh script, its shell variables
-    replaced by the script's own values (an assignment, or a for loop's first item)."""
+    replaced by the script's own values (its first assignment of each), once for every item of a for loop."""
+    import itertools
     import re
     import shlex
     text = script.read_text().replace("\\\n", " ")
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    values = {}
+    values, loops = {}, {}
 
     def expand(word):
         return re.sub(r"\$\{?(\w+)\}?", lambda m: values[m[1]], word)
@@ -165,12 +166,15 @@ def _script_commands(script):
     for line in lines:
         if match := re.match(r"\s*(\w+)=(\S+)$", line):  # name=value, or name=${VARIABLE:-default}
             values.setdefault(match[1], re.sub(r"^\$\{\w+:-(.*)\}$", r"\1", match[2]))
-        if match := re.match(r"\s*for (\w+) in ([^\s;]+)", line):
-            values[match[1]] = expand(match[2])
+        if match := re.match(r"\s*for (\w+) in (.+?); do", line):
+            loops[match[1]] = shlex.split(expand(match[2]))
     for line in lines:
         if match := re.search(r"python3 -m (engine(?:\.bench\.\w+)?) (.*)", line):
             command = re.split(r"\s(?:\||&&|\d?>)", match[2])[0]  # up to a pipe, a chain or a redirection
-            yield match[1], [expand(word) for word in shlex.split(command)]
+            looped = sorted({name for name in re.findall(r"\$\{?(\w+)\}?", command) if name in loops})
+            for items in itertools.product(*(loops[name] for name in looped)):
+                values.update(zip(looped, items))
+                yield match[1], shlex.split(expand(command))  # expanded first: an unquoted $variable splits
 
 
 def _parse_only(module_name, argv, monkeypatch):
