@@ -200,22 +200,27 @@ def dry_run(cells: list[Cell], out: Path) -> list[str]:
         parts = key.split("|")
         if parts[0] != "packing" and entry.get("images_per_s"):
             rates[parts[2]] = max(rates.get(parts[2], 0.0), max(float(v) for v in entry["images_per_s"].values()))
-    lines, seconds, unknown = [], 0.0, set()
+    lines, seconds, unrated, unsized = [], 0.0, set(), set()
     for cell in cells:
         lines.append(f"{cell_status(out, cell):8s} {cell.name}")
         spec = registry().get(cell.data)
         if cell_status(out, cell) == "done":
             continue
-        if cell.backbone not in rates or spec is None:
-            unknown.add(cell.backbone if cell.backbone not in rates else cell.data)
-            continue
-        seconds += spec.paper_counts["train"] * cell.fraction * ASSUMED_EPOCHS / rates[cell.backbone]
+        if cell.backbone not in rates:
+            unrated.add(cell.backbone)
+        if spec is None:
+            unsized.add(cell.data)
+        if cell.backbone in rates and spec is not None:
+            seconds += spec.paper_counts["train"] * cell.fraction * ASSUMED_EPOCHS / rates[cell.backbone]
     if seconds:
         lines.append(f"estimate: {seconds / 3600:.1f} GPU-hours for the cells left (profile store rates, "
                      f"{ASSUMED_EPOCHS} epochs a cell)")
-    if unknown:
-        lines.append(f"no estimate for {', '.join(sorted(unknown))}: the profile store has no rate for it (run "
-                     f"`engine profile --backbone NAME` on the GPU) or it is not a built-in dataset")
+    if unrated:
+        lines.append(f"no estimate for the cells of {', '.join(sorted(unrated))}: the profile store has no rate "
+                     f"for them (`engine profile --backbone NAME` on the GPU measures one)")
+    if unsized:
+        lines.append(f"no estimate for the cells of {', '.join(sorted(unsized))}: not a built-in dataset, whose "
+                     f"size is known ahead")
     return lines
 
 

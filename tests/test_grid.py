@@ -95,13 +95,25 @@ def test_failed_cells_are_reported_and_retried(tmp_path):
     assert [cell_status(out, cell) for cell in cells] == ["done", "done"]
 
 
-def test_dry_run_lists_the_plan(tmp_path):
-    done = run_engine("grid", "--backbones", "resnet50", "--datasets", "eurosat,cifar10", "--seeds", "0,1",
-                      "--fractions", "1,0.1", "--out", str(tmp_path), "--dry-run")
+def test_dry_run_lists_the_plan_and_estimates_it_from_the_profile_store(tmp_path, tiny_dataset):
+    from engine.scheduler import profile_key, save_profile
+    store = tmp_path / "profiles.json"
+    args = ("grid", "--backbones", "resnet50", "--datasets", f"eurosat,cifar10,{tiny_dataset}", "--seeds", "0,1",
+            "--fractions", "1,0.1", "--out", str(tmp_path / "runs"), "--dry-run")
+    done = run_engine(*args, env_extra={"ENGINE_PROFILES": str(store)})
     assert done.returncode == 0
     lines = done.stdout.splitlines()
-    assert sum(line.startswith("pending") for line in lines) == 8
-    assert "no estimate" in done.stdout or "GPU-hours" in done.stdout
+    assert sum(line.startswith("pending") for line in lines) == 12
+    assert not any(line.startswith("estimate") for line in lines)
+    assert "no estimate for the cells of resnet50: the profile store has no rate" in done.stdout
+
+    save_profile(profile_key("NVIDIA H100", "resnet50", (256, 256), "bf16", True, True),
+                 {"batch_size": 256, "images_per_s": {"128": 900.0, "256": 1000.0}}, store)
+    done = run_engine(*args, env_extra={"ENGINE_PROFILES": str(store)})
+    # 2 seeds x (EuroSAT's 18900 + CIFAR-10's 50000 training images) x (1 + 0.1) x 40 epochs at 1000 img/s
+    assert "estimate: 1.7 GPU-hours for the cells left" in done.stdout
+    assert f"no estimate for the cells of {tiny_dataset}: not a built-in dataset" in done.stdout
+    assert "resnet50: the profile store" not in done.stdout
 
 
 def test_the_submitit_path_runs_a_job_array_locally(tmp_path):
