@@ -1,5 +1,5 @@
-"""Shared fixtures. Every test runs offline: the torch hub cache and the data root point into a temporary
-folder, and opening a network connection fails the test."""
+"""Shared fixtures. Every test runs offline: the torch hub cache, the data root and the profile store point into a
+temporary folder, and opening a network connection fails the test."""
 from __future__ import annotations
 
 import os
@@ -28,6 +28,8 @@ def offline(monkeypatch, tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
     monkeypatch.setenv("ENGINE_DATA", str(home / "data"))
+    # the batch and packing choices a real GPU stored on this machine must not steer (or be overwritten by) a test
+    monkeypatch.setenv("ENGINE_PROFILES", str(home / "profiles.json"))
 
     connect = socket.socket.connect
 
