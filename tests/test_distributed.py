@@ -166,10 +166,12 @@ def engine(*args, **popen):
                             **popen)
 
 
-def test_two_processes_train_the_demo_survive_a_kill_and_match_one_process(tmp_path):
-    single_out, ddp_out = tmp_path / "single", tmp_path / "ddp"
-    folder = ddp_out / "shufflenet_v2_x2_0" / "demo" / "f1" / "s0"
-    first = engine(*DEMO, "--gpus", "2", "--device", "cpu", "--batch-size", "16", "--out", str(ddp_out))
+def test_two_processes_train_the_demo_survive_a_kill_and_learn(tmp_path):
+    """The whole command, killed mid-run and started again. That two ranks take the same steps as one process
+    with twice the batch is shown exactly by test_two_ranks_take_the_same_steps_as_one_process_with_twice_the_batch."""
+    out = tmp_path / "ddp"
+    folder = out / "shufflenet_v2_x2_0" / "demo" / "f1" / "s0"
+    first = engine(*DEMO, "--gpus", "2", "--device", "cpu", "--batch-size", "16", "--out", str(out))
     deadline = time.time() + 300
     while not ((folder / "metrics.csv").exists() and len(read_metrics(folder / "metrics.csv")) >= 3):
         if first.poll() is not None or time.time() > deadline:
@@ -181,11 +183,9 @@ def test_two_processes_train_the_demo_survive_a_kill_and_match_one_process(tmp_p
     time.sleep(1)
     assert not (folder / "result.json").exists()
 
-    resumed = engine(*DEMO, "--gpus", "2", "--device", "cpu", "--batch-size", "16", "--out", str(ddp_out))
+    resumed = engine(*DEMO, "--gpus", "2", "--device", "cpu", "--batch-size", "16", "--out", str(out))
     resumed_log = resumed.communicate(timeout=600)[1]
-    single = engine(*DEMO, "--batch-size", "32", "--out", str(single_out))  # the same global batch
-    single_log = single.communicate(timeout=600)[1]
-    assert resumed.returncode == 0 and single.returncode == 0, resumed_log + single_log
+    assert resumed.returncode == 0, resumed_log
     assert "resuming after epoch" in resumed_log and resumed_log.count("epoch  10") == 1  # rank 0 speaks alone
 
     assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "config.json", "files.json", "metrics.csv",
@@ -193,12 +193,9 @@ def test_two_processes_train_the_demo_survive_a_kill_and_match_one_process(tmp_p
     config = json.loads((folder / "config.json").read_text())
     assert (config["world_size"], config["batch_size"], config["counts"]["train"]) == (2, 16, 600)
     assert [int(row["epoch"]) for row in read_metrics(folder / "metrics.csv")] == list(range(1, 11))
-    ddp_acc = json.loads((folder / "result.json").read_text())["test_acc"]
-    single_acc = json.loads((single_out / "shufflenet_v2_x2_0" / "demo" / "f1" / "s0" / "result.json")
-                            .read_text())["test_acc"]
-    # Same images per global step; BatchNorm sees 16 images per rank instead of 32, so the runs drift apart
-    # within the noise of 180 test images. Chance is 16.7 %; both runs reach about 40-50 % in 10 epochs.
-    assert ddp_acc > 30 and single_acc > 30 and abs(ddp_acc - single_acc) < 15, (ddp_acc, single_acc)
+    # Chance is 16.7 %; two ranks of 16 (one process of 32 alike) reach about 40-50 % in 10 epochs
+    # (bench/NOTES.md, second session: 41.1 % and 47.2 %).
+    assert json.loads((folder / "result.json").read_text())["test_acc"] > 30
 
 
 def test_a_rank_count_that_contradicts_torchrun_is_refused(tmp_path):
