@@ -35,9 +35,11 @@ def training_stream(priority: str, device: torch.device):
         return
     stream = torch.cuda.Stream(device, priority=-1)  # lower is higher; -1 is high on every torch and GPU
     stream.wait_stream(torch.cuda.current_stream(device))  # what the loader enqueued before: its first batch
-    with torch.cuda.stream(stream):
-        yield
-    torch.cuda.current_stream(device).wait_stream(stream)
+    try:
+        with torch.cuda.stream(stream):
+            yield
+    finally:  # what follows (a failure's clean-up too) comes after the step's work
+        torch.cuda.current_stream(device).wait_stream(stream)
 
 
 def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup, train_step,
