@@ -59,8 +59,9 @@ def test_compare_runs_the_engine_and_the_authors_loop_on_the_same_files():
     from engine.bench import compare
     rows = compare.main(["--data", "demo", "--quick", "--device", "cpu", "--backbones", "mobilenet_v3_large,wavemix"])
     assert [row["backbone"] for row in rows] == ["mobilenet_v3_large", "wavemix"]  # WaveMix: not torchvision's
-    with pytest.raises(SystemExit):  # one line naming the valid backbones (argparse's error), exit 2
+    with pytest.raises(SystemExit) as refused:  # one line naming the valid backbones (argparse's error)
         compare.main(["--data", "demo", "--quick", "--device", "cpu", "--backbones", "resnet50,nope"])
+    assert refused.value.code == 2
     for row in rows:
         assert row["engine_img_s"] > 0 and row["reference_img_s"] > 0 and row["ratio"] > 0
         assert row["engine_synthetic_img_s"] > 0
