@@ -40,7 +40,8 @@ def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: 
     step = TrainStep(config, index.num_classes)
     pipeline = make_batches(config, index, index.train, train=True, device=torch.device(config.device))
     steps = steps or max(len(pipeline), MIN_TIMED_STEPS)
-    epoch_rate = images_per_s(endless(pipeline), steps, 3, step, torch.device(config.device))
+    epoch_rate = images_per_s(endless(pipeline), steps, 3, step, torch.device(config.device),
+                              drain=pipeline.queued_batches)
     synthetic = synthetic_batch(config, index.num_classes, step.memory_format)
     synthetic_rate = images_per_s(iter(lambda: synthetic, None), steps, 3, step, torch.device(config.device))
     return epoch_rate, synthetic_rate, config, index

@@ -54,7 +54,8 @@ def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup
            "loader_only_img_s": round(images_per_s(endless(pipeline), steps, warmup, lambda x, y: None, device), 1)}
     if train_step is not None:
         with training_stream(stream_priority, device):
-            row["train_img_s"] = round(images_per_s(endless(pipeline), steps, warmup, train_step, device), 1)
+            row["train_img_s"] = round(images_per_s(endless(pipeline), steps, warmup, train_step, device,
+                                                    drain=pipeline.queued_batches), 1)
         if stream_priority != "default":
             row["training_stream"] = stream_priority
     return row

@@ -23,6 +23,10 @@ class BatchCounts:
     compiled graphs and BatchNorm statistics well-formed (a last batch of one image breaks BatchNorm), and the
     order changes every epoch, so every image is still seen. Evaluation keeps every image."""
 
+    # How many batches the pipeline can have made ahead of the one asked for (benchmarks take them untimed):
+    # none where each batch is made when asked (the resident path, on the training's own stream).
+    queued_batches = 0
+
     def _set_counts(self, size: int, batch_size: int, train: bool, shard: Shard) -> None:
         self.shard = shard
         self.size = shard.size(size, train)

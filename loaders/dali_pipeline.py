@@ -74,6 +74,8 @@ def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment:
 class DaliBatches(BatchCounts):
     """Batches of one split for the trainer, with the torch pipeline's interface."""
 
+    queued_batches = 2 * PREFETCH_BATCHES  # DALI's CPU stage and its GPU stage each hold that many ahead
+
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
                  batch_size: int, train: bool, device: torch.device, seed: int, workers: int, channels_last: bool,
                  dtype: torch.dtype = torch.float32, shard: Shard = SINGLE, hw_decoder_load: float | None = None):

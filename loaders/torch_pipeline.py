@@ -129,6 +129,7 @@ class TorchBatches(BatchCounts):
                                  pin_memory=device.type == "cuda",
                                  # its own generator: the loader's seed draws stay out of the training RNG stream
                                  generator=torch.Generator().manual_seed(draw_seed(seed, -1)))
+        self.queued_batches = workers * (self.loader.prefetch_factor or 0)  # each worker works that far ahead
 
     def epoch(self, epoch: int):
         self.sampler.set_epoch(epoch)

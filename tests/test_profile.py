@@ -1,6 +1,8 @@
 """`engine profile` on the CPU: every field, with and without a dataset."""
 import json
 
+import pytest
+
 from tests.conftest import run_engine
 
 FIELDS = {"backbone", "device", "image_size", "precision", "compile", "channels_last", "batch_size",
@@ -29,3 +31,37 @@ def test_profile_without_data_measures_the_model_alone():
     assert report["verdict"].startswith("model only")
     bad = run_engine("profile", "--backbone", "wavemix", "--image-size", "48")
     assert bad.returncode == 2 and "divisible by 32" in bad.stderr
+
+
+def test_end_to_end_timing_starts_after_the_batches_a_loader_made_ahead():
+    """A loader's prefetched batches, made while the warm-up ran, are taken untimed and unworked: timed, they would
+    let a loader too slow for the step read as keeping up."""
+    import itertools
+
+    import torch
+
+    from engine.profile import images_per_s
+    taken, worked_on = [], []
+
+    def batches():
+        for number in itertools.count(1):
+            taken.append(number)
+            yield torch.zeros(2, 3), torch.zeros(2)
+
+    rate = images_per_s(batches(), steps=5, warmup=2, work=lambda images, labels: worked_on.append(taken[-1]),
+                        device=torch.device("cpu"), drain=3)
+    assert worked_on == [1, 2, 6, 7, 8, 9, 10] and len(taken) == 10 and rate > 0
+
+
+@pytest.mark.parametrize("loader, workers, made_ahead", [("torch", 0, 0), ("torch", 2, 4), ("resident", 0, 0),
+                                                         ("dali", 1, 6)])
+def test_each_pipeline_says_how_many_batches_it_makes_ahead(tiny_dataset, loader, workers, made_ahead):
+    import torch
+
+    from engine.loaders import PIPELINES, dali_available, scan_dataset
+    if loader == "dali" and not dali_available():
+        pytest.skip("DALI is not installed")
+    index = scan_dataset(tiny_dataset)
+    pipeline = PIPELINES[loader](index, index.train, image_size=(32, 32), augment=False, batch_size=4, train=True,
+                                 device=torch.device("cpu"), seed=0, workers=workers, channels_last=False)
+    assert pipeline.queued_batches == made_ahead
