@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from engine.config import parse_image_size
 from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
 from engine.models import build_backbone
+from engine.bench.timing import ordered_stream
 from engine.profile import endless, images_per_s
 
 
@@ -33,13 +34,9 @@ def training_stream(priority: str, device: torch.device):
     if priority == "default" or device.type != "cuda":
         yield
         return
-    stream = torch.cuda.Stream(device, priority=-1)  # lower is higher; -1 is high on every torch and GPU
-    stream.wait_stream(torch.cuda.current_stream(device))  # what the loader enqueued before: its first batch
-    try:
-        with torch.cuda.stream(stream):
-            yield
-    finally:  # what follows (a failure's clean-up too) comes after the step's work
-        torch.cuda.current_stream(device).wait_stream(stream)
+    # after what the loader enqueued before (its first batch); lower is higher, -1 high on every torch and GPU
+    with ordered_stream(torch.cuda.Stream(device, priority=-1), device):
+        yield
 
 
 def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup, train_step,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -27,6 +28,18 @@ def time_per_call(fn: Callable[[], object], device: torch.device, warmup: int, i
     return (time.perf_counter() - started) / iterations
 
 
+@contextmanager
+def ordered_stream(stream: torch.cuda.Stream, device: torch.device):
+    """Run the block on `stream`, ordered after what the current stream has enqueued before it, and with the
+    current stream ordered after the block's work on every exit."""
+    stream.wait_stream(torch.cuda.current_stream(device))
+    try:
+        with torch.cuda.stream(stream):
+            yield
+    finally:
+        torch.cuda.current_stream(device).wait_stream(stream)
+
+
 def kernel_time_per_call(fn: Callable[[], object], device: torch.device, warmup: int, iterations: int
                          ) -> tuple[float, str]:
     """(seconds per call of `fn`'s device work alone, how it was timed). On a GPU, after warm-up (autotuning and
@@ -40,11 +53,9 @@ def kernel_time_per_call(fn: Callable[[], object], device: torch.device, warmup:
     # Warm-up off the default stream, on the stream the capture then uses: libraries that keep a handle or a
     # workspace per stream (cuBLAS, cuDNN) create it during the warm-up, not mid-capture, where that is illegal.
     side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
+    with ordered_stream(side, device):
         for _ in range(warmup):
             fn()
-    torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     try:
         with torch.cuda.graph(graph, stream=side):
