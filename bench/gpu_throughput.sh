@@ -4,20 +4,22 @@
 # end to end over its own step on synthetic data (bench/compare.py); then `engine train` with every GPU default
 # (the autotuned batch now cached in ENGINE_PROFILES, the inductor cache warm) to see a whole run finish; then
 # `engine profile --packing` for the small backbone, where running several at once may pay. Logs in $OUT, about
-# 7 minutes on an H100. Stage DALI first (bench/stage_gpu_site.sh, then its calls) so that /tmp/site holds it;
+# 10 minutes on an H100 (packing ~4). Stage DALI first (bench/stage_gpu_site.sh, then its calls) so that /tmp/site holds it;
 # without it the engine uses the resident or torch loader (the log says which).
 source bench/gpu_setup.sh
 export ENGINE_PROFILES=$out/profiles.json
 python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 # BACKBONES: the comparison's backbones, comma-separated (WaveMix needs the wavelet wheels, as
-# gpu_wavemix.sh); each takes about 2 minutes (autotune, compile, an epoch of each loop), so 3 at most a call
+# gpu_wavemix.sh); each takes about 2 minutes (autotune, compile, an epoch of each loop), so 3 at most a call;
+# BACKBONES=none skips the comparison (the train run and the packing alone: ~7 minutes)
 backbones=${BACKBONES:-resnet50,mobilenet_v3_large}
-timeout $((150 * $(tr ',' '\n' <<< "$backbones" | wc -l))) python3 -m engine.bench.compare --data /tmp/jpgs \
+[ "$backbones" != none ] && timeout $((150 * $(tr ',' '\n' <<< "$backbones" | wc -l))) python3 -m engine.bench.compare --data /tmp/jpgs \
   --backbones "$backbones" 2>&1 | grep -v -i deprecat | tee "$out/compare.jsonl"
 # COMPARE_ONLY=1: stop here (~4-5 minutes in all), when the session has little device time left
 [ "${COMPARE_ONLY:-0}" = 1 ] && exit 0
 timeout 100 python3 -m engine train --backbone mobilenet_v3_large --data /tmp/jpgs --no-pretrained --image-size 256 \
   --max-epochs 2 --out /tmp/runs 2>&1 | tee "$out/train.log"
 cp /tmp/runs/*/*/*/*/config.json "$out/train_config.json" 2>/dev/null
-timeout 130 python3 -m engine profile --backbone mobilenet_v3_large --data /tmp/jpgs --image-size 256 --steps 20 \
+# packing: 1, 2 and 3 copies, each tuning its batch in its share of the card, compiling, then 10 s together
+timeout 360 python3 -m engine profile --backbone mobilenet_v3_large --data /tmp/jpgs --image-size 256 --steps 20 \
   --packing --json 2>>"$out/profile.log" | tee -a "$out/profile.jsonl"

@@ -288,7 +288,8 @@ def report(folder: str, fmt: str, plots: str | None) -> None:
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Measured steps per part.")
 @click.option("--packing", is_flag=True,
-              help="Also measure 1, 2 and 3 such runs at once on the device and store the best count for the grid.")
+              help="Also measure 1, 2 and 3 such runs at once on the device, each in its share of the memory, "
+                   "timed together for 10 s once all have compiled; store the best count for the grid.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the table.")
 def profile_command(steps: int, packing: bool, as_json: bool, **flags) -> None:
     """Measure a training step: the model on synthetic data (forward/backward/optimizer, peak memory, first-step
@@ -297,18 +298,44 @@ def profile_command(steps: int, packing: bool, as_json: bool, **flags) -> None:
 
     from engine.profile import profile
     from engine.run import prepare_profile_config
-    from engine.scheduler import measure_packing
+    from engine.scheduler import PACKING_SECONDS, measure_packing
 
     config, index = prepare_profile_config(**flags)
     report = profile(config, index, steps=steps, warmup=3)
     if packing:
-        best, rates = measure_packing(config.backbone, config.image_size, config.batch_size, config.device, steps)
-        report["packing"] = {"best_concurrency": best, "total_images_per_s": rates}
+        log.info("packing: 1, 2 and 3 copies of the step at once, %.0f s each once all are compiled",
+                 PACKING_SECONDS)
+        best, rates, batches = measure_packing(config)
+        report["packing"] = {"best_concurrency": best, "total_images_per_s": rates, "batch_sizes": batches}
     if as_json:
         click.echo(json_module.dumps(report, indent=2))
         return
     _print_table(("measure", "value"), [(key, str(value)) for key, value in report.items() if key != "verdict"])
     click.echo(f"\nverdict: {report['verdict']}")
+
+
+@cli.command("packed-copy", hidden=True)
+@click.option("--backbone", required=True)
+@click.option("--image-size", required=True, callback=lambda ctx, param, value: parse_image_size(value))
+@click.option("--batch-size", type=BATCH_SIZE, required=True)
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto")
+@click.option("--compile/--no-compile", default=None)
+@click.option("--channels-last/--no-channels-last", default=True)
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto")
+@click.option("--copies", type=click.IntRange(min=1), required=True)
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), required=True)
+@click.option("--barrier", type=click.Path(exists=True, file_okay=False), required=True)
+def packed_copy_command(copies: int, seconds: float, barrier: str, **flags) -> None:
+    """One copy of `engine profile --packing`'s measurement, which starts them (with ENGINE_MEMORY_SHARE):
+    prints its images/s and timed window as JSON."""
+    import json as json_module
+    from pathlib import Path
+
+    from engine.profile import packed_copy
+    from engine.run import prepare_profile_config
+
+    config, _ = prepare_profile_config(data=None, **flags)
+    click.echo(json_module.dumps(packed_copy(config, copies, Path(barrier), seconds)))
 
 
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

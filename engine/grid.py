@@ -24,6 +24,7 @@ from engine.errors import UserInputError
 from engine.loaders import registry
 from engine.models import list_backbones
 from engine.results import RESULT, read_json, write_json
+from engine.scheduler import read_profiles, share_environment
 
 log = logging.getLogger("engine")
 GRID_FOLDER = ".grid"  # under --out: per-cell logs and failure records
@@ -117,8 +118,6 @@ def _record_failure(out: Path, cell: Cell, exit_code: int, log_file: Path) -> st
 def packed_concurrency(backbones: set[str]) -> int:
     """Cells per GPU: the concurrency `engine profile --packing` stored for this GPU, the smallest over the grid's
     backbones (a big backbone must not be packed because a small one could be); 1 where nothing is stored."""
-    from engine.scheduler import read_profiles
-
     gpu = torch.cuda.get_device_name()
     counts = {key.split("|")[3]: entry["concurrency"] for key, entry in read_profiles().items()
               if key.startswith("packing|") and key.split("|")[1] == gpu}
@@ -133,7 +132,8 @@ def _worker_slots(cells: list[Cell]) -> list[dict]:
     per_gpu = packed_concurrency({cell.backbone for cell in cells})
     if per_gpu > 1:
         log.info("grid: %d cells per GPU (the profile store's packing measurement)", per_gpu)
-    return [{"CUDA_VISIBLE_DEVICES": str(index)} for index in range(gpus) for _ in range(per_gpu)]
+    return [{"CUDA_VISIBLE_DEVICES": str(index), **share_environment(per_gpu)}  # each in its share of the memory
+            for index in range(gpus) for _ in range(per_gpu)]
 
 
 def run_grid(cells: list[Cell], out: Path, train_flags: list[str], retry_failed: bool = False,
@@ -193,8 +193,6 @@ ASSUMED_EPOCHS = 40  # a typical DualOpt run: the best epoch, two patience windo
 def dry_run(cells: list[Cell], out: Path) -> list[str]:
     """The plan, one line per cell with its status, and an estimate of GPU-hours from the profile store's
     measured images/s (the fastest entry per backbone), where it has them."""
-    from engine.scheduler import read_profiles
-
     rates: dict[str, float] = {}
     for key, entry in read_profiles().items():
         parts = key.split("|")

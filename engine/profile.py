@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from itertools import islice
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from engine.config import RunConfig
 from engine.loaders import DatasetIndex
 from engine.models import build_backbone
-from engine.scheduler import synchronize
+from engine.scheduler import synchronize, wait_for_copies
 from engine.run import make_batches
 from engine.trainer import FIRST_PHASE, compiled, input_dtype, make_optimizer, make_precision
 
@@ -135,6 +136,29 @@ def profile(config: RunConfig, index: DatasetIndex | None, steps: int, warmup: i
                                                                drain=pipeline.queued_batches), 1)
     report["verdict"] = verdict(report)
     return report
+
+
+def packed_copy(config: RunConfig, copies: int, barrier: Path, seconds: float, warmup: int = 3) -> dict:
+    """One of `copies` processes measuring the training step together (`engine profile --packing` starts them).
+    Each compiles and warms up on its own schedule, waits at `barrier` until all are ready, then runs the step
+    on synthetic data for `seconds`, so that every copy's timed window is the same stretch of time and the rates
+    add up to what the device does with `copies` runs at once. The window is in wall-clock time (comparable
+    across processes): the report gives it, so that the overlap can be checked."""
+    device = torch.device(config.device)
+    step = TrainStep(config, 1000)
+    synthetic = synthetic_batch(config, 1000, step.memory_format)
+    for _ in range(warmup):
+        step(*synthetic)
+    synchronize(device)
+    wait_for_copies(barrier, copies)
+    steps, started = 0, time.time()
+    while time.time() - started < seconds:  # no synchronisation inside, as in training
+        step(*synthetic)
+        steps += 1
+    synchronize(device)
+    ended = time.time()
+    return {"batch_size": config.batch_size, "batch_size_reason": config.batch_size_reason,
+            "images_per_s": round(steps * config.batch_size / (ended - started), 1), "window": [started, ended]}
 
 
 def verdict(report: dict) -> str:

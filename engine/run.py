@@ -28,7 +28,7 @@ from engine.errors import UserInputError
 from engine.loaders import (PIPELINES, DatasetIndex, check_files, count_per_class, dali_available, has_small_images,
                             leave_out, resolve_dataset, scan_dataset, select_samples)
 from engine.models import build_backbone, check_image_size, get_backbone_spec
-from engine.scheduler import choose_batch_size
+from engine.scheduler import choose_batch_size, keep_to_memory_share
 from engine.trainer import evaluate, fit, input_dtype, load_best, make_precision
 
 log = logging.getLogger("engine")
@@ -67,13 +67,16 @@ def prepare_config(*, backbone: str, data: str, data_root: str | None = None, do
 def prepare_run(**flags) -> tuple[RunConfig, DatasetIndex]:
     """prepare_config for `engine train`. In a distributed run it runs once, on rank 0 (the dataset is
     downloaded and the batch autotuned once), and every rank trains with what rank 0 decided."""
-    distributed.join(resolve_device(flags.get("device", "auto")))
+    device = resolve_device(flags.get("device", "auto"))
+    distributed.join(device)
+    keep_to_memory_share(device)  # every rank, on its own GPU
     return distributed.from_main(lambda: prepare_config(**flags))
 
 
 def prepare_profile_config(*, backbone: str, data: str | None, image_size: tuple[int, int] | None = None,
                            **flags) -> tuple[RunConfig, DatasetIndex | None]:
     """The configuration `engine profile` measures: a run's, or without --data one on 1000 classes at 256 px."""
+    keep_to_memory_share(resolve_device(flags.get("device", "auto")))
     if data is not None:
         return prepare_config(backbone=backbone, data=data, image_size=image_size, pretrained=False, **flags)
     get_backbone_spec(backbone)

@@ -6,16 +6,20 @@ The search takes the step as a function, so its logic is tested on the CPU with 
 """
 from __future__ import annotations
 
+import fcntl
 import gc
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from engine.errors import UserInputError
 
 log = logging.getLogger("engine")
 
@@ -120,9 +124,11 @@ def profile_store_path() -> Path:
 
 
 def profile_key(gpu: str, backbone: str, image_size: tuple[int, int], precision: str, compile_model: bool,
-                channels_last: bool) -> str:
-    return "|".join([gpu, f"torch {torch.__version__}", backbone, f"{image_size[0]}x{image_size[1]}", precision,
-                     "compile" if compile_model else "eager", "channels_last" if channels_last else "nchw"])
+                channels_last: bool, share: float = 1.0) -> str:
+    """A run packed with others on its GPU (share < 1) fits its batch in its share: a choice of its own."""
+    parts = [gpu, f"torch {torch.__version__}", backbone, f"{image_size[0]}x{image_size[1]}", precision,
+             "compile" if compile_model else "eager", "channels_last" if channels_last else "nchw"]
+    return "|".join(parts + ([f"share {share:.3g}"] if share < 1 else []))
 
 
 def read_profiles(path: Path | None = None) -> dict:
@@ -131,13 +137,17 @@ def read_profiles(path: Path | None = None) -> dict:
 
 
 def save_profile(key: str, entry: dict, path: Path | None = None) -> None:
+    """Add or update one entry. Packed runs and grid cells write the store at the same time: the read, update
+    and replace happen under an exclusive lock, or one writer's entry would be lost to another's older copy."""
     path = path or profile_store_path()
-    profiles = read_profiles(path)
-    profiles[key] = {**profiles.get(key, {}), **entry, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(profiles, indent=2) + "\n")
-    os.replace(temporary, path)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the lock file closes
+        profiles = read_profiles(path)
+        profiles[key] = {**profiles.get(key, {}), **entry, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        temporary.write_text(json.dumps(profiles, indent=2) + "\n")
+        os.replace(temporary, path)
 
 
 def cached_or_tuned(key: str, run_step: Callable[[int], float], limit: int, path: Path | None = None) -> BatchChoice:
@@ -203,23 +213,54 @@ def choose_batch_size(requested: int | str | None, *, device: str, default: int,
         return requested, "--batch-size"
     if device != "cuda":
         return default, "CPU default (autotuning is for GPUs)"
-    gpu = torch.cuda.get_device_name()
-    key = profile_key(gpu, backbone, image_size, precision, compile_model, channels_last)
-    torch.cuda.set_per_process_memory_fraction(MEMORY_CAP)
+    gpu, share = torch.cuda.get_device_name(), memory_share()
+    key = profile_key(gpu, backbone, image_size, precision, compile_model, channels_last, share)
+    torch.cuda.set_per_process_memory_fraction(MEMORY_CAP * share)
     try:
         log.info("autotuning the batch size for %s (once per GPU, model, size and precision)", backbone)
         choice = cached_or_tuned(key, training_step_rate(backbone, num_classes, image_size, precision, channels_last,
                                                           torch.device("cuda")), batch_limit(train_images))
     finally:
-        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.set_per_process_memory_fraction(share)
         free_memory()
-    log.info("batch size %d: %s", choice.batch_size, choice.reason)
-    return choice.batch_size, f"autotuned: {choice.reason}"
+    packed = f" in {share:.3g} of the GPU ({MEMORY_SHARE_ENV})" if share < 1 else ""
+    log.info("batch size %d%s: %s", choice.batch_size, packed, choice.reason)
+    return choice.batch_size, f"autotuned{packed}: {choice.reason}"
 
 
 # --- Packing: several runs on one GPU -----------------------------------------------------------------------
 PACKING_OPTIONS = (1, 2, 3)
 PACKING_MARGIN = 1.05  # more processes must bring at least 5 % more images/s to be worth their memory
+PACKING_SECONDS = 10.0  # each copy's timed window: long beside the milliseconds between the copies' starts
+MEMORY_SHARE_ENV = "ENGINE_MEMORY_SHARE"
+
+
+def memory_share() -> float:
+    """The share of its GPU this process may fill: 1, or 1/k for one of k runs packed on it (the grid's packed
+    cells and the packing measurement's copies are given ENGINE_MEMORY_SHARE)."""
+    raw = os.environ.get(MEMORY_SHARE_ENV)
+    if raw is None:
+        return 1.0
+    try:
+        share = float(raw)
+    except ValueError:
+        share = 0.0
+    if not 0 < share <= 1:
+        raise UserInputError(f"{MEMORY_SHARE_ENV} must be a number in (0, 1], got {raw!r}")
+    return share
+
+
+def share_environment(copies: int) -> dict[str, str]:
+    """The environment of one of `copies` runs packed on one GPU."""
+    return {MEMORY_SHARE_ENV: repr(1 / copies)}
+
+
+def keep_to_memory_share(device: str) -> None:
+    """A packed run never lets torch's allocator grow past its share of the card, so that no run's growth (a
+    larger evaluation batch, the compiler's workspaces) takes the memory the runs beside it were sized with."""
+    share = memory_share()
+    if device == "cuda" and share < 1:
+        torch.cuda.set_per_process_memory_fraction(share)
 
 
 def best_concurrency(total_rate: Callable[[int], float], options=PACKING_OPTIONS) -> tuple[int, dict[int, float]]:
@@ -236,31 +277,91 @@ def packing_key(gpu: str, backbone: str, image_size: tuple[int, int]) -> str:
     return "|".join(["packing", gpu, f"torch {torch.__version__}", backbone, f"{image_size[0]}x{image_size[1]}"])
 
 
-def concurrent_profile_rate(count: int, backbone: str, image_size: tuple[int, int], batch_size: int,
-                            steps: int, device: str) -> float:
-    """Total model-only images/s of `count` `engine profile` processes run at once on the same device."""
-    import subprocess
+def wait_for_copies(barrier: Path, copies: int, timeout_s: float = 3600.0) -> None:
+    """Say this copy is ready (compiled and warm) in the folder `barrier`, and return when all `copies` are."""
+    (barrier / f"ready-{os.getpid()}").touch()
+    deadline = time.monotonic() + timeout_s
+    while len(list(barrier.glob("ready-*"))) < copies:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the other packed copies were not ready after {timeout_s:.0f} s")
+        time.sleep(0.002)
+
+
+def copy_command(config, copies: int, seconds: float, barrier: Path) -> list[str]:
+    """`engine packed-copy` for one of `copies` copies of the run `config` describes. A batch the user chose is
+    kept; an autotuned one is tuned again by each copy, within its share of the GPU."""
     import sys
 
-    command = [sys.executable, "-m", "engine", "profile", "--backbone", backbone, "--image-size",
-               f"{image_size[0]}x{image_size[1]}", "--batch-size", str(batch_size), "--steps", str(steps),
-               "--device", device, "--json"]
-    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(count)]
-    total = 0.0
-    for process in processes:
-        out, err = process.communicate()
-        if process.returncode != 0:
-            raise RuntimeError(f"a packed profile failed: {err.strip().splitlines()[-1] if err.strip() else ''}")
-        total += json.loads(out)["model_images_per_s"]
-    return total
+    batch = str(config.batch_size) if config.batch_size_reason == "--batch-size" else "auto"
+    return [sys.executable, "-m", "engine", "packed-copy", "--backbone", config.backbone,
+            "--image-size", f"{config.image_size[0]}x{config.image_size[1]}", "--batch-size", batch,
+            "--precision", config.precision, "--compile" if config.compile else "--no-compile",
+            "--channels-last" if config.channels_last else "--no-channels-last", "--device", config.device,
+            "--copies", str(copies), "--seconds", str(seconds), "--barrier", str(barrier)]
 
 
-def measure_packing(backbone: str, image_size: tuple[int, int], batch_size: int, device: str, steps: int = 20,
-                    path: Path | None = None) -> tuple[int, dict[int, float]]:
-    gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    best, rates = best_concurrency(lambda count: concurrent_profile_rate(count, backbone, image_size, batch_size,
-                                                                         steps, device))
-    save_profile(packing_key(gpu, backbone, image_size), {"concurrency": best, "images_per_s": rates,
-                                                          "batch_size": batch_size}, path)
-    return best, rates
+def run_packed_copies(config, copies: int, seconds: float) -> list[dict] | None:
+    """Each copy's report (`profile.packed_copy`) after `copies` of them trained at once, their timed windows
+    together; None when they do not fit in memory together. Any other failure of a copy is raised."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="engine-packing-") as folder:
+        barrier = Path(folder)
+        env = {**os.environ, **share_environment(copies)}
+        processes = []
+        for number in range(copies):
+            with open(barrier / f"copy-{number}.json", "w") as out, open(barrier / f"copy-{number}.log", "w") as err:
+                processes.append(subprocess.Popen(copy_command(config, copies, seconds, barrier), stdout=out,
+                                                  stderr=err, env=env))
+        failed = _first_failure(processes)
+        if failed is not None:
+            lines = (barrier / f"copy-{failed}.log").read_text(errors="replace").strip().splitlines()
+            reason = lines[-1] if lines else f"exit code {processes[failed].returncode}"
+            if is_out_of_memory(RuntimeError(reason)):
+                log.info("packing: %d copies of %s do not fit on the GPU together (%s)", copies, config.backbone,
+                         reason)
+                return None
+            raise RuntimeError(f"a packed copy failed: {reason}")
+        return [json.loads((barrier / f"copy-{number}.json").read_text()) for number in range(copies)]
+
+
+def _first_failure(processes: list) -> int | None:
+    """Wait for every process; at the first that fails, stop the rest (they would wait for it at the barrier
+    forever) and return its position. None when all succeed."""
+    while any(process.poll() is None for process in processes):
+        for number, process in enumerate(processes):
+            if process.poll() not in (None, 0):
+                for other in processes:
+                    other.kill()
+                    other.wait()
+                return number
+        time.sleep(0.1)
+    return next((number for number, process in enumerate(processes) if process.returncode != 0), None)
+
+
+def measure_packing(config, seconds: float = PACKING_SECONDS, options=PACKING_OPTIONS,
+                    path: Path | None = None) -> tuple[int, dict[int, float], dict[int, int]]:
+    """(best concurrency, total images/s per concurrency, each copy's batch per concurrency) of the training step
+    `config` describes, 1, 2 and 3 copies at once on its device, each in its share of the memory; the best is
+    stored for the grid. The copies are timed over the same stretch of time: a copy that timed its steps while
+    another was still compiling would have the device alone, and their sum would count it twice."""
+    gpu = torch.cuda.get_device_name() if config.device == "cuda" else "cpu"
+    batches: dict[int, int] = {}
+
+    def total_rate(copies: int) -> float:
+        reports = run_packed_copies(config, copies, seconds)
+        if reports is None:
+            return 0.0
+        batches[copies] = reports[0]["batch_size"]
+        total = round(sum(report["images_per_s"] for report in reports), 1)
+        log.info("packing: %d at once, batch %d each: %.1f img/s in total", copies, batches[copies], total)
+        return total
+
+    best, rates = best_concurrency(total_rate, options)
+    if rates[options[0]] == 0:
+        raise RuntimeError(f"packing: not even {options[0]} copy of {config.backbone} fits on the device")
+    save_profile(packing_key(gpu, config.backbone, config.image_size),
+                 {"concurrency": best, "images_per_s": rates, "batch_size": batches[best], "batch_sizes": batches},
+                 path)
+    return best, rates, batches

@@ -145,7 +145,9 @@ def test_local_launcher_packs_cells_per_gpu_as_the_profile_store_says(tmp_path, 
     small = expand_cells("mobilenet*,shufflenet*", "demo", "0", "1")
     slots = grid._worker_slots(small)
     assert [slot["CUDA_VISIBLE_DEVICES"] for slot in slots] == ["0", "0", "1", "1"]  # the smaller count wins
-    assert len(grid._worker_slots(expand_cells("resnet50,mobilenet*", "demo", "0", "1"))) == 2  # nothing stored
+    assert {float(slot["ENGINE_MEMORY_SHARE"]) for slot in slots} == {0.5}  # each cell sized for half a card
+    solo = grid._worker_slots(expand_cells("resnet50,mobilenet*", "demo", "0", "1"))
+    assert len(solo) == 2 and {float(slot["ENGINE_MEMORY_SHARE"]) for slot in solo} == {1.0}  # nothing stored
 
 
 def test_slurm_cells_with_several_gpus_train_on_all_of_them(tmp_path, monkeypatch):

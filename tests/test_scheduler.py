@@ -1,8 +1,15 @@
-"""The batch autotuner's search, with an injected memory model, and the profile store."""
+"""The batch autotuner's search, with an injected memory model, the profile store, and packing."""
+import subprocess
+import sys
+import threading
+import time
+
 import pytest
 import torch
 
 from engine import scheduler
+from engine.errors import UserInputError
+from engine.run import prepare_profile_config
 from engine.scheduler import (autotune, batch_limit, cached_or_tuned, choose_batch_size, largest_fitting_batch,
                               profile_key, read_profiles)
 
@@ -88,9 +95,84 @@ def test_packing_takes_more_runs_only_when_they_pay():
     assert scheduler.best_concurrency({1: 100.0, 2: 90.0, 3: 150.0}.get)[0] == 3
 
 
-def test_packing_is_measured_with_real_processes_and_stored(tmp_path):
+def test_packed_copies_train_at_once_and_the_best_count_is_stored(tmp_path, monkeypatch):
     path = tmp_path / "profiles.json"
-    best, rates = scheduler.measure_packing("shufflenet_v2_x2_0", (32, 32), 4, "cpu", steps=1, path=path)
-    assert set(rates) == {1, 2, 3} and all(rate > 0 for rate in rates.values()) and best in rates
+    config, _ = prepare_profile_config(backbone="shufflenet_v2_x2_0", data=None, image_size=(32, 32), batch_size=4,
+                                       device="cpu")
+    reports = {}
+    run_copies = scheduler.run_packed_copies
+    monkeypatch.setattr(scheduler, "run_packed_copies",
+                        lambda config, copies, seconds: reports.setdefault(copies, run_copies(config, copies, seconds)))
+    best, rates, batches = scheduler.measure_packing(config, seconds=1.5, options=(1, 2), path=path)
+    assert set(rates) == {1, 2} and all(rate > 0 for rate in rates.values()) and best in rates
+    assert batches == {1: 4, 2: 4}  # the user's batch, kept by every copy
+    (first, second) = (report["window"] for report in reports[2])
+    overlap = min(first[1], second[1]) - max(first[0], second[0])
+    assert overlap > 0.8 * 1.5  # timed over the same stretch of time, whatever their start-ups took
+    assert rates[2] == round(sum(report["images_per_s"] for report in reports[2]), 1)
     stored = read_profiles(path)[scheduler.packing_key("cpu", "shufflenet_v2_x2_0", (32, 32))]
     assert stored["concurrency"] == best and stored["batch_size"] == 4
+
+
+def test_a_copy_waits_at_the_barrier_until_every_copy_is_ready(tmp_path):
+    waiter = threading.Thread(target=scheduler.wait_for_copies, args=(tmp_path, 2))
+    waiter.start()
+    waiter.join(timeout=0.5)
+    assert waiter.is_alive()  # alone, it waits
+    (tmp_path / "ready-12345").touch()  # the other copy is compiled and warm
+    waiter.join(timeout=5)
+    assert not waiter.is_alive()
+
+
+def test_the_first_failed_copy_stops_the_others_and_is_named():
+    waiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    failing = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    started = time.monotonic()
+    assert scheduler._first_failure([waiting, failing]) == 1
+    assert waiting.returncode is not None and time.monotonic() - started < 30  # killed, not waited for
+
+
+def test_a_copy_that_fails_for_another_reason_than_memory_is_raised(tmp_path):
+    config, _ = prepare_profile_config(backbone="shufflenet_v2_x2_0", data=None, image_size=(32, 32), batch_size=4,
+                                       device="cpu")
+    config.backbone = "no_such_backbone"  # every copy refuses it: not an out-of-memory, which rules a count out
+    with pytest.raises(RuntimeError, match="a packed copy failed: .*no_such_backbone"):
+        scheduler.run_packed_copies(config, 2, seconds=1.0)
+
+
+def test_a_packed_run_tunes_its_batch_in_its_share_of_the_gpu(monkeypatch):
+    fractions = []
+    monkeypatch.setenv("ENGINE_MEMORY_SHARE", scheduler.share_environment(2)["ENGINE_MEMORY_SHARE"])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "FakeGPU")
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda fraction, *args: fractions.append(fraction))
+    monkeypatch.setattr(scheduler, "training_step_rate", lambda *args: FakeStep(capacity=100, best=72))
+    size, reason = choose_batch_size("auto", device="cuda", default=32, backbone="resnet50", num_classes=3,
+                                     image_size=(64, 64), precision="bf16", compile_model=True, channels_last=True,
+                                     train_images=10_000)
+    assert size == 72 and "0.5 of the GPU" in reason
+    assert fractions == [scheduler.MEMORY_CAP * 0.5, 0.5]  # searched under its share, and kept to it after
+    key = profile_key("FakeGPU", "resnet50", (64, 64), "bf16", True, True, share=0.5)
+    assert key.endswith("|share 0.5") and read_profiles()[key]["batch_size"] == 72
+    assert profile_key("FakeGPU", "resnet50", (64, 64), "bf16", True, True) not in read_profiles()  # solo: its own
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "half", "-0.5"])
+def test_a_memory_share_out_of_range_is_refused(monkeypatch, value):
+    monkeypatch.setenv("ENGINE_MEMORY_SHARE", value)
+    with pytest.raises(UserInputError, match=f"ENGINE_MEMORY_SHARE must be a number in \\(0, 1\\], got '{value}'"):
+        scheduler.keep_to_memory_share("cpu")
+
+
+def test_concurrent_writers_lose_no_entry_of_the_profile_store(tmp_path):
+    path = tmp_path / "profiles.json"
+
+    def write(writer: int) -> None:
+        for number in range(25):
+            scheduler.save_profile(f"writer {writer} key {number}", {"batch_size": number}, path)
+
+    writers = [threading.Thread(target=write, args=(writer,)) for writer in range(6)]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    assert len(read_profiles(path)) == 6 * 25
