@@ -257,7 +257,9 @@ def share_environment(copies: int) -> dict[str, str]:
 
 def keep_to_memory_share(device: str) -> None:
     """A packed run never lets torch's allocator grow past its share of the card, so that no run's growth (a
-    larger evaluation batch, the compiler's workspaces) takes the memory the runs beside it were sized with."""
+    larger evaluation batch, the compiler's workspaces) takes the memory the runs beside it were sized with.
+    What torch does not allocate (each process's CUDA context, DALI's buffers) comes out of the 1 - MEMORY_CAP
+    the batch search leaves free."""
     share = memory_share()
     if device == "cuda" and share < 1:
         torch.cuda.set_per_process_memory_fraction(share)
@@ -347,6 +349,7 @@ def measure_packing(config, seconds: float = PACKING_SECONDS, options=PACKING_OP
     stored for the grid. The copies are timed over the same stretch of time: a copy that timed its steps while
     another was still compiling would have the device alone, and their sum would count it twice."""
     gpu = torch.cuda.get_device_name() if config.device == "cuda" else "cpu"
+    free_memory()  # what this process cached (a profile's model and batches) would be missing from the copies
     batches: dict[int, int] = {}
 
     def total_rate(copies: int) -> float:
