@@ -156,3 +156,23 @@ def test_the_high_priority_training_stream_is_ordered_after_the_loader_and_befor
         assert stream != torch.cuda.default_stream(device) and stream.priority < 0
         result = batch * 2
     assert torch.equal(result, torch.full_like(batch, 2.0))  # on the current stream again, after the step
+
+
+def test_engine_trains_on_the_gpu_with_its_gpu_defaults_but_compile(tiny_dataset, tmp_path):
+    """The trainer's GPU path end to end as a user runs it: bf16, channels_last, the resident loader (small
+    images), fused AdamW, accuracy accumulated on the device, the padded evaluation batch, the background
+    checkpoint writer. Eager, so that it costs seconds; the compiled step is timed by the GPU scripts."""
+    import json
+
+    from tests.conftest import run_engine
+
+    out = tmp_path / "runs"
+    done = run_engine("train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--no-pretrained",
+                      "--image-size", "32", "--max-epochs", "2", "--batch-size", "8", "--no-compile",
+                      "--device", "cuda", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    folder = out / "mobilenet_v3_large" / "tiny" / "f1" / "s0"
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["loader"], config["precision"], config["device"]) == ("resident", "bf16", "cuda")
+    result = json.loads((folder / "result.json").read_text())
+    assert result["epochs"] == 2 and 0 <= result["test_acc"] <= 100 and (folder / "best.pt").exists()
