@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from engine.config import run_folder
+from engine.config import parse_image_size, run_folder
 from engine.distributed import die_with_parent
 from engine.errors import UserInputError
-from engine.loaders import registry
+from engine.loaders import CUSTOM_DEFAULT_SIZE, registry
 from engine.models import list_backbones
 from engine.results import RESULT, read_json, write_json
-from engine.scheduler import read_profiles, share_environment
+from engine.scheduler import packing_key, read_profiles, share_environment
 
 log = logging.getLogger("engine")
 GRID_FOLDER = ".grid"  # under --out: per-cell logs and failure records
@@ -47,6 +47,14 @@ class Cell:
 
     def run_dir(self, out: Path) -> Path:
         return run_folder(out, self.backbone, self.dataset, self.fraction, self.seed)
+
+    def image_size(self, train_flags: list[str]) -> tuple[int, int]:
+        """The size the cell trains at: the grid's --image-size, else its dataset's default."""
+        given = _flag_value(train_flags, "--image-size")
+        if given is not None:
+            return parse_image_size(given)
+        spec = registry().get(self.data)
+        return spec.image_size if spec is not None else CUSTOM_DEFAULT_SIZE
 
     def command(self, out: Path, train_flags: list[str]) -> list[str]:
         return [sys.executable, "-m", "engine", "train", "--backbone", self.backbone, "--data", self.data,
@@ -115,21 +123,32 @@ def _record_failure(out: Path, cell: Cell, exit_code: int, log_file: Path) -> st
     return reason
 
 
-def packed_concurrency(backbones: set[str]) -> int:
-    """Cells per GPU: the concurrency `engine profile --packing` stored for this GPU, the smallest over the grid's
-    backbones (a big backbone must not be packed because a small one could be); 1 where nothing is stored."""
-    gpu = torch.cuda.get_device_name()
-    counts = {key.split("|")[3]: entry["concurrency"] for key, entry in read_profiles().items()
-              if key.startswith("packing|") and key.split("|")[1] == gpu}
-    return min((counts.get(backbone, 1) for backbone in backbones), default=1)
+def _flag_value(flags: list[str], name: str) -> str | None:
+    """The value of `name` among command-line flags (`--name value` or `--name=value`), or None."""
+    for position, flag in enumerate(flags):
+        if flag == name and position + 1 < len(flags):
+            return flags[position + 1]
+        if flag.startswith(f"{name}="):
+            return flag.split("=", 1)[1]
+    return None
 
 
-def _worker_slots(cells: list[Cell]) -> list[dict]:
+def packed_concurrency(cells: list[Cell], train_flags: list[str]) -> int:
+    """Cells per GPU: the concurrency `engine profile --packing` stored for this GPU, each cell's backbone and
+    image size, the smallest over the cells (a big backbone must not be packed because a small one could be,
+    nor a run at 448 px because one at 256 px could be); 1 where nothing is stored."""
+    gpu, profiles = torch.cuda.get_device_name(), read_profiles()
+    sizes = {(cell.backbone, cell.image_size(train_flags)) for cell in cells}
+    return min((profiles.get(packing_key(gpu, backbone, size), {}).get("concurrency", 1) for backbone, size in sizes),
+               default=1)
+
+
+def _worker_slots(cells: list[Cell], train_flags: list[str]) -> list[dict]:
     """Environment overrides for each concurrent cell: per GPU, as many as packing pays for; the CPU: one."""
     gpus = torch.cuda.device_count()
     if gpus == 0:
         return [{}]
-    per_gpu = packed_concurrency({cell.backbone for cell in cells})
+    per_gpu = packed_concurrency(cells, train_flags)
     if per_gpu > 1:
         log.info("grid: %d cells per GPU (the profile store's packing measurement)", per_gpu)
     return [{"CUDA_VISIBLE_DEVICES": str(index), **share_environment(per_gpu)}  # each in its share of the memory
@@ -145,7 +164,7 @@ def run_grid(cells: list[Cell], out: Path, train_flags: list[str], retry_failed:
     log.info("grid: %d cells, %d already done, %d to run -> %s", len(cells), done_before, len(todo), out)
     logs = out / GRID_FOLDER / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    free = list(slots if slots is not None else _worker_slots(todo))
+    free = list(slots if slots is not None else _worker_slots(todo, train_flags))
     running: dict[subprocess.Popen, tuple[Cell, dict, float]] = {}
     queue, started_at, finished_s = list(todo), time.time(), []
     while queue or running:

@@ -140,14 +140,19 @@ def test_local_launcher_packs_cells_per_gpu_as_the_profile_store_says(tmp_path, 
     monkeypatch.setattr(grid.torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(grid.torch.cuda, "get_device_name", lambda *args: "FakeGPU")
     for backbone, concurrency in (("mobilenet_v3_large", 3), ("shufflenet_v2_x2_0", 2)):
-        scheduler.save_profile(scheduler.packing_key("FakeGPU", backbone, (256, 256)),
+        scheduler.save_profile(scheduler.packing_key("FakeGPU", backbone, (64, 64)),  # the demo's size
                                {"concurrency": concurrency, "batch_size": 128})
     small = expand_cells("mobilenet*,shufflenet*", "demo", "0", "1")
-    slots = grid._worker_slots(small)
+    slots = grid._worker_slots(small, ["--no-pretrained"])
     assert [slot["CUDA_VISIBLE_DEVICES"] for slot in slots] == ["0", "0", "1", "1"]  # the smaller count wins
     assert {float(slot["ENGINE_MEMORY_SHARE"]) for slot in slots} == {0.5}  # each cell sized for half a card
-    solo = grid._worker_slots(expand_cells("resnet50,mobilenet*", "demo", "0", "1"))
+    solo = grid._worker_slots(expand_cells("resnet50,mobilenet*", "demo", "0", "1"), ["--no-pretrained"])
     assert len(solo) == 2 and {float(slot["ENGINE_MEMORY_SHARE"]) for slot in solo} == {1.0}  # nothing stored
+    # measured at the demo's 64 px: cells trained at another size are not packed on its word
+    for flags in (["--image-size", "256"], ["--image-size=256x256"], FLAGS):
+        assert len(grid._worker_slots(small, flags)) == 2
+    scheduler.save_profile(scheduler.packing_key("FakeGPU", "mobilenet_v3_large", (256, 256)), {"concurrency": 2})
+    assert len(grid._worker_slots(expand_cells("mobilenet*", "demo", "0", "1"), ["--image-size", "256"])) == 4
 
 
 def test_slurm_cells_with_several_gpus_train_on_all_of_them(tmp_path, monkeypatch):
