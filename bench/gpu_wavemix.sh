@@ -9,7 +9,7 @@
 # compiled and the fused fp32 steps (about 2 minutes more, ~90 s of it compiling the plain-torch model).
 source bench/gpu_setup.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/gpu.txt"
-timeout 230 python3 -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log"
+timeout 270 python3 -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log"
 timeout 70 python3 -m engine.bench.dwt --dtype bf16 --channels-last --compile --configs 2>&1 | tee -a "$out/dwt.jsonl"
 timeout 40 python3 -m engine.bench.dwt --dtype fp32 --configs 2>&1 | tee -a "$out/dwt.jsonl"
 # the reference first (the 4x target is against it), then ours from the most to the least important
