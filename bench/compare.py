@@ -26,6 +26,7 @@ from engine.grid import pick_names
 from engine.models import list_backbones
 from engine.profile import TrainStep, endless, images_per_s, synthetic_batch
 from engine.run import make_batches, prepare_config
+from engine.scheduler import free_memory
 
 # at least this many steps timed, epoch after epoch: 2048 files at an autotuned batch of 256 are 8 steps, half
 # a second of a compiled resnet50, where one late batch would move the ratio by several percent
@@ -76,6 +77,8 @@ def main(argv=None) -> list[dict]:
                                      f"{', compile' if config.compile else ''}",
                      "reference_img_s": round(reference_rate, 1), "ratio": round(engine_rate / reference_rate, 2)})
         print(json.dumps(rows[-1]), flush=True)
+        # what this backbone's two sides cached on the device would otherwise shrink the next one's batch search
+        free_memory()
     geometric_mean = math.exp(sum(math.log(row["ratio"]) for row in rows) / len(rows))
     print(json.dumps({"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                       "geometric_mean_ratio": round(geometric_mean, 2)}))
