@@ -25,8 +25,8 @@ import engine
 from engine import distributed, results
 from engine.config import DEFAULT_BATCH_SIZE, RunConfig, default_workers, resolve_device, resolve_precision
 from engine.errors import UserInputError
-from engine.loaders import (PIPELINES, DatasetIndex, check_files, count_per_class, dali_available, has_small_images,
-                            leave_out, resolve_dataset, scan_dataset, select_samples)
+from engine.loaders import (PIPELINES, DatasetIndex, check_files, count_per_class, dali_available, fits_budget,
+                            has_small_images, leave_out, resolve_dataset, scan_dataset, select_samples)
 from engine.models import build_backbone, check_image_size, get_backbone_spec
 from engine.scheduler import choose_batch_size, keep_to_memory_share
 from engine.trainer import evaluate, fit, input_dtype, load_best, make_precision
@@ -59,7 +59,7 @@ def prepare_config(*, backbone: str, data: str, data_root: str | None = None, do
         image_size=image_size, augment=dataset.augment if augment is None else augment,
         num_classes=index.num_classes, batch_size=batch_size, batch_size_reason=batch_size_reason,
         precision=precision, compile=compile,
-        loader=resolve_loader(loader, device, index), device=device, world_size=distributed.current().world_size,
+        loader=resolve_loader(loader, device, index, image_size), device=device, world_size=distributed.current().world_size,
         workers=default_workers(device, distributed.local_processes()) if workers is None else workers, **flags)
     return config, index
 
@@ -107,16 +107,18 @@ def _step_settings(backbone: str, device: str, precision: str, compile_model: bo
     return precision, compile_model, batch_size, reason
 
 
-def resolve_loader(requested: str, device: str, index: DatasetIndex) -> str:
-    """auto, with a GPU: small images (<= 64 px) stay decoded on the GPU (resident); others go through DALI when
-    it imports. Without a GPU, or without DALI, the torch loader."""
+def resolve_loader(requested: str, device: str, index: DatasetIndex, image_size: tuple[int, int]) -> str:
+    """auto, with a GPU: small images (<= 64 px) stay decoded on the GPU (resident) where their copy fits its
+    budget; others go through DALI when it imports. Without a GPU, or without DALI, the torch loader."""
     if requested == "dali" and not dali_available():
         raise UserInputError("--loader dali needs NVIDIA DALI: pip install 'engine[dali]'")
     if requested != "auto":
         return requested
     if device == "cuda" and has_small_images(index):
-        log.info("loader: resident (auto: small images, decoded once and kept on the GPU)")
-        return "resident"
+        if fits_budget(index, image_size, torch.device("cuda")):
+            log.info("loader: resident (auto: small images, decoded once and kept on the GPU)")
+            return "resident"
+        log.info("loader: not resident (auto: small images, but too many for the resident budget on the GPU)")
     if device == "cuda" and dali_available():
         log.info("loader: dali (auto: DALI is installed and a GPU is present)")
         return "dali"

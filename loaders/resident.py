@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -26,13 +27,17 @@ from engine.loaders.augment import trivial_augment_wide
 from engine.loaders.batching import BatchCounts, to_device_async
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
+from engine.scheduler import memory_share
 from engine.loaders.torch_pipeline import DeviceNormaliser, draw_seed, epoch_order, read_rgb
 
 log = logging.getLogger("engine")
 
 SMALL_SIDE = 64  # images up to this side are worth keeping resident
 CPU_BUDGET_BYTES = 4 << 30
-GPU_BUDGET_SHARE = 0.25  # of the card's memory, leaving the rest to the model
+# Of the card's memory, for each split's copy. The batch autotuner fills up to MEMORY_CAP (90 %) of the card with
+# the training step before any loader exists: the copy takes half of what it leaves (times the run's share, where
+# runs are packed), so that it cannot push a tuned step out of memory.
+GPU_BUDGET_SHARE = 0.05
 
 
 def image_sides(index: DatasetIndex, samples: list[Sample], probe: int | None = None) -> set[tuple[int, int]]:
@@ -50,8 +55,23 @@ def has_small_images(index: DatasetIndex, probe: int = 16) -> bool:
 
 def _budget(device: torch.device) -> int:
     if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory * GPU_BUDGET_SHARE)
+        return int(torch.cuda.get_device_properties(device).total_memory * GPU_BUDGET_SHARE * memory_share())
     return CPU_BUDGET_BYTES
+
+
+def _stored_side(index: DatasetIndex, samples: list[Sample], image_size: tuple[int, int],
+                 probe: int | None = None) -> tuple[int, int]:
+    """The side the copy keeps: the images' own where they share one, else the run's (resized once, at decoding)."""
+    sides = image_sides(index, samples, probe)
+    return sides.pop() if len(sides) == 1 else tuple(image_size)
+
+
+def fits_budget(index: DatasetIndex, image_size: tuple[int, int], device: torch.device, probe: int = 16) -> bool:
+    """Whether every split's decoded copy fits the resident budget on `device`, the side taken from the first
+    `probe` images of each (what `--loader auto` decides on; the loader checks every image)."""
+    budget = _budget(device)
+    return all(len(split) * math.prod(_stored_side(index, split, image_size, probe)) * 3 <= budget
+               for split in (index.train, index.test, index.val) if split)
 
 
 def _cache_folder(index: DatasetIndex) -> Path:
@@ -94,12 +114,12 @@ class ResidentBatches(BatchCounts):
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
                  batch_size: int, train: bool, device: torch.device, seed: int, workers: int, channels_last: bool,
                  dtype: torch.dtype = torch.float32, shard: Shard = SINGLE):
-        sides = image_sides(index, samples)
-        side = sides.pop() if len(sides) == 1 else tuple(image_size)  # mixed sizes: store at the run's size
+        side = _stored_side(index, samples, image_size)
         needed = len(samples) * side[0] * side[1] * 3
         if needed > _budget(device):
             raise UserInputError(f"{index.name}'s decoded images need {needed / 2**30:.1f} GiB, over the resident "
-                                 f"loader's budget on {device}; use --loader dali or torch")
+                                 f"loader's budget on {device} ({_budget(device) / 2**30:.1f} GiB); use --loader "
+                                 f"dali or torch")
         # In a distributed run rank 0 decodes and caches; the others then read its cache instead of decoding
         # the same files at the same time.
         array = distributed.main_first(lambda: decoded_images(index, samples, side))

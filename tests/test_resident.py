@@ -1,8 +1,10 @@
 """The resident pipeline: decoded once, cached next to the dataset, batches gathered on the device."""
 import json
 
+import pytest
 import torch
 
+from engine.errors import UserInputError
 from engine.loaders import PIPELINES, has_small_images, scan_dataset
 from tests.conftest import CLASS_COLOURS, make_dataset, run_engine
 
@@ -50,6 +52,27 @@ def test_resized_and_augmented_batches_are_seeded_and_labelled(tiny_dataset):
 def test_small_images_are_detected(tmp_path):
     assert has_small_images(scan_dataset(make_dataset(tmp_path / "small", {"train": 2, "test": 1}, side=32)))
     assert not has_small_images(scan_dataset(make_dataset(tmp_path / "big", {"train": 2, "test": 1}, side=96)))
+
+
+def test_auto_keeps_small_images_resident_only_within_the_gpu_budget(tiny_dataset, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from engine.loaders import resident
+    from engine.run import resolve_loader
+
+    index = scan_dataset(tiny_dataset)  # 36 training images of 32x32x3 bytes: 110592 bytes
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *args: SimpleNamespace(total_memory=4_000_000))
+    monkeypatch.setattr("engine.run.dali_available", lambda: False)
+    assert resident._budget(torch.device("cuda")) == 200_000  # 5 % of the card
+    assert resolve_loader("auto", "cuda", index, (32, 32)) == "resident"
+    monkeypatch.setenv("ENGINE_MEMORY_SHARE", "0.5")  # one of two runs packed on the card: half the budget
+    assert resident._budget(torch.device("cuda")) == 100_000
+    with caplog.at_level("INFO", logger="engine"):
+        assert resolve_loader("auto", "cuda", index, (32, 32)) == "torch"
+    assert "too many for the resident budget" in caplog.text
+    with pytest.raises(UserInputError, match="need 0.0 GiB, over the resident loader's budget on cuda"):
+        PIPELINES["resident"](index, index.train, image_size=(32, 32), augment=False, batch_size=4, train=True,
+                              device=torch.device("cuda"), seed=0, workers=0, channels_last=True)
 
 
 def test_engine_trains_with_the_resident_loader(tiny_dataset, tmp_path):
