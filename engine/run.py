@@ -59,7 +59,8 @@ def prepare_config(*, backbone: str, data: str, data_root: str | None = None, do
         image_size=image_size, augment=dataset.augment if augment is None else augment,
         num_classes=index.num_classes, batch_size=batch_size, batch_size_reason=batch_size_reason,
         precision=precision, compile=compile,
-        loader=resolve_loader(loader, device, index, image_size), device=device, world_size=distributed.current().world_size,
+        loader=resolve_loader(loader, device, index, image_size), device=device,
+        world_size=distributed.current().world_size,
         workers=default_workers(device, distributed.local_processes()) if workers is None else workers, **flags)
     return config, index
 

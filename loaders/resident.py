@@ -27,8 +27,8 @@ from engine.loaders.augment import trivial_augment_wide
 from engine.loaders.batching import BatchCounts, to_device_async
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
-from engine.scheduler import memory_share
 from engine.loaders.torch_pipeline import DeviceNormaliser, draw_seed, epoch_order, read_rgb
+from engine.scheduler import memory_share
 
 log = logging.getLogger("engine")
 
@@ -59,18 +59,20 @@ def _budget(device: torch.device) -> int:
     return CPU_BUDGET_BYTES
 
 
-def _stored_side(index: DatasetIndex, samples: list[Sample], image_size: tuple[int, int],
-                 probe: int | None = None) -> tuple[int, int]:
-    """The side the copy keeps: the images' own where they share one, else the run's (resized once, at decoding)."""
+def _copy_size(index: DatasetIndex, samples: list[Sample], image_size: tuple[int, int],
+               probe: int | None = None) -> tuple[tuple[int, int], int]:
+    """(side, bytes) of the samples' uint8 copy: at the images' own side where they share one (of the first
+    `probe`), else at the run's (resized once, at decoding)."""
     sides = image_sides(index, samples, probe)
-    return sides.pop() if len(sides) == 1 else tuple(image_size)
+    side = sides.pop() if len(sides) == 1 else tuple(image_size)
+    return side, len(samples) * math.prod(side) * 3
 
 
 def fits_budget(index: DatasetIndex, image_size: tuple[int, int], device: torch.device, probe: int = 16) -> bool:
     """Whether every split's decoded copy fits the resident budget on `device`, the side taken from the first
     `probe` images of each (what `--loader auto` decides on; the loader checks every image)."""
     budget = _budget(device)
-    return all(len(split) * math.prod(_stored_side(index, split, image_size, probe)) * 3 <= budget
+    return all(_copy_size(index, split, image_size, probe)[1] <= budget
                for split in (index.train, index.test, index.val) if split)
 
 
@@ -114,8 +116,7 @@ class ResidentBatches(BatchCounts):
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
                  batch_size: int, train: bool, device: torch.device, seed: int, workers: int, channels_last: bool,
                  dtype: torch.dtype = torch.float32, shard: Shard = SINGLE):
-        side = _stored_side(index, samples, image_size)
-        needed = len(samples) * side[0] * side[1] * 3
+        side, needed = _copy_size(index, samples, image_size)
         if needed > _budget(device):
             raise UserInputError(f"{index.name}'s decoded images need {needed / 2**30:.1f} GiB, over the resident "
                                  f"loader's budget on {device} ({_budget(device) / 2**30:.1f} GiB); use --loader "

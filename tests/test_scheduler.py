@@ -144,7 +144,8 @@ def test_a_packed_run_tunes_its_batch_in_its_share_of_the_gpu(monkeypatch):
     fractions = []
     monkeypatch.setenv("ENGINE_MEMORY_SHARE", scheduler.share_environment(2)["ENGINE_MEMORY_SHARE"])
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "FakeGPU")
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda fraction, *args: fractions.append(fraction))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda fraction, *args: fractions.append(fraction))
     monkeypatch.setattr(scheduler, "training_step_rate", lambda *args: FakeStep(capacity=100, best=72))
     size, reason = choose_batch_size("auto", device="cuda", default=32, backbone="resnet50", num_classes=3,
                                      image_size=(64, 64), precision="bf16", compile_model=True, channels_last=True,
