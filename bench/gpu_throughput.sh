@@ -20,6 +20,7 @@ backbones=${BACKBONES:-resnet50,mobilenet_v3_large}
 timeout 100 python3 -m engine train --backbone mobilenet_v3_large --data /tmp/jpgs --no-pretrained --image-size 256 \
   --max-epochs 2 --out /tmp/runs 2>&1 | tee "$out/train.log"
 cp /tmp/runs/*/*/*/*/config.json "$out/train_config.json" 2>/dev/null
-# packing: 1, 2 and 3 copies, each tuning its batch in its share of the card, compiling, then 10 s together
+# packing: 1, 2 and 3 copies, each compiling, then 10 s together; at a batch given, which every copy keeps (with
+# auto each copy would first tune its batch in its share of the card: a minute more per count)
 timeout 360 python3 -m engine profile --backbone mobilenet_v3_large --data /tmp/jpgs --image-size 256 --steps 20 \
-  --packing --json 2>>"$out/profile.log" | tee -a "$out/profile.jsonl"
+  --batch-size 256 --packing --json 2>>"$out/profile.log" | tee -a "$out/profile.jsonl"
