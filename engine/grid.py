@@ -23,7 +23,7 @@ from engine.distributed import die_with_parent
 from engine.errors import UserInputError
 from engine.loaders import CUSTOM_DEFAULT_SIZE, registry
 from engine.models import list_backbones
-from engine.results import RESULT, read_json, write_json
+from engine.results import RESULT, last_line, read_json, write_json
 from engine.scheduler import packing_key, read_profiles, share_environment
 
 log = logging.getLogger("engine")
@@ -118,7 +118,7 @@ def _by_status(cells: list[Cell], out: Path) -> dict[str, list[Cell]]:
 
 
 def _record_failure(out: Path, cell: Cell, exit_code: int, log_file: Path) -> str:
-    reason = _last_line(log_file) or f"exit code {exit_code}"
+    reason = last_line(log_file) or f"exit code {exit_code}"
     write_json(_failure_path(out, cell), {"cell": cell.name, "exit_code": exit_code, "reason": reason})
     return reason
 
@@ -190,12 +190,6 @@ def run_grid(cells: list[Cell], out: Path, train_flags: list[str], retry_failed:
     log.info("grid finished in %.0f s: %d done, %d failed", time.time() - started_at, len(by_status["done"]),
              len(by_status["failed"]))
     return by_status
-
-
-def _last_line(path: Path) -> str:
-    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()] \
-        if path.exists() else []
-    return lines[-1] if lines else ""
 
 
 def _log_progress(cells, out, running: int, queue: list, finished_s: list[float], slots: int) -> None:

@@ -47,6 +47,13 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def last_line(path: Path) -> str:
+    """The last non-blank line of a log (a failed process's error), or "" when there is none."""
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()] \
+        if path.exists() else []
+    return lines[-1] if lines else ""
+
+
 def save_checkpoint(path: Path, obj) -> None:
     _replace_atomically(path, lambda handle: torch.save(obj, handle))
 

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from engine.errors import UserInputError
+from engine.results import last_line
 
 log = logging.getLogger("engine")
 
@@ -318,8 +319,7 @@ def run_packed_copies(config, copies: int, seconds: float) -> list[dict] | None:
                                                   stderr=err, env=env))
         failed = _first_failure(processes)
         if failed is not None:
-            lines = (barrier / f"copy-{failed}.log").read_text(errors="replace").strip().splitlines()
-            reason = lines[-1] if lines else f"exit code {processes[failed].returncode}"
+            reason = last_line(barrier / f"copy-{failed}.log") or f"exit code {processes[failed].returncode}"
             if is_out_of_memory(RuntimeError(reason)):
                 log.info("packing: %d copies of %s do not fit on the GPU together (%s)", copies, config.backbone,
                          reason)
