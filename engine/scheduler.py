@@ -38,7 +38,12 @@ class BatchChoice:
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+    return isinstance(error, torch.OutOfMemoryError) or says_out_of_memory(str(error))
+
+
+def says_out_of_memory(message: str) -> bool:
+    """Whether an error's message (an exception's, or the last line a failed process logged) is out-of-memory."""
+    return "out of memory" in message.lower()
 
 
 def largest_fitting_batch(fits: Callable[[int], bool], limit: int, start: int = SEARCH_START) -> int:
@@ -320,7 +325,7 @@ def run_packed_copies(config, copies: int, seconds: float) -> list[dict] | None:
         failed = _first_failure(processes)
         if failed is not None:
             reason = last_line(barrier / f"copy-{failed}.log") or f"exit code {processes[failed].returncode}"
-            if is_out_of_memory(RuntimeError(reason)):
+            if says_out_of_memory(reason):
                 log.info("packing: %d copies of %s do not fit on the GPU together (%s)", copies, config.backbone,
                          reason)
                 return None
