@@ -19,10 +19,10 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from engine.bench.timing import ordered_stream
 from engine.config import parse_image_size
 from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
 from engine.models import build_backbone
-from engine.bench.timing import ordered_stream
 from engine.profile import endless, images_per_s
 
 
