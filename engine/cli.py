@@ -245,7 +245,7 @@ def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fraction
     train.make_context("train", ["--backbone", "resnet50", "--data", "demo", *train_flags])  # fails on a bad flag
     cells = grid_module.expand_cells(backbones, datasets, seeds, fractions)
     if dry_run:
-        for line in grid_module.dry_run(cells, Path(out)):
+        for line in grid_module.dry_run(cells, Path(out), train_flags):
             click.echo(line)
         return
     if launcher == "local":

@@ -203,26 +203,46 @@ def _log_progress(cells, out, running: int, queue: list, finished_s: list[float]
 ASSUMED_EPOCHS = 40  # a typical DualOpt run: the best epoch, two patience windows, and the SGD phase's gains
 
 
-def dry_run(cells: list[Cell], out: Path) -> list[str]:
-    """The plan, one line per cell with its status, and an estimate of GPU-hours from the profile store's
-    measured images/s (the fastest entry per backbone), where it has them."""
-    rates: dict[str, float] = {}
+def _measured_rates() -> dict[str, dict[tuple[int, int], float]]:
+    """backbone -> image size -> the fastest images/s the profile store measured for it (any GPU, precision)."""
+    rates: dict[str, dict[tuple[int, int], float]] = {}
     for key, entry in read_profiles().items():
         parts = key.split("|")
         if parts[0] != "packing" and entry.get("images_per_s"):
-            rates[parts[2]] = max(rates.get(parts[2], 0.0), max(float(v) for v in entry["images_per_s"].values()))
+            size = parse_image_size(parts[3])
+            by_size = rates.setdefault(parts[2], {})
+            by_size[size] = max(by_size.get(size, 0.0), max(float(v) for v in entry["images_per_s"].values()))
+    return rates
+
+
+def _rate_at(by_size: dict[tuple[int, int], float], size: tuple[int, int]) -> float:
+    """The measured rate at `size`, else the best measured rate in pixels per second scaled to it: a step's
+    work grows with the pixels, so a 448x672 cell (BreakHis) costs 4.6x a 256x256 one."""
+    if size in by_size:
+        return by_size[size]
+    return max(rate * height * width for (height, width), rate in by_size.items()) / (size[0] * size[1])
+
+
+def dry_run(cells: list[Cell], out: Path, train_flags: list[str]) -> list[str]:
+    """The plan, one line per cell with its status, a count per status, and an estimate of GPU-hours from the
+    profile store's measured images/s at each cell's image size, where it has them."""
+    rates = _measured_rates()
     lines, seconds, unrated, unsized = [], 0.0, set(), set()
-    for cell in cells:
-        lines.append(f"{cell_status(out, cell):8s} {cell.name}")
+    statuses = [cell_status(out, cell) for cell in cells]
+    for cell, status in zip(cells, statuses):
+        lines.append(f"{status:8s} {cell.name}")
         spec = registry().get(cell.data)
-        if cell_status(out, cell) == "done":
+        if status == "done":
             continue
         if cell.backbone not in rates:
             unrated.add(cell.backbone)
         if spec is None:
             unsized.add(cell.data)
         if cell.backbone in rates and spec is not None:
-            seconds += spec.paper_counts["train"] * cell.fraction * ASSUMED_EPOCHS / rates[cell.backbone]
+            rate = _rate_at(rates[cell.backbone], cell.image_size(train_flags))
+            seconds += spec.paper_counts["train"] * cell.fraction * ASSUMED_EPOCHS / rate
+    lines.append(f"{len(cells)} cells: " + ", ".join(f"{statuses.count(status)} {status}" for status in
+                                                    ("done", "started", "failed", "pending") if status in statuses))
     if seconds:
         lines.append(f"estimate: {seconds / 3600:.1f} GPU-hours for the cells left (profile store rates, "
                      f"{ASSUMED_EPOCHS} epochs a cell)")

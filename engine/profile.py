@@ -18,7 +18,7 @@ from engine.scheduler import synchronize, wait_for_copies
 from engine.run import make_batches
 from engine.trainer import FIRST_PHASE, compiled, input_dtype, make_optimizer, make_precision
 
-INPUT_BOUND = 0.9  # end-to-end below this share of the model-only rate: the loader is the bottleneck
+INPUT_BOUND = 0.9  # end to end (or the loader alone) below this share of the model-only rate: the input side limits
 
 
 def images_per_s(batches: Iterable, steps: int, warmup: int, work: Callable, device: torch.device,
@@ -162,13 +162,22 @@ def packed_copy(config: RunConfig, copies: int, barrier: Path, seconds: float, w
 
 
 def verdict(report: dict) -> str:
+    """The bottleneck in one line. End to end well below the model alone has two causes that call for different
+    fixes: a loader slower than the step (more workers, DALI, the resident path) or a loader fast enough alone
+    that slows down beside the step (they share CPU cores, or GPU SMs for DALI's GPU stages and the resident
+    path's augmentation, or the handover waits)."""
     model = report["model_images_per_s"]
     end_to_end = report["end_to_end_images_per_s"]
     if end_to_end is None:
         slowest = max(report["phase_ms"], key=report["phase_ms"].get)
         return f"model only: {model:.0f} img/s; the {slowest} pass takes the most time (no --data: loader not measured)"
-    share = end_to_end / model
-    if share < INPUT_BOUND:
-        return (f"input-bound: the {report['loader']} loader delivers {report['loader_images_per_s']:.0f} img/s, "
-                f"end to end {end_to_end:.0f} img/s is {share:.0%} of the model's {model:.0f}")
-    return f"compute-bound: end to end {end_to_end:.0f} img/s is {share:.0%} of the model-only {model:.0f} img/s"
+    share, loader = end_to_end / model, report["loader_images_per_s"]
+    if share >= INPUT_BOUND:
+        return f"compute-bound: end to end {end_to_end:.0f} img/s is {share:.0%} of the model-only {model:.0f} img/s"
+    if loader < model * INPUT_BOUND:
+        return (f"input-bound: the {report['loader']} loader delivers {loader:.0f} img/s alone, end to end "
+                f"{end_to_end:.0f} img/s is {share:.0%} of the model's {model:.0f}")
+    shared = "CPU cores" if report["device"] == "cpu" else "GPU or host threads"
+    return (f"contention: the {report['loader']} loader alone delivers {loader:.0f} img/s, {loader / model:.1f}x the "
+            f"model's {model:.0f}, yet end to end reaches {end_to_end:.0f} ({share:.0%}): loader and step compete "
+            f"for the same {shared}, or the handover waits")

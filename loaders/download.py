@@ -76,8 +76,8 @@ def download(url: str, destination: Path, md5: str | None = None, retries: int =
             if isinstance(err, urllib.error.HTTPError) and err.code == 416:  # asked past the end: it is complete
                 break
             if attempt == retries:
-                raise DownloadError(f"cannot download {url} after {retries} attempts ({err}); rerun to resume, "
-                                    f"or fetch it yourself and pass it with --from") from err
+                raise DownloadError(f"cannot download {url} after {retries} attempts ({err}); rerun to "
+                                    f"resume") from err
             log.warning("download of %s interrupted (%s); resuming (attempt %d of %d)", url, err, attempt + 1,
                         retries)
             time.sleep(min(2 ** attempt, 30) * _backoff_scale)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import engine
 from engine.errors import UserInputError
-from engine.loaders.download import download, extract, md5_of
+from engine.loaders.download import DownloadError, download, extract, md5_of
 from engine.loaders.index import scan_dataset
 
 log = logging.getLogger("engine")
@@ -31,7 +31,11 @@ def _fetch(spec, root: Path) -> tuple[list[Path], dict[str, str]]:
     downloads = root / ".downloads" / spec.name
     paths, checksums = [], {}
     for source in spec.files:
-        path = download(source.url, downloads / source.filename, source.md5)
+        try:
+            path = download(source.url, downloads / source.filename, source.md5)
+        except DownloadError as err:  # say which command takes the file the user fetches instead
+            raise DownloadError(f"{err}; with a copy fetched another way: engine data prepare {spec.name} "
+                                f"--from PATH") from err
         paths.append(path)
         checksums[source.filename] = source.md5 or md5_of(path)
     return paths, checksums

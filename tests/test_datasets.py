@@ -284,6 +284,15 @@ def test_train_prepares_an_auto_dataset_on_first_use(tmp_path, monkeypatch, quic
     assert (tmp_path / "data" / ".downloads" / "eurosat" / "EuroSAT.zip").exists()
 
 
+def test_an_unreachable_source_names_the_command_that_takes_a_copy(tmp_path, monkeypatch, quick_retries):
+    spec = get_dataset_spec("eurosat")
+    unreachable = SourceFile("http://127.0.0.1:9/EuroSAT.zip", "EuroSAT.zip", None)  # port 9: nothing listens
+    monkeypatch.setitem(registry(), "eurosat", dataclasses.replace(spec, files=(unreachable,)))
+    with pytest.raises(DownloadError, match=r"after 5 attempts.*engine data prepare eurosat --from PATH"):
+        resolve_dataset("eurosat", tmp_path / "data")
+    assert not (tmp_path / "data" / "eurosat").exists()
+
+
 # --- .mat, HDF5, DICOM and patient-split sources ----------------------------------------------------------------
 def test_flowers102_mat_lists(tmp_path):
     from scipy.io import savemat

@@ -114,6 +114,13 @@ def test_dry_run_lists_the_plan_and_estimates_it_from_the_profile_store(tmp_path
     assert "estimate: 1.7 GPU-hours for the cells left" in done.stdout
     assert f"no estimate for the cells of {tiny_dataset}: not a built-in dataset" in done.stdout
     assert "resnet50: the profile store" not in done.stdout
+    assert "12 cells: 12 pending" in done.stdout
+
+    # BreakHis trains at 448x672: with no rate measured at that size, the 256x256 rate is scaled by the pixels
+    breakhis = run_engine("grid", "--backbones", "resnet50", "--datasets", "breakhis_40x", "--out",
+                          str(tmp_path / "runs"), "--dry-run", env_extra={"ENGINE_PROFILES": str(store)})
+    # 3 seeds x 1398 images x 40 epochs / (1000 img/s x 256*256 / (448*672)): 0.21 h (unscaled it would be 0.05)
+    assert "estimate: 0.2 GPU-hours" in breakhis.stdout
 
 
 def test_the_submitit_path_runs_a_job_array_locally(tmp_path):

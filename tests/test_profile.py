@@ -20,7 +20,19 @@ def test_profile_json_reports_the_whole_pipeline(tiny_dataset):
     assert set(report["phase_ms"]) == {"forward", "backward", "optimizer"} and all(report["phase_ms"].values())
     assert report["model_images_per_s"] > 0 and report["loader_images_per_s"] > 0
     assert report["end_to_end_images_per_s"] > 0
-    assert report["verdict"].startswith(("compute-bound", "input-bound"))
+    assert report["verdict"].startswith(("compute-bound", "input-bound", "contention"))
+
+
+@pytest.mark.parametrize("loader_rate, end_to_end, expected", [
+    (1000.0, 950.0, "compute-bound"),  # end to end within 90 % of the model: the model is the limit
+    (400.0, 380.0, "input-bound"),     # the loader alone cannot keep up with the step
+    (4000.0, 600.0, "contention"),     # each alone is fast enough; together they are not
+])
+def test_the_verdict_tells_a_slow_loader_from_loader_and_model_slowing_each_other(loader_rate, end_to_end, expected):
+    from engine.profile import verdict
+    report = {"model_images_per_s": 1000.0, "loader_images_per_s": loader_rate, "end_to_end_images_per_s": end_to_end,
+              "loader": "dali", "device": "NVIDIA H100 80GB HBM3", "phase_ms": {"forward": 1.0}}
+    assert verdict(report).startswith(expected)
 
 
 def test_profile_without_data_measures_the_model_alone():
