@@ -24,6 +24,7 @@ from engine.config import parse_image_size
 from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
 from engine.models import build_backbone
 from engine.profile import endless, images_per_s
+from engine.trainer import tune_convolutions
 
 
 @contextmanager
@@ -61,6 +62,7 @@ def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup
 def training_step(backbone: str, num_classes: int, device: torch.device):
     """One bf16-autocast AdamW step of `backbone` in channels_last: what the end-to-end rates feed."""
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    tune_convolutions(device)
     model = build_backbone(backbone, num_classes).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 

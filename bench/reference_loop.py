@@ -14,6 +14,7 @@ import torchvision.transforms as T
 
 from engine.bench.references import reference_wavemix
 from engine.loaders.torch_pipeline import IMAGENET_MEAN, IMAGENET_STD
+from engine.trainer import cudnn_benchmark
 
 AUTHORS_WORKERS = 2
 # backbones the authors did not take from torchvision: name -> builder(num_classes)
@@ -33,7 +34,13 @@ def reference_epoch_rate(folder: str, backbone: str, image_size: tuple[int, int]
     """Images/s of the authors' loop over an ImageFolder (`folder`/<class>/<image>) within one epoch, after
     `warmup_steps` steps that are not timed, to the epoch's end or `max_steps`. The workers start in the warm-up:
     the authors' loop pays that start-up every epoch, and leaving it out favours the reference (a ratio against it
-    errs low, on a small benchmark folder most)."""
+    errs low, on a small benchmark folder most). cuDNN's algorithm search is off, as in the authors' code."""
+    with cudnn_benchmark(False):
+        return _epoch_rate(folder, backbone, image_size, batch_size, device, workers, warmup_steps, max_steps)
+
+
+def _epoch_rate(folder: str, backbone: str, image_size: tuple[int, int], batch_size: int, device: torch.device,
+                workers: int, warmup_steps: int, max_steps: int | None) -> float:
     transform = T.Compose([T.Resize(list(image_size)), T.TrivialAugmentWide(), T.ToTensor(),
                            T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     dataset = torchvision.datasets.ImageFolder(folder, transform=transform)

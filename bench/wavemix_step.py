@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from engine.bench.references import dwt_implementations, reference_wavemix, use_dwt
 from engine.bench.timing import kernel_breakdown, peak_memory_gib, reset_peak_memory, time_per_call
 from engine.models.wavemix import wavemix_192_16
+from engine.trainer import cudnn_benchmark
 
 # (DWT, precision, compile): the reference only in fp32, the one way it runs (it crashes under autocast)
 VARIANTS = [("reference", "fp32", False),
@@ -29,6 +30,13 @@ VARIANTS = [("reference", "fp32", False),
 
 
 def step_rate(dwt_name, dwt, precision, compile_it, batch, size, device, warmup, iterations, kernels=0) -> dict:
+    """One variant's row. The reference runs as published (cuDNN's heuristic algorithms, as ANCHORS.md measured
+    it); the engine's model as the engine trains it (cuDNN's algorithm search on)."""
+    with cudnn_benchmark(dwt_name != "reference"):
+        return _step_rate(dwt_name, dwt, precision, compile_it, batch, size, device, warmup, iterations, kernels)
+
+
+def _step_rate(dwt_name, dwt, precision, compile_it, batch, size, device, warmup, iterations, kernels) -> dict:
     torch.manual_seed(0)
     amp = precision == "amp"
     memory_format = torch.channels_last if amp else torch.contiguous_format

@@ -16,7 +16,7 @@ from engine.loaders import DatasetIndex
 from engine.models import build_backbone
 from engine.scheduler import synchronize, wait_for_copies
 from engine.run import make_batches
-from engine.trainer import FIRST_PHASE, compiled, input_dtype, make_optimizer, make_precision
+from engine.trainer import FIRST_PHASE, compiled, input_dtype, make_optimizer, make_precision, tune_convolutions
 
 INPUT_BOUND = 0.9  # end to end (or the loader alone) below this share of the model-only rate: the input side limits
 
@@ -61,6 +61,7 @@ class TrainStep:
     def __init__(self, config: RunConfig, num_classes: int):
         self.device = torch.device(config.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        tune_convolutions(self.device)
         model = build_backbone(config.backbone, num_classes).to(self.device, memory_format=self.memory_format)
         self.model = compiled(model) if config.compile else model
         self.optimizer = make_optimizer(FIRST_PHASE, model)

@@ -29,7 +29,7 @@ from engine.loaders import (PIPELINES, DatasetIndex, check_files, count_per_clas
                             has_small_images, leave_out, resolve_dataset, scan_dataset, select_samples)
 from engine.models import build_backbone, check_image_size, get_backbone_spec
 from engine.scheduler import choose_batch_size, keep_to_memory_share
-from engine.trainer import evaluate, fit, input_dtype, load_best, make_precision
+from engine.trainer import evaluate, fit, input_dtype, load_best, make_precision, tune_convolutions
 
 log = logging.getLogger("engine")
 
@@ -206,9 +206,11 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
     if distributed.current().is_main:
         _write_run_description(config, index, samples, counts, skipped, run_dir)
     processes = f" x {config.world_size} processes" if config.world_size > 1 else ""
-    log.info("%s on %s: %d classes, %d train / %d %s / %d test images, %dx%d, augment %s, batch %d%s, %s, %s%s, "
-             "loader %s (%d workers) -> %s", config.backbone, config.dataset, index.num_classes, counts["train"],
-             counts["selection"], config.select_on, counts["test"], *config.image_size,
+    # with selection on the test set (the paper's), the selection files are the test files: say so once
+    selection = "" if config.select_on == "test" else f"{counts['selection']} {config.select_on} / "
+    log.info("%s on %s: %d classes, %d train / %s%d test images (epochs selected on %s), %dx%d, augment %s, "
+             "batch %d%s, %s, %s%s, loader %s (%d workers) -> %s", config.backbone, config.dataset,
+             index.num_classes, counts["train"], selection, counts["test"], config.select_on, *config.image_size,
              "on" if config.augment else "off", config.batch_size, processes, config.device, config.precision,
              " + compile" if config.compile else "", config.loader, config.workers, run_dir)
 
@@ -222,8 +224,7 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
     if model is None:
         model = build_backbone(config.backbone, index.num_classes, pretrained=False)
     model = model.to(device, memory_format=memory_format)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels once
+    tune_convolutions(device)
 
     outcome = fit(model, make_batches(config, index, samples.train, train=True, device=device),
                   make_batches(config, index, samples.selection, train=False, device=device), config, run_dir)

@@ -175,9 +175,10 @@ def training_step_rate(backbone: str, num_classes: int, image_size: tuple[int, i
     Six timed steps: with three, an H100 ranked mobilenet_v3_large's batch 128 at half the rate of 192 (4.5k vs
     8.7k img/s at 128 px, bench/NOTES.md), which one step's jitter explains and the model does not."""
     from engine.models import build_backbone
-    from engine.trainer import FIRST_PHASE, make_optimizer, make_precision
+    from engine.trainer import FIRST_PHASE, make_optimizer, make_precision, tune_convolutions
 
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    tune_convolutions(device)  # each candidate timed with the algorithms training will use
     model = build_backbone(backbone, num_classes).to(device, memory_format=memory_format)
     optimizer = make_optimizer(FIRST_PHASE, model)
     step_precision = make_precision(precision, device.type)

@@ -13,7 +13,7 @@ import os
 import random
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -59,6 +59,28 @@ def compiled(model: nn.Module) -> nn.Module:
     # (the training and the evaluation batch); dynamo would otherwise turn the batch dimension dynamic when the
     # second appears, and compile the evaluation graph less specialised.
     return torch.compile(model, dynamic=False)
+
+
+# --- Convolution algorithms ------------------------------------------------------------------------------------
+def tune_convolutions(device: torch.device) -> None:
+    """On a GPU, cuDNN times its algorithms for each convolution shape the first time it sees it and keeps the
+    fastest (its heuristic pick otherwise): the shapes are fixed (full training batches, a padded evaluation
+    batch), so the timing is paid once. Every path that runs or measures the engine's step calls this (training,
+    the batch autotuner, `engine profile`, the benchmarks' engine side), so what they measure is what trains."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+@contextmanager
+def cudnn_benchmark(enabled: bool):
+    """cuDNN's algorithm search on or off inside the block (a process-wide switch), as it was after: the
+    benchmarks run published code (the authors' loop, the reference WaveMix) as published, without it."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 # --- Precision, decided once -----------------------------------------------------------------------------------------

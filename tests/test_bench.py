@@ -94,6 +94,27 @@ def test_the_authors_loop_refuses_a_folder_too_small_to_time(tiny_dataset):
         reference_epoch_rate(str(tiny_dataset / "train"), "mobilenet_v3_large", (32, 32), 12, torch.device("cpu"))
 
 
+def test_the_authors_loop_runs_without_cudnn_algorithm_search_and_restores_it(tiny_dataset, monkeypatch):
+    """The engine turns cuDNN's algorithm search on for its own step; the authors' loop, timed in the same
+    process after it, must run as published (without it), and leave the switch as it found it."""
+    import torch
+    from engine.bench import reference_loop
+    seen = []
+    build = reference_loop.authors_model
+
+    def recording_model(backbone, num_classes):
+        model = build(backbone, num_classes)
+        model.register_forward_pre_hook(lambda module, inputs: seen.append(torch.backends.cudnn.benchmark))
+        return model
+
+    monkeypatch.setattr(reference_loop, "authors_model", recording_model)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    rate = reference_loop.reference_epoch_rate(str(tiny_dataset / "train"), "shufflenet_v2_x2_0", (32, 32), 4,
+                                               torch.device("cpu"), workers=0, max_steps=2)
+    assert rate > 0 and seen == [False] * 5  # 3 warm-up steps and 2 timed
+    assert torch.backends.cudnn.benchmark is True
+
+
 def test_augment_benchmark_times_both_implementations():
     from engine.bench import augment
     rows = augment.main(["--quick", "--device", "cpu"])

@@ -158,6 +158,19 @@ def test_the_high_priority_training_stream_is_ordered_after_the_loader_and_befor
     assert torch.equal(result, torch.full_like(batch, 2.0))  # on the current stream again, after the step
 
 
+def test_the_engine_step_and_the_batch_autotuner_run_with_cudnn_algorithm_search(monkeypatch):
+    """What `engine profile` and the autotuner measure is what training runs: cuDNN's timed algorithm choice."""
+    from engine.config import RunConfig
+    from engine.profile import TrainStep
+    from engine.scheduler import training_step_rate
+    for make in (lambda: TrainStep(RunConfig("mobilenet_v3_large", "x", "x", "x", (64, 64), augment=False,
+                                             precision="bf16", device="cuda"), 10),
+                 lambda: training_step_rate("mobilenet_v3_large", 10, (64, 64), "bf16", True, torch.device("cuda"))):
+        monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+        make()
+        assert torch.backends.cudnn.benchmark is True
+
+
 def test_engine_trains_on_the_gpu_with_its_gpu_defaults_but_compile(tiny_dataset, tmp_path):
     """The trainer's GPU path end to end as a user runs it: bf16, channels_last, the resident loader (small
     images), fused AdamW, accuracy accumulated on the device, the padded evaluation batch, the background
