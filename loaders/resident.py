@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +63,11 @@ def _budget(device: torch.device) -> int:
 def _copy_size(index: DatasetIndex, samples: list[Sample], image_size: tuple[int, int],
                probe: int | None = None) -> tuple[tuple[int, int], int]:
     """(side, bytes) of the samples' uint8 copy: at the images' own side where they share one (of the first
-    `probe`), else at the run's (resized once, at decoding)."""
+    `probe`) no larger than the run's (small images, resized per batch on the device), else at the run's
+    (resized once, at decoding, as the torch loader resizes: the smaller copy)."""
     sides = image_sides(index, samples, probe)
-    side = sides.pop() if len(sides) == 1 else tuple(image_size)
+    own = sides.pop() if len(sides) == 1 else None
+    side = own if own is not None and math.prod(own) <= math.prod(image_size) else tuple(image_size)
     return side, len(samples) * math.prod(side) * 3
 
 
@@ -97,13 +100,20 @@ def decoded_images(index: DatasetIndex, samples: list[Sample], side: tuple[int, 
     path = _cache_folder(index) / f"{key}-{side[0]}x{side[1]}.npy"
     if path.exists():
         return np.load(path)
-    log.info("decoding %d images once into %s", len(samples), path)
+    threads = os.cpu_count() or 1
+    log.info("decoding %d images once into %s (%d threads)", len(samples), path, threads)
     array = np.empty((len(samples), side[0], side[1], 3), np.uint8)
-    for position, (relative_path, _) in enumerate(samples):
-        image = read_rgb(index.root / relative_path)
+
+    def decode(position: int) -> None:
+        image = read_rgb(index.root / samples[position][0])
         if image.size != (side[1], side[0]):
             image = image.resize((side[1], side[0]), Image.BILINEAR)
         array[position] = np.asarray(image)
+
+    # PIL releases the GIL while it decodes and resizes: threads share the work without copying the array
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+        for _ in pool.map(decode, range(len(samples))):  # consumed, so that a decoding error is raised here
+            pass
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
     np.save(temporary, array)
     os.replace(temporary, path)

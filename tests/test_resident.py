@@ -35,6 +35,27 @@ def test_cached_next_to_the_dataset_and_reused(tiny_dataset):
     assert scan_dataset(tiny_dataset).classes == index.classes  # the cache folder is not a class
 
 
+def test_images_of_different_sides_are_decoded_in_parallel_at_the_run_size_and_a_bad_one_is_named(tmp_path):
+    from PIL import Image
+
+    from engine.errors import UnreadableImageError
+    from engine.loaders.resident import decoded_images
+    dataset = make_dataset(tmp_path / "mixed", {"train": 6, "test": 2}, side=40)
+    Image.new("RGB", (56, 24), (0, 255, 0)).save(next((dataset / "train").rglob("*.png")))  # another side
+    index = scan_dataset(dataset)
+    copy = batches("resident", index, index.train, train=False, size=(32, 32), batch_size=6)
+    reference = batches("torch", index, index.train, train=False, size=(32, 32), batch_size=6)
+    ours, theirs = (torch.cat([x for x, _ in pipeline.epoch(0)]) for pipeline in (copy, reference))
+    assert copy.images.shape[-2:] == (32, 32) and torch.equal(ours, theirs)  # resized once, as torch resizes
+    larger = make_dataset(tmp_path / "larger", {"train": 2, "test": 1}, side=48)  # one side, larger than the run's
+    assert batches("resident", scan_dataset(larger), scan_dataset(larger).train, train=False).images.shape[-2:] \
+        == (32, 32)
+    bad = next((dataset / "test").rglob("*.png"))
+    bad.write_bytes(b"not an image")
+    with pytest.raises(UnreadableImageError, match=f"cannot read image {bad}"):
+        decoded_images(index, index.test, (32, 32))
+
+
 def test_resized_and_augmented_batches_are_seeded_and_labelled(tiny_dataset):
     index = scan_dataset(tiny_dataset)
 
