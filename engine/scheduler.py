@@ -96,7 +96,12 @@ def autotune(run_step: Callable[[int], float], limit: int) -> BatchChoice:
         finally:
             free_memory()
 
-    largest = largest_fitting_batch(fits, limit)
+    from engine.trainer import cudnn_benchmark
+
+    # The search asks only what fits: with cuDNN's heuristic algorithms, not a timed search of every convolution
+    # at each of its ~10 batch sizes (seconds each); the candidates are then timed as training runs them.
+    with cudnn_benchmark(False):
+        largest = largest_fitting_batch(fits, limit)
     if largest == 0:
         raise RuntimeError("not even one image per step fits in memory")
     rates = {}

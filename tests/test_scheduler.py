@@ -42,6 +42,23 @@ def test_autotune_backs_off_and_picks_the_fastest_candidate():
     assert choice.batch_size == 72 and "largest fitting 100" in choice.reason
 
 
+def test_the_memory_search_skips_cudnns_algorithm_search_and_the_candidates_are_timed_with_it(monkeypatch):
+    """Which batches fit needs no timed choice of convolution algorithms (seconds at each of ~10 sizes); the
+    rates that pick the batch must be measured with the algorithms training uses."""
+    step, searched = FakeStep(capacity=100, best=72), []
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # as the engine's step sets it
+
+    def recording(batch):
+        searched.append((batch, torch.backends.cudnn.benchmark))
+        return step(batch)
+
+    autotune(recording, limit=1000)
+    search, timed = searched[:-3], searched[-3:]
+    assert search and not any(tuned for _, tuned in search)
+    assert [batch for batch, _ in timed] == [100, 72, 48] and all(tuned for _, tuned in timed)
+    assert torch.backends.cudnn.benchmark is True
+
+
 def test_autotune_respects_the_training_set_limit():
     assert batch_limit(1000) == 125 and batch_limit(3) == 1
     choice = autotune(FakeStep(capacity=10_000, best=10_000), limit=batch_limit(1000))
