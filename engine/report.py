@@ -226,7 +226,8 @@ def write_plots(entries: list[Entry], folder: Path) -> list[Path]:
         backbones = sorted({entry.backbone for entry in full}, key=_backbone_order)
         lookup = {(entry.backbone, entry.dataset): entry.best for entry in full}
         grid = [[lookup.get((backbone, dataset), float("nan")) for dataset in datasets] for backbone in backbones]
-        figure, axes = plt.subplots(figsize=(1.2 * len(datasets) + 3, 0.5 * len(backbones) + 2))
+        # at least wide enough for the title and the colour bar's label, however few datasets
+        figure, axes = plt.subplots(figsize=(max(1.2 * len(datasets) + 3, 7), 0.5 * len(backbones) + 2))
         image = axes.imshow(grid, cmap="viridis", aspect="auto")
         axes.set_xticks(range(len(datasets)), datasets, rotation=45, ha="right")
         axes.set_yticks(range(len(backbones)), backbones)
