@@ -41,9 +41,15 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or says_out_of_memory(str(error))
 
 
+# How a full card shows besides torch's own "CUDA out of memory": cuDNN and cuBLAS allocate their handles outside
+# torch's allocator, and fail so when runs packed on the card (CUDA contexts, DALI's buffers) left no room.
+OUT_OF_MEMORY_SIGNS = ("out of memory", "cudnn_status_alloc_failed", "cublas_status_alloc_failed",
+                       "cublas_status_not_initialized")
+
+
 def says_out_of_memory(message: str) -> bool:
     """Whether an error's message (an exception's, or the last line a failed process logged) is out-of-memory."""
-    return "out of memory" in message.lower()
+    return any(sign in message.lower() for sign in OUT_OF_MEMORY_SIGNS)
 
 
 def largest_fitting_batch(fits: Callable[[int], bool], limit: int, start: int = SEARCH_START) -> int:

@@ -65,6 +65,18 @@ def test_autotune_respects_the_training_set_limit():
     assert choice.batch_size == 125 and "capped by the training set" in choice.reason
 
 
+@pytest.mark.parametrize("message, full", [
+    ("CUDA out of memory. Tried to allocate 2.00 GiB", True),
+    ("cuDNN error: CUDNN_STATUS_ALLOC_FAILED", True),
+    ("CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`", True),
+    ("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED", False),
+    ("shape mismatch", False),
+])
+def test_a_full_card_is_read_from_torch_cudnn_and_cublas_messages(message, full):
+    assert scheduler.says_out_of_memory(message) is full
+    assert scheduler.is_out_of_memory(RuntimeError(message)) is full
+
+
 def test_errors_other_than_out_of_memory_are_not_swallowed():
     def broken(batch):
         raise ValueError("shape mismatch")
