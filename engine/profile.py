@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import RunConfig
-from engine.loaders import DatasetIndex
+from engine.loaders import DatasetIndex, fits_budget
 from engine.models import build_backbone
 from engine.scheduler import synchronize, wait_for_copies
 from engine.run import make_batches
@@ -136,7 +136,17 @@ def profile(config: RunConfig, index: DatasetIndex | None, steps: int, warmup: i
         report["end_to_end_images_per_s"] = round(images_per_s(endless(pipeline), steps, warmup, step, device,
                                                                drain=pipeline.queued_batches), 1)
     report["verdict"] = verdict(report)
+    report["verdict"] += _resident_hint(report, config, index)
     return report
+
+
+def _resident_hint(report: dict, config: RunConfig, index: DatasetIndex | None) -> str:
+    """Where the input side limits and the dataset's decoded copy fits the resident budget, the loader that
+    takes decoding and per-epoch file reading out of the loop altogether is worth a try."""
+    if index is None or report["verdict"].startswith("compute-bound") or config.loader == "resident" or \
+            not fits_budget(index, config.image_size, torch.device(config.device)):
+        return ""
+    return "; its decoded images fit the resident budget: try --loader resident (decoded once, kept on the device)"
 
 
 def packed_copy(config: RunConfig, copies: int, barrier: Path, seconds: float, warmup: int = 3) -> dict:

@@ -35,6 +35,20 @@ def test_the_verdict_tells_a_slow_loader_from_loader_and_model_slowing_each_othe
     assert verdict(report).startswith(expected)
 
 
+def test_where_the_input_side_limits_a_dataset_that_fits_is_pointed_to_the_resident_loader(tiny_dataset):
+    from engine.loaders import scan_dataset
+    from engine.profile import _resident_hint
+    from engine.run import prepare_profile_config
+    config, index = prepare_profile_config(backbone="mobilenet_v3_large", data=str(tiny_dataset),
+                                           image_size=(32, 32), device="cpu")
+    assert "try --loader resident" in _resident_hint({"verdict": "contention: ..."}, config, index)
+    assert _resident_hint({"verdict": "compute-bound: ..."}, config, index) == ""
+    assert _resident_hint({"verdict": "input-bound: ..."}, config, None) == ""  # no dataset, nothing to keep
+    resident = prepare_profile_config(backbone="mobilenet_v3_large", data=str(tiny_dataset), image_size=(32, 32),
+                                      device="cpu", loader="resident")[0]
+    assert _resident_hint({"verdict": "input-bound: ..."}, resident, scan_dataset(tiny_dataset)) == ""
+
+
 def test_profile_without_data_measures_the_model_alone():
     done = run_engine("profile", "--backbone", "shufflenet_v2_x2_0", "--image-size", "32", "--steps", "1", "--json")
     assert done.returncode == 0, done.stderr
