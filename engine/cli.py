@@ -51,9 +51,23 @@ def backbones() -> None:
     rows = []
     for name in list_backbones():
         spec = get_backbone_spec(name)
-        params = sum(p.numel() for p in spec.build().parameters()) / 1e6
-        rows.append((name, f"{params:.1f}", f"{spec.imagenet_top1:.2f}", spec.weights_name))
+        rows.append((name, f"{_parameter_count(spec.build) / 1e6:.1f}", f"{spec.imagenet_top1:.2f}",
+                     spec.weights_name))
     _print_table(("backbone", "params_M", "imagenet_top1", "weights"), rows)
+
+
+def _parameter_count(build) -> int:
+    """Parameters of the model `build()` makes: built on the meta device (shapes only: no memory, no random
+    initialisation, most of the listing's time), or on the CPU for a model whose constructor computes with
+    tensors (RegNet derives its widths so)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = build()
+    except NotImplementedError:
+        model = build()
+    return sum(parameter.numel() for parameter in model.parameters())
 
 
 DATA_ROOT_HELP = "Where built-in datasets live [default: $ENGINE_DATA or ~/.cache/engine/data]."
