@@ -205,7 +205,15 @@ def test_listing_commands(capsys):
         main(["backbones"])
     assert exited.value.code == 0
     table = capsys.readouterr().out
-    assert "regnet_y_3_2gf" in table and "19.4" in table
+    # counted from the models (on the meta device, or the CPU for RegNet): the paper's Table 2 counts
+    import csv
+    from pathlib import Path
+
+    import engine
+    paper = {row["backbone"]: row["params_m"] for row in
+             csv.DictReader(open(Path(engine.__file__).parent / "paper" / "backbones.csv"))}
+    listed = {line.split()[0]: line.split()[1] for line in table.splitlines()[1:]}
+    assert listed == paper and listed["regnet_y_3_2gf"] == "19.4"
     with pytest.raises(SystemExit):
         main(["datasets"])
     assert "demo" in capsys.readouterr().out
