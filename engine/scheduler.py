@@ -94,10 +94,12 @@ def autotune(run_step: Callable[[int], float], limit: int) -> BatchChoice:
     def fits(batch: int) -> bool:
         try:
             run_step(batch)
+            log.info("  batch %d fits", batch)  # progress: the search takes a minute on a GPU
             return True
         except Exception as error:  # noqa: BLE001 - only out-of-memory means "too large"; re-raise the rest
             if not is_out_of_memory(error):
                 raise
+            log.info("  batch %d does not fit", batch)
             return False
         finally:
             free_memory()
@@ -114,6 +116,7 @@ def autotune(run_step: Callable[[int], float], limit: int) -> BatchChoice:
     for batch in candidates_below(largest):
         try:
             rates[batch] = run_step(batch)
+            log.info("  batch %d: %.0f img/s", batch, rates[batch])
         except Exception as error:  # noqa: BLE001
             if not is_out_of_memory(error):
                 raise

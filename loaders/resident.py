@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm import tqdm
 
 from engine import distributed
 from engine.distributed import SINGLE, Shard
@@ -111,9 +113,10 @@ def decoded_images(index: DatasetIndex, samples: list[Sample], side: tuple[int, 
         array[position] = np.asarray(image)
 
     # PIL releases the GIL while it decodes and resizes: threads share the work without copying the array
-    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool, \
+            tqdm(total=len(samples), desc="decoding", unit="img", leave=False, disable=not sys.stderr.isatty()) as bar:
         for _ in pool.map(decode, range(len(samples))):  # consumed, so that a decoding error is raised here
-            pass
+            bar.update(1)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
     np.save(temporary, array)
     os.replace(temporary, path)

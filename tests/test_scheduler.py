@@ -34,9 +34,12 @@ def test_largest_fitting_batch(capacity, limit, expected):
     assert largest_fitting_batch(lambda batch: batch <= capacity, limit) == expected
 
 
-def test_autotune_backs_off_and_picks_the_fastest_candidate():
+def test_autotune_backs_off_and_picks_the_fastest_candidate(caplog):
     step = FakeStep(capacity=100, best=72)
-    choice = autotune(step, limit=1000)
+    with caplog.at_level("INFO", logger="engine"):
+        choice = autotune(step, limit=1000)
+    # each try is logged as it ends: the search is a silent minute on a GPU otherwise
+    assert "batch 128 does not fit" in caplog.text and "batch 72: 72 img/s" in caplog.text
     assert choice.largest_fitting == 100 and step.out_of_memory >= 1
     assert sorted(choice.images_per_s) == [48, 72, 100]
     assert choice.batch_size == 72 and "largest fitting 100" in choice.reason
