@@ -174,7 +174,8 @@ def prepare(name: str, root: str | None, source: str | None, force: bool, split_
               help="Input pipeline. dali: NVIDIA DALI, decoding and augmenting on the GPU; resident: every image "
                    "decoded once (cached next to the dataset) and kept on the device; torch: PIL + torchvision "
                    "transforms in DataLoader workers. auto, with a GPU: resident for images up to 64 px whose copy "
-                   "fits 5 % of the card per split, else dali when installed; torch otherwise.")
+                   "fits 5 % of the card per split, else dali when installed, else resident where its copy fits; "
+                   "torch otherwise.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Loader processes (DALI: threads) [default: cores - 1, at most 8, with a GPU; 0 (main process) "
                    "on the CPU].")

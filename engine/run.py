@@ -110,7 +110,8 @@ def _step_settings(backbone: str, device: str, precision: str, compile_model: bo
 
 def resolve_loader(requested: str, device: str, index: DatasetIndex, image_size: tuple[int, int]) -> str:
     """auto, with a GPU: small images (<= 64 px) stay decoded on the GPU (resident) where their copy fits its
-    budget; others go through DALI when it imports. Without a GPU, or without DALI, the torch loader."""
+    budget; others go through DALI when it imports, else resident where they fit (the torch loader's images and
+    augmentation draws, but decoded once rather than every epoch on the CPU). Without a GPU, the torch loader."""
     if requested == "dali" and not dali_available():
         raise UserInputError("--loader dali needs NVIDIA DALI: pip install 'engine[dali]'")
     if requested != "auto":
@@ -123,6 +124,10 @@ def resolve_loader(requested: str, device: str, index: DatasetIndex, image_size:
     if device == "cuda" and dali_available():
         log.info("loader: dali (auto: DALI is installed and a GPU is present)")
         return "dali"
+    if device == "cuda" and fits_budget(index, image_size, torch.device("cuda")):
+        log.info("loader: resident (auto: DALI is not installed; the decoded images fit the GPU budget, so they are "
+                 "decoded once instead of every epoch on the CPU: pip install 'engine[dali]' for DALI)")
+        return "resident"
     reason = "no GPU: the portable default; --loader dali runs DALI's CPU operators" if device != "cuda" else \
         "DALI is not installed (pip install 'engine[dali]'); decoding on the CPU may starve the GPU"
     log.info("loader: torch (auto: %s)", reason)

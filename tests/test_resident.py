@@ -96,6 +96,25 @@ def test_auto_keeps_small_images_resident_only_within_the_gpu_budget(tiny_datase
                               device=torch.device("cuda"), seed=0, workers=0, channels_last=True)
 
 
+def test_without_dali_auto_keeps_larger_images_resident_where_they_fit(tmp_path, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from engine.run import resolve_loader
+
+    index = scan_dataset(make_dataset(tmp_path / "big", {"train": 4, "test": 2}, side=96))  # not small images
+    card = SimpleNamespace(total_memory=100_000_000)  # 5 %: 5 MB a split, 12 x 32x32x3 bytes fit
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *args: card)
+    monkeypatch.setattr("engine.run.dali_available", lambda: True)
+    assert resolve_loader("auto", "cuda", index, (32, 32)) == "dali"  # DALI first, when it is there
+    monkeypatch.setattr("engine.run.dali_available", lambda: False)
+    with caplog.at_level("INFO", logger="engine"):
+        assert resolve_loader("auto", "cuda", index, (32, 32)) == "resident"
+    assert "DALI is not installed; the decoded images fit the GPU budget" in caplog.text
+    card.total_memory = 100  # nothing fits: the torch loader, as before
+    assert resolve_loader("auto", "cuda", index, (32, 32)) == "torch"
+    assert resolve_loader("auto", "cpu", index, (32, 32)) == "torch"  # without a GPU, always
+
+
 def test_engine_trains_with_the_resident_loader(tiny_dataset, tmp_path):
     done = run_engine("train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--no-pretrained",
                       "--image-size", "32", "--batch-size", "8", "--max-epochs", "1", "--loader", "resident",
