@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One device call for the input pipelines (issue 4), its targets first, as a call cut short by the session's
 # device time keeps what ran: DALI and the resident path end to end against synthetic data (resnet50 and
-# mobilenet_v3_large at 256 px, batch 128, eager; resident is auto's choice for small images, and for any dataset
-# whose copy fits where DALI is missing; if it beats DALI here, it should be for every dataset that fits), DALI alone at
-# the anchor's batch (256) beside the ANCHORS.md script on the same card, then two tries at mobilenet's end to
+# mobilenet_v3_large at 256 px, batch 128, eager; resident is auto's choice for small images, and for any
+# dataset whose copy fits where DALI is missing; if it beats DALI here, it should be for every dataset that
+# fits), DALI alone at the anchor's batch (256) beside the ANCHORS.md script on the same card, then two tries at
+# mobilenet's end to
 # end: more JPEGs on the hardware decoder, and the training on a high-priority stream. About 4 minutes on an
 # H100. LOADERS_ALL=1 adds the torch loader to the end-to-end rows (measured on an H100 in the third session),
 # DALI alone with 15 threads and the batched augmentation: about 5.
