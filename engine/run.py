@@ -116,21 +116,25 @@ def resolve_loader(requested: str, device: str, index: DatasetIndex, image_size:
         raise UserInputError("--loader dali needs NVIDIA DALI: pip install 'engine[dali]'")
     if requested != "auto":
         return requested
-    if device == "cuda" and has_small_images(index):
-        if fits_budget(index, image_size, torch.device("cuda")):
-            log.info("loader: resident (auto: small images, decoded once and kept on the GPU)")
-            return "resident"
+    if device != "cuda":
+        log.info("loader: torch (auto: no GPU: the portable default; --loader dali runs DALI's CPU operators)")
+        return "torch"
+    # whether the decoded copy fits decides twice (small images first, then any images without DALI): read once
+    small, fits = has_small_images(index), fits_budget(index, image_size, torch.device("cuda"))
+    if small and fits:
+        log.info("loader: resident (auto: small images, decoded once and kept on the GPU)")
+        return "resident"
+    if small:
         log.info("loader: not resident (auto: small images, but too many for the resident budget on the GPU)")
-    if device == "cuda" and dali_available():
+    if dali_available():
         log.info("loader: dali (auto: DALI is installed and a GPU is present)")
         return "dali"
-    if device == "cuda" and fits_budget(index, image_size, torch.device("cuda")):
+    if fits:
         log.info("loader: resident (auto: DALI is not installed; the decoded images fit the GPU budget, so they are "
                  "decoded once instead of every epoch on the CPU: pip install 'engine[dali]' for DALI)")
         return "resident"
-    reason = "no GPU: the portable default; --loader dali runs DALI's CPU operators" if device != "cuda" else \
-        "DALI is not installed (pip install 'engine[dali]'); decoding on the CPU may starve the GPU"
-    log.info("loader: torch (auto: %s)", reason)
+    log.info("loader: torch (auto: DALI is not installed (pip install 'engine[dali]'); decoding on the CPU may "
+             "starve the GPU)")
     return "torch"
 
 
