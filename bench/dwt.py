@@ -76,6 +76,7 @@ def measure_configs(x, device, warmup, iterations, copy_gb_s: float) -> list[dic
                      "backward_ms": round(backward_s * 1e3, 3),
                      "backward_of_copy": round(moved / backward_s / 1e9 / copy_gb_s, 3),
                      "fwd_bwd_of_copy": round(2 * moved / (forward_s + backward_s) / 1e9 / copy_gb_s, 3)})
+        print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -102,20 +103,19 @@ def main(argv=None) -> list[dict]:
     copy_target = torch.empty_like(x)
     copy_s, _ = kernel_time_per_call(lambda: copy_target.copy_(x), device, warmup, iterations)
     copy_gb_s = 2 * x.numel() * x.element_size() / copy_s / 1e9
+    # the header first and each row as it is measured: a run cut short by its time limit keeps what it measured
+    print(json.dumps({"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                      "shape": shape, "levels": LEVELS, "dtype": args.dtype, "channels_last": args.channels_last,
+                      "copy_gb_s": round(copy_gb_s, 1), "torch": torch.__version__}), flush=True)
     rows = []
     for name, dwt in dwt_implementations(device).items():
         if name == "reference" and x.dtype != torch.float32:
             continue  # pytorch_wavelets keeps fp32 filters: it cannot take half inputs (ANCHORS.md)
         for compile_it in ([False, True] if args.compile and name != "reference" else [False]):
             rows.append(measure(name, dwt, x, device, warmup, iterations, compile_it, copy_gb_s))
+            print(json.dumps(rows[-1]), flush=True)
     if args.configs:
         rows += measure_configs(x, device, warmup, iterations, copy_gb_s)
-    header = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "shape": shape,
-              "levels": LEVELS, "dtype": args.dtype, "channels_last": args.channels_last,
-              "copy_gb_s": round(copy_gb_s, 1), "torch": torch.__version__}
-    print(json.dumps(header))
-    for row in rows:
-        print(json.dumps(row))
     if device.type == "cuda":
         from engine.kernels.haar_triton import chosen_configs
         print(json.dumps({"autotuner_choices": chosen_configs()}))

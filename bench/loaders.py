@@ -19,9 +19,10 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from engine.bench.timing import ordered_stream
+from engine.bench.timing import kernel_breakdown, ordered_stream, stream_concurrency
 from engine.config import parse_image_size
 from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
+from engine.loaders.dali_pipeline import HW_DECODER_LOAD
 from engine.models import build_backbone
 from engine.profile import endless, images_per_s
 from engine.trainer import tune_convolutions
@@ -41,8 +42,9 @@ def training_stream(priority: str, device: torch.device):
 
 
 def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup, train_step,
-                 hw_decoder_load=None, stream_priority="default") -> dict:
-    """Images/s of one pipeline alone and, unless `train_step` is None, feeding the training step."""
+                 hw_decoder_load=None, stream_priority="default", kernels=0) -> dict:
+    """Images/s of one pipeline alone and, unless `train_step` is None, feeding the training step; with
+    `kernels`, where the loader's own time per batch goes (device kernels and the operators that copy)."""
     if name == "dali" and not dali_available():
         raise RuntimeError("DALI is not installed")
     options = {"hw_decoder_load": hw_decoder_load} if name == "dali" and hw_decoder_load is not None else {}
@@ -50,10 +52,16 @@ def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup
                                device=device, seed=0, workers=workers, channels_last=True, dtype=dtype, **options)
     row = {"loader": name, "batch": batch, "workers": workers, **options,
            "loader_only_img_s": round(images_per_s(endless(pipeline), steps, warmup, lambda x, y: None, device), 1)}
+    if kernels:  # a loader slower alone than feeding a step (the resident path on an H100) spends its time here
+        batches = endless(pipeline)
+        row["kernels"] = kernel_breakdown(lambda: next(batches), device, steps=3, top=kernels)
     if train_step is not None:
         with training_stream(stream_priority, device):
             row["train_img_s"] = round(images_per_s(endless(pipeline), steps, warmup, train_step, device,
                                                     drain=pipeline.queued_batches), 1)
+            if kernels and device.type == "cuda":  # whether the loader's kernels run beside the step's, or between
+                batches = endless(pipeline)
+                row["streams"] = stream_concurrency(lambda: train_step(*next(batches)), device, steps=5)
         if stream_priority != "default":
             row["training_stream"] = stream_priority
     return row
@@ -99,11 +107,16 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--loader-only", action="store_true",
                         help="measure the loaders alone: no model, no end-to-end or synthetic rates")
     parser.add_argument("--dali-hw-decoder-load", type=float, default=None, metavar="SHARE",
-                        help="share of JPEGs DALI sends to the GPU's hardware decoder (default: DALI's, 0.65); "
-                             "the rest decode on CPU threads and SMs, beside the training")
+                        help="share of JPEGs DALI sends to the GPU's hardware decoder (default: the engine's, "
+                             f"{HW_DECODER_LOAD}; DALI's own is 0.65); the rest decode on CPU threads and SMs, "
+                             "beside the training")
     parser.add_argument("--training-stream", choices=["default", "high"], default="default",
                         help="end to end: run the training step on a high-priority CUDA stream (an experiment; "
                              "the engine uses the default stream)")
+    parser.add_argument("--kernels", type=int, default=0, metavar="N",
+                        help="also profile each loader alone over 3 batches: its N costliest kernels (CPU: "
+                             "operators) per batch, and the operators that copy; on a GPU, and end to end, how "
+                             "long the loader's and the step's kernels ran at the same time")
     parser.add_argument("--quick", action="store_true", help="32 px, batch 8, 2 steps (smoke test)")
     args = parser.parse_args(argv)
     loaders = chosen_loaders(args.loaders)
@@ -128,7 +141,7 @@ def main(argv=None) -> list[dict]:
     for name in loaders:  # in the order asked: the default puts DALI first, so a time limit cuts the fallbacks
         try:
             rows.append(loader_rates(name, index, size, batch, device, args.workers, dtype, steps, warmup, train_step,
-                                     args.dali_hw_decoder_load, args.training_stream))
+                                     args.dali_hw_decoder_load, args.training_stream, args.kernels))
         except Exception as err:  # noqa: BLE001 - one failing loader must not hide the others' numbers
             rows.append({"loader": name, "error": repr(err)[:300]})
         print(json.dumps(rows[-1]), flush=True)

@@ -104,7 +104,7 @@ def kernel_breakdown(fn: Callable[[], object], device: torch.device, steps: int,
 
     on_gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    with profile(activities=activities) as profiler:
+    with profile(activities=activities, record_shapes=True) as profiler:
         for _ in range(steps):
             fn()
         if on_gpu:
@@ -124,4 +124,95 @@ def kernel_breakdown(fn: Callable[[], object], device: torch.device, steps: int,
     return {"profiled_ms_per_step": round(total, 3),
             "by_kind_ms": {kind: round(ms, 3) for kind, ms in sorted(by_kind.items(), key=lambda item: -item[1])},
             "top_kernels": [{"name": name[:120], "kind": kind, "ms": round(ms, 3), "share": round(ms / total, 3)}
-                            for name, kind, ms in ranked]}
+                            for name, kind, ms in ranked],
+            "copies": copy_sources(profiler.events(), on_gpu, steps, top)}
+
+
+COPY_OPS = ("aten::copy_", "aten::clone", "aten::contiguous", "aten::cat")
+
+
+def copy_sources(events, on_gpu: bool, steps: int, top: int) -> list[dict]:
+    """Where the copies come from: the costliest copying operators (ms per call of the profiled function), each
+    with the shapes it copied and the operators that called it (outermost first). A strided copy kernel in the
+    top kernels says that a layout conversion happens, not which operator asks for it; this does."""
+    totals: dict[tuple, float] = {}
+    for event in events:
+        if event.name not in COPY_OPS or (event.cpu_parent is not None and event.cpu_parent.name in COPY_OPS):
+            continue  # a copy inside a copying operator (clone -> copy_) is counted once, at the outer one
+        microseconds = event.device_time_total if on_gpu else event.cpu_time_total
+        if microseconds <= 0:
+            continue
+        callers, parent = [], event.cpu_parent
+        while parent is not None and len(callers) < 3:
+            callers.insert(0, parent.name)
+            parent = parent.cpu_parent
+        key = (event.name, str(event.input_shapes)[:160], " > ".join(callers))
+        totals[key] = totals.get(key, 0.0) + microseconds
+    ranked = sorted(totals.items(), key=lambda item: -item[1])[:top]
+    return [{"op": op, "shapes": shapes, "called_from": callers, "ms": round(microseconds / steps / 1e3, 3)}
+            for (op, shapes, callers), microseconds in ranked]
+
+
+def union_of(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(start, end) intervals merged where they overlap or touch, in order."""
+    merged: list[list[float]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(start, end) for start, end in merged]
+
+
+def stream_overlap(kernels: dict[object, list[tuple[float, float]]]) -> dict:
+    """From each stream's kernel intervals: how long each stream was busy, how long two or more were busy at
+    once, and the span from the first kernel to the last. Two pipelines sharing a GPU either overlap (the
+    concurrent time is most of the smaller one's busy time) or take turns (it is near zero)."""
+    unions = {stream: union_of(spans) for stream, spans in kernels.items() if spans}
+    edges = sorted((point, delta) for spans in unions.values() for start, end in spans
+                   for point, delta in ((start, 1), (end, -1)))
+    concurrent, active, since = 0.0, 0, 0.0
+    for point, delta in edges:
+        if active >= 2:
+            concurrent += point - since
+        active, since = active + delta, point
+    return {"busy": {stream: sum(end - start for start, end in spans) for stream, spans in unions.items()},
+            "concurrent": concurrent, "span": edges[-1][0] - edges[0][0] if edges else 0.0}
+
+
+def kernel_intervals(trace_events: list[dict]) -> dict[object, list[tuple[float, float]]]:
+    """Each CUDA stream's kernel (start, end) times, in microseconds, from a chrome trace's events (torch.profiler's
+    export: a kernel's category is "kernel", its stream in its args)."""
+    kernels: dict[object, list[tuple[float, float]]] = {}
+    for event in trace_events:
+        if event.get("cat") == "kernel" and "dur" in event:
+            stream = event.get("args", {}).get("stream", event.get("tid"))
+            kernels.setdefault(stream, []).append((event["ts"], event["ts"] + event["dur"]))
+    return kernels
+
+
+def stream_concurrency(fn: Callable[[], object], device: torch.device, steps: int) -> dict:
+    """Run `fn` `steps` times under the profiler and say, per call, how long each CUDA stream's kernels kept it
+    busy and how long two or more streams ran kernels at the same time (ms). A loader on its own stream (DALI's)
+    beside the training: concurrent ~ the loader's busy time means it hides behind the step; ~0, that the two
+    take turns, and the end-to-end step costs their sum."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from torch.profiler import ProfilerActivity, profile
+
+    if device.type != "cuda":
+        return {}
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize(device)
+    with tempfile.TemporaryDirectory() as folder:
+        trace = Path(folder) / "trace.json"
+        profiler.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text()).get("traceEvents", [])
+    overlap = stream_overlap(kernel_intervals(events))
+    per_call = 1e3 * steps  # microseconds over all calls -> ms per call
+    return {"busy_ms_by_stream": {str(stream): round(us / per_call, 3) for stream, us in overlap["busy"].items()},
+            "concurrent_ms": round(overlap["concurrent"] / per_call, 3), "span_ms": round(overlap["span"] / per_call, 3)}

@@ -1,5 +1,7 @@
 """The benchmarks run (tiny shapes, CPU), so they do not rot between GPU sessions. Their numbers are not
 asserted: speed is measured on a GPU and written to bench/NOTES.md."""
+import json
+
 import pytest
 
 from engine.bench import dwt, wavemix_step
@@ -9,7 +11,24 @@ def test_dwt_benchmark_reports_every_implementation_against_a_copy(capsys):
     rows = dwt.main(["--quick", "--device", "cpu", "--dtype", "fp32"])
     assert [row["implementation"] for row in rows] == ["reference", "plain", "fused"]
     assert all(row["forward_gb_s"] >= 0 and row["fwd_bwd_of_copy"] >= 0 for row in rows)
-    assert '"copy_gb_s"' in capsys.readouterr().out
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "copy_gb_s" in lines[0] and lines[1:] == rows
+
+
+def test_dwt_benchmark_prints_each_row_as_it_is_measured(monkeypatch, capsys):
+    """A run stopped by its time limit (a slow compile on a lent GPU) keeps the header and the rows before it."""
+    measured = dwt.measure
+
+    def measure_then_stop(name, *args):
+        if name == "plain":
+            raise KeyboardInterrupt  # stands for the time limit's kill
+        return measured(name, *args)
+
+    monkeypatch.setattr(dwt, "measure", measure_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        dwt.main(["--quick", "--device", "cpu", "--dtype", "fp32"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "copy_gb_s" in lines[0] and [line["implementation"] for line in lines[1:]] == ["reference"]
 
 
 def test_dwt_benchmark_times_each_launch_configuration_on_request():
@@ -48,9 +67,11 @@ def test_loader_benchmark_compares_every_pipeline_with_synthetic_data():
 def test_loader_benchmark_measures_the_named_loaders_alone():
     from engine.bench import loaders
     rows = loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--workers", "1", "--loaders",
-                         "resident,torch", "--loader-only"])
+                         "resident,torch", "--loader-only", "--kernels", "2"])
     assert [row["loader"] for row in rows] == ["resident", "torch"]
     assert all(row["loader_only_img_s"] > 0 and "train_img_s" not in row for row in rows)
+    # and where each loader's own time goes, per batch
+    assert all(len(row["kernels"]["top_kernels"]) == 2 and row["kernels"]["profiled_ms_per_step"] > 0 for row in rows)
     with pytest.raises(SystemExit, match="unknown loader 'nope'"):
         loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--loaders", "nope"])
 
@@ -129,6 +150,33 @@ def test_wavemix_step_benchmark_says_where_the_step_time_goes():
     assert len(top) == 4 and [k["ms"] for k in top] == sorted((k["ms"] for k in top), reverse=True)
     assert sum(kernels["by_kind_ms"].values()) == pytest.approx(kernels["profiled_ms_per_step"], rel=1e-2)
     assert kernels["by_kind_ms"]["convolution/matmul"] > 0  # WaveMix is mostly convolutions
+
+
+def test_kernel_breakdown_names_the_operator_behind_a_layout_conversion():
+    """An NCHW batch into a channels_last convolution is converted inside the convolution: the breakdown says
+    which operator copied, and what shape, not only that a copy kernel ran."""
+    import torch
+    from engine.bench.timing import kernel_breakdown
+
+    model = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
+    images = torch.randn(4, 3, 32, 32)
+    copies = kernel_breakdown(lambda: model(images).sum().backward(), torch.device("cpu"), steps=2, top=3)["copies"]
+    assert copies[0]["shapes"].startswith("[[4, 3, 32, 32]") and "aten::convolution" in copies[0]["called_from"]
+    assert [c["ms"] for c in copies] == sorted((c["ms"] for c in copies), reverse=True)
+
+
+def test_stream_overlap_tells_a_loader_beside_the_step_from_one_taking_turns_with_it():
+    from engine.bench.timing import kernel_intervals, stream_overlap
+
+    def trace(*kernels):  # (stream, start us, duration us), as torch.profiler's chrome trace writes them
+        return [{"cat": "kernel", "ts": start, "dur": duration, "args": {"stream": stream}}
+                for stream, start, duration in kernels] + [{"cat": "cpu_op", "ts": 0, "dur": 99}]
+
+    step = [(7, 0, 10), (7, 10, 10), (7, 30, 10)]  # the training stream: busy 30 of 40 us
+    beside = stream_overlap(kernel_intervals(trace(*step, (13, 5, 10), (13, 32, 4))))
+    assert beside == {"busy": {7: 30, 13: 14}, "concurrent": 14, "span": 40}
+    turns = stream_overlap(kernel_intervals(trace(*step, (13, 20, 10))))
+    assert turns["concurrent"] == 0 and turns["busy"][13] == 10 and turns["span"] == 40
 
 
 @pytest.mark.parametrize("name, kind", [

@@ -158,6 +158,24 @@ def test_the_high_priority_training_stream_is_ordered_after_the_loader_and_befor
     assert torch.equal(result, torch.full_like(batch, 2.0))  # on the current stream again, after the step
 
 
+def test_stream_concurrency_reads_each_streams_kernels_from_the_profiler():
+    """bench.loaders --kernels: the profiler's trace gives every stream that ran kernels, the side one too."""
+    from engine.bench.timing import stream_concurrency
+    device = torch.device("cuda")
+    a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))  # after b is made
+
+    def two_streams():
+        a @ a
+        with torch.cuda.stream(side):
+            b @ b
+
+    report = stream_concurrency(two_streams, device, steps=3)
+    assert len(report["busy_ms_by_stream"]) == 2 and all(ms > 0 for ms in report["busy_ms_by_stream"].values())
+    assert 0 <= report["concurrent_ms"] <= min(report["busy_ms_by_stream"].values()) <= report["span_ms"]
+
+
 def test_the_engine_step_and_the_batch_autotuner_run_with_cudnn_algorithm_search(monkeypatch):
     """What `engine profile` and the autotuner measure is what training runs: cuDNN's timed algorithm choice."""
     from engine.config import RunConfig
