@@ -61,3 +61,20 @@ def test_every_image_keeps_its_own_draw_whatever_else_is_in_the_batch():
     images = photos(6, 16, 16)
     alone = torch.cat([trivial_augment_wide(images[i:i + 1], [i + 7]) for i in range(6)])
     assert torch.equal(trivial_augment_wide(images, [i + 7 for i in range(6)]), alone)
+
+
+def test_the_sharpness_blur_never_starts_cudnns_algorithm_search(monkeypatch):
+    """Training turns cuDNN's search on; the number of images drawing Sharpness changes every batch, and each new
+    count would be a new convolution shape to time (tens of ms each on a GPU): the blur runs without it, and the
+    training's setting is back afterwards."""
+    seen, convolve = [], torch.nn.functional.conv2d
+
+    def conv2d(*args, **kwargs):
+        seen.append(torch.backends.cudnn.benchmark)
+        return convolve(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", conv2d)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    for count in (3, 5):
+        OPERATIONS["Sharpness"](photos(count, 16, 16), [0.5] * count)
+    assert seen == [False, False] and torch.backends.cudnn.benchmark is True
