@@ -215,4 +215,5 @@ def stream_concurrency(fn: Callable[[], object], device: torch.device, steps: in
     overlap = stream_overlap(kernel_intervals(events))
     per_call = 1e3 * steps  # microseconds over all calls -> ms per call
     return {"busy_ms_by_stream": {str(stream): round(us / per_call, 3) for stream, us in overlap["busy"].items()},
-            "concurrent_ms": round(overlap["concurrent"] / per_call, 3), "span_ms": round(overlap["span"] / per_call, 3)}
+            "concurrent_ms": round(overlap["concurrent"] / per_call, 3),
+            "span_ms": round(overlap["span"] / per_call, 3)}

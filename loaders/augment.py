@@ -173,7 +173,7 @@ def _sharpness(images, magnitudes):
     output = images.float()
     # Without cuDNN's algorithm search (on while training): how many images drew Sharpness changes from batch to
     # batch, so each new count would be a new shape for it to time, tens of milliseconds each, for a blur its
-    # heuristic choice runs well (on an H100 the resident loader made 0.9-1.1k img/s with the search on).
+    # heuristic choice runs well (the likely reason the resident loader made only 0.9-1.1k img/s alone on an H100).
     with cudnn_benchmark(False):
         blurred = F.conv2d(output, kernel, groups=channels).round_()
     interior = output[..., 1:-1, 1:-1]
