@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from engine.bench.timing import kernel_breakdown, ordered_stream, stream_concurrency
+from engine.bench.timing import kernel_breakdown, kernel_count, ordered_stream, stream_concurrency
 from engine.config import parse_image_size
 from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
 from engine.loaders.dali_pipeline import HW_DECODER_LOAD
@@ -113,7 +113,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--training-stream", choices=["default", "high"], default="default",
                         help="end to end: run the training step on a high-priority CUDA stream (an experiment; "
                              "the engine uses the default stream)")
-    parser.add_argument("--kernels", type=int, default=0, metavar="N",
+    parser.add_argument("--kernels", type=kernel_count, default=0, metavar="N",
                         help="also profile each loader alone over 3 batches: its N costliest kernels (CPU: "
                              "operators) per batch, and the operators that copy; on a GPU, and end to end, how "
                              "long the loader's and the step's kernels ran at the same time")

@@ -1,6 +1,7 @@
 """Honest timing: warm-up (and compilation) outside the measured region; CUDA events on a GPU."""
 from __future__ import annotations
 
+import argparse
 import re
 import time
 from contextlib import contextmanager
@@ -94,6 +95,13 @@ KERNEL_KINDS = (
 
 def kernel_kind(name: str) -> str:
     return next((kind for kind, pattern in KERNEL_KINDS if re.search(pattern, name, re.IGNORECASE)), "other")
+
+
+def kernel_count(text: str) -> int:
+    """argparse type of the benchmarks' --kernels N: how many kernels to list, 0 for no profile."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a count of kernels (0 or more), got {text!r}")
+    return int(text)
 
 
 def kernel_breakdown(fn: Callable[[], object], device: torch.device, steps: int, top: int) -> dict:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.bench.references import dwt_implementations, reference_wavemix, use_dwt
-from engine.bench.timing import kernel_breakdown, peak_memory_gib, reset_peak_memory, time_per_call
+from engine.bench.timing import kernel_breakdown, kernel_count, peak_memory_gib, reset_peak_memory, time_per_call
 from engine.models.wavemix import wavemix_192_16
 from engine.trainer import FIRST_PHASE, cudnn_benchmark, make_optimizer
 
@@ -121,7 +121,7 @@ def main(argv=None) -> list[dict]:
                         help="comma-separated DWT:PRECISION:MODE to run, in that order, e.g. "
                              "reference:fp32:eager,fused:amp:compiled; shell patterns work: '*:*:eager' skips the "
                              "compiled ones, 'fused:*:*' runs the fused kernel only (default: all)")
-    parser.add_argument("--kernels", type=int, default=0, metavar="N",
+    parser.add_argument("--kernels", type=kernel_count, default=0, metavar="N",
                         help="also profile each variant: its N costliest kernels and the device time per kind "
                              "(convolution, DWT, inductor-fused, normalisation, optimizer...)")
     parser.add_argument("--stem", action="store_true",

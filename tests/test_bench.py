@@ -74,6 +74,8 @@ def test_loader_benchmark_measures_the_named_loaders_alone():
     assert all(len(row["kernels"]["top_kernels"]) == 2 and row["kernels"]["profiled_ms_per_step"] > 0 for row in rows)
     with pytest.raises(SystemExit, match="unknown loader 'nope'"):
         loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--loaders", "nope"])
+    with pytest.raises(SystemExit):  # argparse: one line naming --kernels, exit 2
+        loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--kernels", "-1"])
 
 
 def test_compare_runs_the_engine_and_the_authors_loop_on_the_same_files():
