@@ -19,7 +19,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from engine.bench.timing import kernel_breakdown, kernel_count, ordered_stream, stream_concurrency
+from engine.bench.timing import (kernel_breakdown, kernel_count, or_error, ordered_stream,
+                                 stream_concurrency)
 from engine.config import parse_image_size
 from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
 from engine.loaders.dali_pipeline import HW_DECODER_LOAD
@@ -54,14 +55,15 @@ def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup
            "loader_only_img_s": round(images_per_s(endless(pipeline), steps, warmup, lambda x, y: None, device), 1)}
     if kernels:  # a loader slower alone than feeding a step (the resident path on an H100) spends its time here
         batches = endless(pipeline)
-        row["kernels"] = kernel_breakdown(lambda: next(batches), device, steps=3, top=kernels)
+        row["kernels"] = or_error(lambda: kernel_breakdown(lambda: next(batches), device, steps=3, top=kernels))
     if train_step is not None:
         with training_stream(stream_priority, device):
             row["train_img_s"] = round(images_per_s(endless(pipeline), steps, warmup, train_step, device,
                                                     drain=pipeline.queued_batches), 1)
             if kernels and device.type == "cuda":  # whether the loader's kernels run beside the step's, or between
                 batches = endless(pipeline)
-                row["streams"] = stream_concurrency(lambda: train_step(*next(batches)), device, steps=5)
+                row["streams"] = or_error(lambda: stream_concurrency(lambda: train_step(*next(batches)), device,
+                                                                     steps=5))
         if stream_priority != "default":
             row["training_stream"] = stream_priority
     return row

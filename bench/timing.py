@@ -133,7 +133,16 @@ def kernel_breakdown(fn: Callable[[], object], device: torch.device, steps: int,
             "by_kind_ms": {kind: round(ms, 3) for kind, ms in sorted(by_kind.items(), key=lambda item: -item[1])},
             "top_kernels": [{"name": name[:120], "kind": kind, "ms": round(ms, 3), "share": round(ms / total, 3)}
                             for name, kind, ms in ranked],
-            "copies": copy_sources(profiler.events(), on_gpu, steps, top)}
+            "copies": or_error(lambda: copy_sources(profiler.events(), on_gpu, steps, top))}
+
+
+def or_error(diagnostic: Callable[[], object]) -> object:
+    """A diagnostic's result, or its error as text: a profiler field another torch names differently must not
+    cost the row the measurement it belongs to (the GPU machine runs an older torch than this one)."""
+    try:
+        return diagnostic()
+    except Exception as err:  # noqa: BLE001 - reported in the row instead
+        return {"error": repr(err)[:200]}
 
 
 COPY_OPS = ("aten::copy_", "aten::clone", "aten::contiguous", "aten::cat")

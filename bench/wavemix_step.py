@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.bench.references import dwt_implementations, reference_wavemix, use_dwt
-from engine.bench.timing import kernel_breakdown, kernel_count, peak_memory_gib, reset_peak_memory, time_per_call
+from engine.bench.timing import (kernel_breakdown, kernel_count, or_error, peak_memory_gib, reset_peak_memory,
+                                 time_per_call)
 from engine.models.wavemix import wavemix_192_16
 from engine.trainer import FIRST_PHASE, cudnn_benchmark, make_optimizer
 
@@ -68,7 +69,7 @@ def _step_rate(dwt_name, dwt, precision, compile_it, batch, size, device, warmup
            "images_per_s": round(batch / seconds, 1), "step_ms": round(seconds * 1e3, 2),
            "peak_gib": peak_memory_gib(device), "first_step_s": round(warmup_s, 1)}
     if kernels:  # after the timed steps: the profiler's own overhead stays out of images/s
-        row["kernels"] = kernel_breakdown(step, device, steps=min(iterations, 3), top=kernels)
+        row["kernels"] = or_error(lambda: kernel_breakdown(step, device, steps=min(iterations, 3), top=kernels))
     return row
 
 

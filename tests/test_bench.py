@@ -167,6 +167,20 @@ def test_kernel_breakdown_names_the_operator_behind_a_layout_conversion():
     assert [c["ms"] for c in copies] == sorted((c["ms"] for c in copies), reverse=True)
 
 
+def test_a_failing_profile_keeps_the_loaders_measured_rate(monkeypatch):
+    """The profile is a diagnostic: a profiler field named differently on the GPU machine's torch must not cost
+    the row its rate."""
+    from engine.bench import loaders
+
+    def broken(*args, **kwargs):
+        raise AttributeError("'FunctionEvent' object has no attribute 'device_time_total'")
+
+    monkeypatch.setattr(loaders, "kernel_breakdown", broken)
+    rows = loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--workers", "1", "--loaders", "resident",
+                         "--loader-only", "--kernels", "2"])
+    assert rows[0]["loader_only_img_s"] > 0 and "device_time_total" in rows[0]["kernels"]["error"]
+
+
 def test_stream_overlap_tells_a_loader_beside_the_step_from_one_taking_turns_with_it():
     from engine.bench.timing import kernel_intervals, stream_overlap
 
