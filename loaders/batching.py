@@ -2,6 +2,8 @@
 process's shard of the split (the whole split outside a distributed run)."""
 from __future__ import annotations
 
+from typing import Callable, Iterable, Iterator
+
 import torch
 
 from engine.distributed import Shard
@@ -18,13 +20,49 @@ def to_device_async(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     return host.pin_memory().to(device, non_blocking=True)
 
 
+def made_ahead(makers: Iterable[Callable[[], tuple[torch.Tensor, ...]]], side: torch.cuda.Stream | None,
+               read: tuple[torch.Tensor, ...] = ()) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The batches `makers` make, each made on the CUDA stream `side` one batch ahead of the one handed over, so
+    that the next batch's kernels (a gather, an augmentation) run beside the current training step instead of
+    between two steps. Each handed-over batch is ordered before whatever the consumer's stream does next, and its
+    memory is kept until that stream is done with it; so are the consumer's tensors that the makers `read`, for
+    the side stream (a batch made ahead and never taken, when the consumer stops early, still reads them).
+    Without a side stream (the CPU), each batch is made when asked."""
+    if side is None:
+        for make in makers:
+            yield make()
+        return
+    side.wait_stream(torch.cuda.current_stream(side.device))  # after what the consumer enqueued (the order's copy)
+    for tensor in read:
+        tensor.record_stream(side)
+    pending = None
+    for make in makers:
+        with torch.cuda.stream(side):
+            made = make()
+        ready = torch.cuda.Event()
+        ready.record(side)
+        if pending is not None:
+            yield _handed_over(*pending)
+        pending = made, ready
+    if pending is not None:
+        yield _handed_over(*pending)
+
+
+def _handed_over(tensors: tuple[torch.Tensor, ...], ready: torch.cuda.Event) -> tuple[torch.Tensor, ...]:
+    consumer = torch.cuda.current_stream(tensors[0].device)
+    consumer.wait_event(ready)
+    for tensor in tensors:
+        tensor.record_stream(consumer)  # made on the side stream: not reused before the consumer's work is done
+    return tensors
+
+
 class BatchCounts:
     """Training drops the last partial batch when there is more than one batch: a fixed batch shape keeps
     compiled graphs and BatchNorm statistics well-formed (a last batch of one image breaks BatchNorm), and the
     order changes every epoch, so every image is still seen. Evaluation keeps every image."""
 
     # How many batches the pipeline can have made ahead of the one asked for (benchmarks take them untimed):
-    # none where each batch is made when asked (the resident path, on the training's own stream).
+    # none where each batch is made when asked.
     queued_batches = 0
 
     def _set_counts(self, size: int, batch_size: int, train: bool, shard: Shard) -> None:

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from engine import distributed
 from engine.distributed import SINGLE, Shard
 from engine.errors import UserInputError
 from engine.loaders.augment import trivial_augment_wide
-from engine.loaders.batching import BatchCounts, to_device_async
+from engine.loaders.batching import BatchCounts, made_ahead, to_device_async
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
 from engine.loaders.torch_pipeline import DeviceNormaliser, draw_seed, epoch_order, read_rgb
@@ -148,6 +149,10 @@ class ResidentBatches(BatchCounts):
         self.train, self.seed, self.device = train, seed, device
         self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format,
                                           dtype)
+        # On a GPU each batch is made on a side stream one batch ahead (`made_ahead`): its gather, augmentation and
+        # normalisation run beside the training step, not between steps on the training's own stream.
+        self.side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.queued_batches = 0 if self.side_stream is None else 1
 
     def _resized(self, images: torch.Tensor) -> torch.Tensor:
         if tuple(images.shape[-2:]) == self.image_size:
@@ -158,10 +163,14 @@ class ResidentBatches(BatchCounts):
     def epoch(self, epoch: int):
         order = self.shard.take(epoch_order(len(self.labels), self.seed, epoch, self.train), self.train)
         order_on_device = to_device_async(order, self.device)  # once per epoch, and without a synchronisation
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            positions = order[start:start + self.batch_size]  # on the host: the augmentation draws need them
-            on_device = order_on_device[start:start + self.batch_size]
-            images = self._resized(self.images[on_device])
-            if self.augment:
-                images = trivial_augment_wide(images, [draw_seed(self.seed, epoch, p) for p in positions.tolist()])
-            yield self.normalise(images, self.labels[on_device])
+        starts = range(0, len(self) * self.batch_size, self.batch_size)
+        return made_ahead((partial(self._batch, epoch, order, order_on_device, start) for start in starts),
+                          self.side_stream, read=(order_on_device,))
+
+    def _batch(self, epoch: int, order: torch.Tensor, order_on_device: torch.Tensor, start: int):
+        positions = order[start:start + self.batch_size]  # on the host: the augmentation draws need them
+        on_device = order_on_device[start:start + self.batch_size]
+        images = self._resized(self.images[on_device])
+        if self.augment:
+            images = trivial_augment_wide(images, [draw_seed(self.seed, epoch, p) for p in positions.tolist()])
+        return self.normalise(images, self.labels[on_device])
