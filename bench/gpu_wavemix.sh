@@ -7,12 +7,15 @@
 # then run this with carry [".whl"] (or after bench/stage_gpu_site.sh, which holds them too). Each step has its
 # own time limit so that one slow compile cannot take the whole call. On the ninth session's H100 the GPU tests
 # did not finish in 200 s (8 of 29): each dtype and layout the public op sees is autotuned, 12-16 Triton
-# compiles of ~1.5 s each, so the tests get 330 s; with the DWT rows about 8 minutes in all. The step benchmark
-# (reference 318.7 img/s, fused compiled 1378.2, 4.32x, that session) adds ~3.5 minutes: WAVEMIX_STEP=1.
+# compiles of ~1.5 s each; on four xdist workers ~2.5 minutes (limit 330 s), with the DWT rows about 5 in all.
+# The step benchmark (reference 318.7 img/s, fused compiled 1378.2, 4.32x, that session) adds ~3.5 minutes:
+# WAVEMIX_STEP=1.
 # WAVEMIX_ALL=1 adds the plain-torch compiled and the fused fp32 steps to it (about 2 minutes more).
 source bench/gpu_setup.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/gpu.txt"
-timeout 330 python3 -m pytest -v --durations=10 -m gpu tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log"
+# four pytest-xdist workers (the GPU image has it): the tests' time is mostly Triton compiling, one core each
+xdist=$(python3 -c 'import xdist' 2>/dev/null && echo '-n 4')
+timeout 330 python3 -m pytest -v $xdist --durations=10 -m gpu tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log"
 # every launch configuration, forward and backward apart, beside the copy and the autotuned op (the plain-torch
 # compiled rows were measured in the third session)
 timeout 120 python3 -m engine.bench.dwt --dtype bf16 --channels-last --configs 2>&1 | tee -a "$out/dwt.jsonl"
