@@ -19,6 +19,7 @@ their registers and loads in flight without a GPU; `python -m engine.bench.dwt -
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -83,9 +84,16 @@ def _row_geometry(dense: torch.Tensor, levels: int):
     return sizes, n * c * (h >> levels), w, _block_x(w, levels)
 
 
+# The autotuner's timings kept on disk (Triton's cache, keyed by Triton's version, the GPU, the kernel's source, the
+# shape and the configurations): a later run of the same shape on the same machine (the grid's next dataset or
+# seed) takes the choice instead of compiling and timing every configuration again. Older Tritons lack it.
+AUTOTUNE_OPTIONS = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+
+
 def _autotuned(kernel, configs: list[dict], key: list[str]):
     return triton.autotune(configs=[triton.Config({k: v for k, v in c.items() if k != "num_warps"},
-                                                  num_warps=c["num_warps"]) for c in configs], key=key)(kernel)
+                                                  num_warps=c["num_warps"]) for c in configs], key=key,
+                           **AUTOTUNE_OPTIONS)(kernel)
 
 
 @dataclass(frozen=True)
@@ -139,9 +147,9 @@ def _launch(direction: str, dense: torch.Tensor, per_level: list[torch.Tensor], 
     if config is None and dense.is_cuda:
         shape = (direction, tuple(dense.shape), layout, dense.dtype)
         if shape not in _tuned_shapes:  # the first launch per shape times every config: say why it pauses
-            log.info("tuning the Haar DWT %s (%s) for %s %s over %d launch configurations (once per shape)",
-                     direction, family.name, tuple(dense.shape), str(dense.dtype).removeprefix("torch."),
-                     len(family.configs))
+            log.info("Haar DWT %s (%s) for %s %s: picking one of %d launch configurations (timed once per shape "
+                     "on this machine, then read from Triton's cache)", direction, family.name, tuple(dense.shape),
+                     str(dense.dtype).removeprefix("torch."), len(family.configs))
             _tuned_shapes.add(shape)
         family.tuned[direction][grid](*arguments, **constants)
         return

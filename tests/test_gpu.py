@@ -51,6 +51,13 @@ def test_every_launch_configuration_compiles_and_matches_plain_torch(channels_la
     assert torch.equal(grad, haar_dwt_backward_triton(bf16_grads, channels_last, first))
 
 
+def test_the_autotuners_keep_their_choice_on_disk_for_the_next_run():
+    """Compiled (not interpreted) kernels: each family's autotuners store their timings in Triton's cache, so the
+    grid's next run of the same shape does not time every configuration again."""
+    from engine.kernels.haar_triton import FAMILIES
+    assert all(tuned.cache_results for family in FAMILIES.values() for tuned in family.tuned.values())
+
+
 def test_wavemix_compiles_with_inductor_under_bf16_autocast():
     torch.manual_seed(0)
     model = wavemix_192_16(10).cuda().to(memory_format=torch.channels_last)
