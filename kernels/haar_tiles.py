@@ -12,9 +12,9 @@ transform is orthogonal); the level-1 quads' children are the input gradient, st
 
 Channel c's high bands are channels C + 3c + k, adjacent in channels_last memory. Moved as three tiles, 3
 channels apart, each element is its own 2-byte access (ptxas shows scalar `st.global.b16`, 252 a thread in the
-forward at TILE 512). With INTERLEAVE the three tiles are gathered (`tl.gather`, through shared memory) into
-channel order, a [.., 4 BLOCK_Q] tile whose first 3 BLOCK_Q entries are one contiguous run of memory, moved as
-wide vectors. Arithmetic in fp32, results in the tensors' dtype.
+forward at TILE 512). With INTERLEAVE the three tiles are gathered (`tl.gather`) into channel order, a
+[.., 4 BLOCK_Q] tile whose first 3 BLOCK_Q entries are one contiguous run of memory, moved as wide vectors.
+Arithmetic in fp32, results in the tensors' dtype.
 """
 from __future__ import annotations
 
