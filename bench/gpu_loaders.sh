@@ -5,8 +5,8 @@
 # dataset whose copy fits where DALI is missing; if it beats DALI here, it should be for every dataset that
 # fits), DALI alone at the anchor's batch (256) beside the ANCHORS.md script on the same card, then two tries at
 # mobilenet's end to end: the training on a high-priority stream, and DALI's own hardware-decoder share against
-# the engine's. About 4 minutes on an H100. LOADERS_ALL=1 adds the torch loader to the end-to-end rows (measured on an H100 in the third session),
-# DALI alone with 15 threads and the batched augmentation: about 5.
+# the engine's. About 4 minutes on an H100. LOADERS_ALL=1 adds the torch loader to the end-to-end rows (measured
+# on an H100 in the third session), DALI alone with 15 threads and the batched augmentation: about 5.
 # The engine's own path (compiled, autotuned) against the authors' loop is bench/gpu_throughput.sh.
 # DALI is not on the GPU machine: stage it first (bench/stage_gpu_site.sh) so that /tmp/site holds it. For the
 # anchor beside ours:  mkdir -p .anchors && cp ../shared/device/dali_anchor.py .anchors/  and carry ".anchors" too.

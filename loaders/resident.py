@@ -152,7 +152,11 @@ class ResidentBatches(BatchCounts):
         # On a GPU each batch is made on a side stream one batch ahead (`made_ahead`): its gather, augmentation and
         # normalisation run beside the training step, not between steps on the training's own stream.
         self.side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.queued_batches = 0 if self.side_stream is None else 1
+
+    @property
+    def queued_batches(self) -> int:
+        """The one batch made ahead on the side stream, where there is one."""
+        return 0 if self.side_stream is None else 1
 
     def _resized(self, images: torch.Tensor) -> torch.Tensor:
         if tuple(images.shape[-2:]) == self.image_size:
