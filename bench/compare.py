@@ -24,7 +24,7 @@ from engine.bench.reference_loop import reference_epoch_rate
 from engine.errors import UserInputError
 from engine.grid import pick_names
 from engine.models import list_backbones
-from engine.profile import TrainStep, endless, images_per_s, synthetic_batch
+from engine.profile import TrainStep, endless, host_step_ms, images_per_s, synthetic_batch
 from engine.run import make_batches, prepare_config
 from engine.scheduler import free_memory
 
@@ -34,8 +34,9 @@ MIN_TIMED_STEPS = 30
 
 
 def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: str, batch_size, steps: int | None):
-    """The engine's epoch images/s over the files, and its same (already compiled) step's rate on synthetic data
-    on the device: their ratio says whether its loader keeps up."""
+    """The engine's epoch images/s over the files, its same (already compiled) step's rate on synthetic data on
+    the device (their ratio says whether its loader keeps up), and the host's milliseconds to enqueue that step
+    (near the step's own time, the host sets the pace, and the loader's host threads slow the step)."""
     config, index = prepare_config(backbone=backbone, data=data, image_size=image_size, device=device,
                                    batch_size=batch_size, pretrained=False)
     step = TrainStep(config, index.num_classes)
@@ -45,7 +46,11 @@ def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: 
                               drain=pipeline.queued_batches)
     synthetic = synthetic_batch(config, index.num_classes, step.memory_format)
     synthetic_rate = images_per_s(iter(lambda: synthetic, None), steps, 3, step, torch.device(config.device))
-    return epoch_rate, synthetic_rate, config, index
+    rates = {"engine_img_s": round(epoch_rate, 1), "engine_synthetic_img_s": round(synthetic_rate, 1),
+             "engine_over_synthetic": round(epoch_rate / synthetic_rate, 3),
+             "engine_step_ms": round(config.batch_size / synthetic_rate * 1e3, 2),
+             "engine_host_step_ms": host_step_ms(step, synthetic, torch.device(config.device))}
+    return rates, config, index
 
 
 def main(argv=None) -> list[dict]:
@@ -66,16 +71,15 @@ def main(argv=None) -> list[dict]:
     batch, steps = (8, 2) if args.quick else (args.batch_size, None)
     rows = []
     for backbone in backbones:
-        engine_rate, synthetic_rate, config, index = engine_rates(args.data, backbone, size, args.device,
-                                                                  batch if args.quick else None, steps)
+        engine, config, index = engine_rates(args.data, backbone, size, args.device, batch if args.quick else None,
+                                             steps)
         reference_rate = reference_epoch_rate(str(index.root / "train"), backbone, size, batch,
                                               torch.device(config.device), max_steps=steps)
-        rows.append({"backbone": backbone, "engine_img_s": round(engine_rate, 1),
-                     "engine_synthetic_img_s": round(synthetic_rate, 1),
-                     "engine_over_synthetic": round(engine_rate / synthetic_rate, 3),
+        rows.append({"backbone": backbone, **engine,
                      "engine_setup": f"{config.precision}, batch {config.batch_size}, {config.loader}"
                                      f"{', compile' if config.compile else ''}",
-                     "reference_img_s": round(reference_rate, 1), "ratio": round(engine_rate / reference_rate, 2)})
+                     "reference_img_s": round(reference_rate, 1),
+                     "ratio": round(engine["engine_img_s"] / reference_rate, 2)})
         print(json.dumps(rows[-1]), flush=True)
         # what this backbone's two sides cached on the device would otherwise shrink the next one's batch search
         free_memory()

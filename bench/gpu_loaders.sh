@@ -15,6 +15,9 @@ all=${LOADERS_ALL:-0}
 loaders=dali,resident
 threads=8
 [ "$all" = 1 ] && loaders=dali,resident,torch && threads="8 15"
+# first, DALI's GPU correctness checks (seconds): a batch handed over without a copy must stay intact while the
+# training stream lags behind the host (tests/test_dali.py's gpu tests)
+timeout 60 python3 -m pytest -q -m gpu tests/test_dali.py 2>&1 | tail -15 | tee "$out/dali_gpu_tests.log"
 python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 # --kernels: where each loader's own time per batch goes (the ninth session's resident path made 0.9-1.1k img/s
 # alone on an H100, yet fed resnet50 at 2.8k img/s: its kernels and copies say whether it is the host or the GPU)

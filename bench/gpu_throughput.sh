@@ -15,6 +15,19 @@ python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 backbones=${BACKBONES:-resnet50,mobilenet_v3_large}
 [ "$backbones" != none ] && timeout $((150 * $(tr ',' '\n' <<< "$backbones" | wc -l))) python3 -m engine.bench.compare --data /tmp/jpgs \
   --backbones "$backbones" 2>&1 | grep -v -i deprecat | tee "$out/compare.jsonl"
+# GRAPHS=1: CUDA graphs (--compile-mode reduce-overhead) against the default mode where the host's launches
+# should show most: mobilenet_v3_large at batch 32 (a 1 % fraction's batch), model only, then at batch 256 with
+# DALI (its end to end reached 0.71 of its synthetic rate in the ninth session; bench.compare above now prints
+# the host's milliseconds a step). The host's time a step, the rates, the skipped graphs: ~4 minutes
+if [ "${GRAPHS:-0}" = 1 ]; then
+  for mode in default reduce-overhead; do
+    timeout 120 python3 -m engine profile --backbone mobilenet_v3_large --image-size 256 --batch-size 32 \
+      --compile-mode "$mode" --steps 30 --json 2>>"$out/profile.log" | tee -a "$out/profile_modes.jsonl"
+    timeout 150 python3 -m engine profile --backbone mobilenet_v3_large --data /tmp/jpgs --image-size 256 \
+      --batch-size 256 --loader dali --compile-mode "$mode" --steps 20 --json 2>>"$out/profile.log" \
+      | tee -a "$out/profile_modes.jsonl"
+  done
+fi
 # COMPARE_ONLY=1: stop here (~4-5 minutes in all), when the session has little device time left
 [ "${COMPARE_ONLY:-0}" = 1 ] && exit 0
 timeout 100 python3 -m engine train --backbone mobilenet_v3_large --data /tmp/jpgs --no-pretrained --image-size 256 \

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from engine.config import DEFAULT_BATCH_SIZE, DEFAULT_OUT, PATIENCE, parse_image_size
+from engine.config import COMPILE_MODES, DEFAULT_BATCH_SIZE, DEFAULT_OUT, PATIENCE, parse_image_size
 from engine.errors import INTERRUPTED, INTERRUPTED_MESSAGE, USAGE_ERROR, UserInputError
 
 log = logging.getLogger("engine")
@@ -31,6 +31,10 @@ class BatchSizeType(click.ParamType):
 
 
 BATCH_SIZE = BatchSizeType()
+COMPILE_MODE = click.option(
+    "--compile-mode", type=click.Choice(list(COMPILE_MODES)), default="default", show_default=True,
+    help="torch.compile's mode (with --compile). " + "; ".join(f"{mode}: {what}" for mode, what in COMPILE_MODES.items())
+    + ".")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -168,6 +172,7 @@ def prepare(name: str, root: str | None, source: str | None, force: bool, split_
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
               help="auto: bf16 autocast on GPUs that have it, else fp16 with a GradScaler; fp32 on the CPU.")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the model [default: on with a GPU, off on the CPU].")
+@COMPILE_MODE
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
               help="Model and batches in channels_last memory format.")
 @click.option("--loader", type=click.Choice(["auto", "dali", "resident", "torch"]), default="auto", show_default=True,
@@ -297,6 +302,7 @@ def report(folder: str, fmt: str, plots: str | None) -> None:
               help="SIZE or HxW [default: the dataset's; 256 without --data].")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True)
 @click.option("--compile/--no-compile", default=None, help="[default: on with a GPU, off on the CPU]")
+@COMPILE_MODE
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
 @click.option("--loader", type=click.Choice(["auto", "dali", "resident", "torch"]), default="auto", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=None)
@@ -335,6 +341,7 @@ def profile_command(steps: int, packing: bool, as_json: bool, **flags) -> None:
 @click.option("--batch-size", type=BATCH_SIZE, required=True)
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto")
 @click.option("--compile/--no-compile", default=None)
+@COMPILE_MODE
 @click.option("--channels-last/--no-channels-last", default=True)
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto")
 @click.option("--copies", type=click.IntRange(min=1), required=True)

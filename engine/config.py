@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import torch
 
 from engine.errors import UserInputError
+
+log = logging.getLogger("engine")
 
 # --- The paper's protocol (paper section 5; DualOpt, Jeevan & Sethi 2022; the authors' public code) ---------------
 PATIENCE = 10  # epochs without a new best before AdamW hands over to SGD, and before SGD stops (paper §5)
@@ -21,6 +24,18 @@ SEEDS_FOR_BEST_OF = 3  # "best of three runs" (paper §5)
 # GPU; 32 keeps a 2-core CPU responsive.
 DEFAULT_BATCH_SIZE = {"cuda": 128, "cpu": 32}
 DEFAULT_OUT = "runs"
+
+# torch.compile's modes (`--compile-mode`), each with what it buys and what it costs
+COMPILE_MODES = {
+    "default": "inductor's fused kernels; the host launches each of them every step",
+    "reduce-overhead": "the same kernels replayed as CUDA graphs, so the host's launch time goes: for small models "
+                       "and batches, where the GPU waits for the host (`engine profile` says launch-bound); each "
+                       "batch is copied into the graphs' input, and they keep a memory pool of their own",
+    "max-autotune": "also times Triton and cuBLAS alternatives for every matmul and convolution shape (minutes "
+                    "of compile), with CUDA graphs",
+    "max-autotune-no-cudagraphs": "max-autotune without the CUDA graphs",
+}
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -42,6 +57,7 @@ class RunConfig:
     patience: int = PATIENCE
     precision: str = "fp32"  # bf16 | fp16 | fp32, resolved from "auto" before the run
     compile: bool = False
+    compile_mode: str = "default"  # one of COMPILE_MODES
     channels_last: bool = True
     loader: str = "torch"
     device: str = "cpu"
@@ -54,7 +70,11 @@ class RunConfig:
     protocol: dict = field(default_factory=lambda: {"adamw": ADAMW, "sgd": SGD})
 
     # Fields that may change between a killed run and its resumption without changing what is computed.
-    RESUMABLE_CHANGES = ("workers", "out", "data", "data_path", "max_epochs", "batch_size_reason")
+    RESUMABLE_CHANGES = ("workers", "out", "data", "data_path", "max_epochs", "batch_size_reason", "compile_mode")
+
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        return self.compile and self.compile_mode in CUDA_GRAPH_MODES
 
     def run_dir(self) -> Path:
         return run_folder(self.out, self.backbone, self.dataset, self.fraction, self.seed)
@@ -112,6 +132,19 @@ def resolve_precision(requested: str, device: str) -> str:
     if requested == "fp16" and device != "cuda":
         raise UserInputError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     return requested
+
+
+def resolve_compile_mode(mode: str, compile_model: bool, device: str, world_size: int) -> str:
+    """The torch.compile mode, checked against the rest of the step's settings."""
+    if mode != "default" and not compile_model:
+        raise UserInputError(f"--compile-mode {mode} needs --compile")
+    if mode in CUDA_GRAPH_MODES and world_size > 1:
+        raise UserInputError(f"--compile-mode {mode} replays CUDA graphs, which this engine runs on one GPU only: "
+                             f"use default or max-autotune-no-cudagraphs with --gpus")
+    if mode in CUDA_GRAPH_MODES and device != "cuda":  # torch compiles as usual then: say so, not silently
+        log.warning("--compile-mode %s: CUDA graphs need a GPU; on the %s the model compiles without them",
+                    mode, device)
+    return mode
 
 
 def default_workers(device: str, processes: int = 1) -> int:

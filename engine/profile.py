@@ -3,6 +3,7 @@ to the loader): the model on synthetic data (forward / backward / optimizer spli
 the loader alone, and both together, with a one-line verdict naming the bottleneck."""
 from __future__ import annotations
 
+import statistics
 import time
 from itertools import islice
 from pathlib import Path
@@ -16,9 +17,13 @@ from engine.loaders import DatasetIndex, fits_budget
 from engine.models import build_backbone
 from engine.scheduler import synchronize, wait_for_copies
 from engine.run import make_batches
-from engine.trainer import FIRST_PHASE, compiled, input_dtype, make_optimizer, make_precision, tune_convolutions
+from engine.trainer import (FIRST_PHASE, begin_step, compiled, cuda_graph_skips, input_dtype, make_optimizer,
+                            make_precision, tune_convolutions)
 
 INPUT_BOUND = 0.9  # end to end (or the loader alone) below this share of the model-only rate: the input side limits
+# the host's time to enqueue a step at this share of the step's time or more: the host, not the GPU, sets the pace
+# (and whatever else takes host time, a loader's threads included, slows the step down)
+LAUNCH_BOUND = 0.8
 
 
 def images_per_s(batches: Iterable, steps: int, warmup: int, work: Callable, device: torch.device,
@@ -43,6 +48,23 @@ def images_per_s(batches: Iterable, steps: int, warmup: int, work: Callable, dev
     return seen / (time.perf_counter() - started)
 
 
+def host_step_ms(step: Callable, batch: tuple, device: torch.device, repeats: int = 5) -> float | None:
+    """Milliseconds the host takes to enqueue one step onto an idle GPU (the median of `repeats`, a
+    synchronisation before each, none inside). Training enqueues ahead of the GPU as long as this is under the
+    step's device time; at or above it, the GPU waits for the host. None on the CPU, where the work is done as it
+    is enqueued."""
+    if device.type != "cuda":
+        return None
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        step(*batch)
+        times.append(time.perf_counter() - started)
+    synchronize(device)
+    return round(statistics.median(times) * 1e3, 2)
+
+
 def endless(pipeline) -> Iterable:
     """Batches epoch after epoch."""
     epoch = 1
@@ -63,7 +85,7 @@ class TrainStep:
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         tune_convolutions(self.device)
         model = build_backbone(config.backbone, num_classes).to(self.device, memory_format=self.memory_format)
-        self.model = compiled(model) if config.compile else model
+        self.model = compiled(model, config.compile_mode) if config.compile else model
         self.optimizer = make_optimizer(FIRST_PHASE, model)
         self.precision = make_precision(config.precision, self.device.type)
         self.marks: list[list] = []  # per step: a mark before the forward and after each phase
@@ -76,6 +98,7 @@ class TrainStep:
         return event
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        begin_step()
         marks = [self._mark()]
         with self.precision.autocast():
             loss = F.cross_entropy(self.model(images), labels)
@@ -119,12 +142,15 @@ def profile(config: RunConfig, index: DatasetIndex | None, steps: int, warmup: i
     first_step_s = time.perf_counter() - started
     model_rate = images_per_s(iter(lambda: synthetic, None), steps, warmup, step, device)
     per_step_ms = step.phase_ms(last_steps=steps)
+    host_ms = host_step_ms(step, synthetic, device)
     report = {
         "backbone": config.backbone, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "image_size": list(config.image_size), "precision": config.precision, "compile": config.compile,
+        "compile_mode": config.compile_mode, "cuda_graph_skips": _graph_skips(config, device),
         "channels_last": config.channels_last, "batch_size": batch, "batch_size_reason": config.batch_size_reason,
         "first_step_s": round(first_step_s, 2), "model_images_per_s": round(model_rate, 1),
         "step_ms": round(batch / model_rate * 1e3, 2), "phase_ms": per_step_ms,
+        "host_step_ms": host_ms,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
         "loader": None, "loader_images_per_s": None, "end_to_end_images_per_s": None,
     }
@@ -136,8 +162,21 @@ def profile(config: RunConfig, index: DatasetIndex | None, steps: int, warmup: i
         report["end_to_end_images_per_s"] = round(images_per_s(endless(pipeline), steps, warmup, step, device,
                                                                drain=pipeline.queued_batches), 1)
     report["verdict"] = verdict(report)
-    report["verdict"] += _resident_hint(report, config, index)
+    report["verdict"] += _launch_hint(report) + _resident_hint(report, config, index)
     return report
+
+
+def _graph_skips(config: RunConfig, device: torch.device) -> int | None:
+    """Under a CUDA-graph mode on a GPU, how many compiled graphs run without them (0: all replayed)."""
+    return cuda_graph_skips() if config.uses_cuda_graphs and device.type == "cuda" else None
+
+
+def _launch_hint(report: dict) -> str:
+    host, step = report["host_step_ms"], report["step_ms"]
+    if host is None or host < LAUNCH_BOUND * step:
+        return ""
+    return (f"; launch-bound: the host takes {host:.1f} ms to enqueue a step the GPU runs in {step:.1f} ms, so host "
+            f"work beside it (a loader's threads) slows the step")
 
 
 def _resident_hint(report: dict, config: RunConfig, index: DatasetIndex | None) -> str:

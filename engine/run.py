@@ -23,7 +23,8 @@ import torchvision
 
 import engine
 from engine import distributed, results
-from engine.config import DEFAULT_BATCH_SIZE, RunConfig, default_workers, resolve_device, resolve_precision
+from engine.config import (DEFAULT_BATCH_SIZE, RunConfig, default_workers, resolve_compile_mode, resolve_device,
+                           resolve_precision)
 from engine.errors import UserInputError
 from engine.loaders import (PIPELINES, DatasetIndex, check_files, count_per_class, dali_available, fits_budget,
                             has_small_images, leave_out, resolve_dataset, scan_dataset, select_samples)
@@ -37,8 +38,8 @@ log = logging.getLogger("engine")
 def prepare_config(*, backbone: str, data: str, data_root: str | None = None, download: bool = True,
                    image_size: tuple[int, int] | None = None,
                    augment: bool | None = None, batch_size: int | str | None = None, device: str = "auto",
-                   precision: str = "auto", compile: bool | None = None, workers: int | None = None,
-                   loader: str = "auto", **flags) -> tuple[RunConfig, DatasetIndex]:
+                   precision: str = "auto", compile: bool | None = None, compile_mode: str = "default",
+                   workers: int | None = None, loader: str = "auto", **flags) -> tuple[RunConfig, DatasetIndex]:
     """Check the user's choices and fill in every default, so config.json says exactly what ran."""
     get_backbone_spec(backbone)  # an unknown name fails before any data is touched
     dataset = resolve_dataset(data, data_root, download)
@@ -59,6 +60,7 @@ def prepare_config(*, backbone: str, data: str, data_root: str | None = None, do
         image_size=image_size, augment=dataset.augment if augment is None else augment,
         num_classes=index.num_classes, batch_size=batch_size, batch_size_reason=batch_size_reason,
         precision=precision, compile=compile,
+        compile_mode=resolve_compile_mode(compile_mode, compile, device, distributed.current().world_size),
         loader=resolve_loader(loader, device, index, image_size), device=device,
         world_size=distributed.current().world_size,
         workers=default_workers(device, distributed.local_processes()) if workers is None else workers, **flags)
@@ -88,10 +90,11 @@ def prepare_profile_config(*, backbone: str, data: str | None, image_size: tuple
     precision, compile_model, batch_size, reason = _step_settings(
         backbone, device, flags.get("precision", "auto"), flags.get("compile"), flags.get("batch_size"), 1000,
         image_size, channels_last, train_images=10**9)
+    compile_mode = resolve_compile_mode(flags.get("compile_mode", "default"), compile_model, device, world_size=1)
     config = RunConfig(backbone=backbone, data="synthetic", dataset="synthetic", data_path="", image_size=image_size,
                        augment=False, num_classes=1000, pretrained=False, batch_size=batch_size,
                        batch_size_reason=reason, precision=precision, compile=compile_model,
-                       channels_last=channels_last, device=device)
+                       compile_mode=compile_mode, channels_last=channels_last, device=device)
     return config, None
 
 
@@ -221,7 +224,7 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
              "batch %d%s, %s, %s%s, loader %s (%d workers) -> %s", config.backbone, config.dataset,
              index.num_classes, counts["train"], selection, counts["test"], config.select_on, *config.image_size,
              "on" if config.augment else "off", config.batch_size, processes, config.device, config.precision,
-             " + compile" if config.compile else "", config.loader, config.workers, run_dir)
+             compile_note(config), config.loader, config.workers, run_dir)
 
     seed_everything(config.seed)
     device = distributed.training_device(config.device)
@@ -258,6 +261,12 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
     log.info("finished: test accuracy %.2f %% (epoch %d, %s phase) after %d epochs in %.0f s -> %s",
              test_acc, state.best_epoch, state.best_phase, state.epoch, outcome.wall_s, run_dir / results.RESULT)
     return result
+
+
+def compile_note(config: RunConfig) -> str:
+    if not config.compile:
+        return ""
+    return " + compile" + ("" if config.compile_mode == "default" else f" ({config.compile_mode})")
 
 
 def make_batches(config: RunConfig, index: DatasetIndex, samples: list, *, train: bool, device: torch.device,

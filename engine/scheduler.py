@@ -319,6 +319,7 @@ def copy_command(config, copies: int, seconds: float, barrier: Path) -> list[str
     return [sys.executable, "-m", "engine", "packed-copy", "--backbone", config.backbone,
             "--image-size", f"{config.image_size[0]}x{config.image_size[1]}", "--batch-size", batch,
             "--precision", config.precision, "--compile" if config.compile else "--no-compile",
+            "--compile-mode", config.compile_mode,
             "--channels-last" if config.channels_last else "--no-channels-last", "--device", config.device,
             "--copies", str(copies), "--seconds", str(seconds), "--barrier", str(barrier)]
 

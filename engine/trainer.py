@@ -47,10 +47,10 @@ def make_optimizer(phase: str, model: nn.Module) -> torch.optim.Optimizer:
 
 
 # --- Compilation ---------------------------------------------------------------------------------------------
-def compiled(model: nn.Module) -> nn.Module:
+def compiled(model: nn.Module, mode: str = "default") -> nn.Module:
     """torch.compile with its caches on disk in ~/.cache/engine/inductor, shared by every run of this user, so a
     second run of the same backbone and shapes skips most of the compile (ANCHORS.md: 30-60 s the first time).
-    The variables are read when inductor is first imported, which is here."""
+    The variables are read when inductor is first imported, which is here. `mode`: one of config.COMPILE_MODES."""
     cache = Path(os.environ.get("ENGINE_CACHE") or Path.home() / ".cache" / "engine") / "inductor"
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
@@ -58,7 +58,21 @@ def compiled(model: nn.Module) -> nn.Module:
     # Static shapes: training drops its partial batch and evaluation pads its own, so the model sees two shapes
     # (the training and the evaluation batch); dynamo would otherwise turn the batch dimension dynamic when the
     # second appears, and compile the evaluation graph less specialised.
-    return torch.compile(model, dynamic=False)
+    return torch.compile(model, dynamic=False, mode=None if mode == "default" else mode)
+
+
+def begin_step() -> None:
+    """Tell CUDA graphs (--compile-mode reduce-overhead) a new step begins: the last step's outputs, which the next
+    replay overwrites, are no longer read. Without it, outputs still referenced (the last step's logits, until
+    reassigned) would make each replay record a fresh graph. Free otherwise: it bumps a counter."""
+    torch.compiler.cudagraph_mark_step_begin()
+
+
+def cuda_graph_skips() -> int:
+    """How many compiled graphs inductor ran without CUDA graphs in this process (it logs why under
+    TORCH_LOGS=cudagraphs): under a CUDA-graph mode those fell back to launching every kernel."""
+    from torch._dynamo.utils import counters
+    return counters["inductor"]["cudagraph_skips"]
 
 
 # --- Convolution algorithms ------------------------------------------------------------------------------------
@@ -196,6 +210,7 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     progress = EpochProgress(len(batches), f"epoch {epoch}", show_progress)
     start = time.perf_counter()
     for images, labels in batches.epoch(epoch):
+        begin_step()
         with precision.autocast():
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
@@ -228,6 +243,7 @@ def evaluate(model: nn.Module, batches, precision: Precision, device: torch.devi
     model.eval()
     counts = torch.zeros(2, device=device, dtype=torch.long)  # correct, seen
     for images, labels in batches.epoch(0):
+        begin_step()
         with precision.autocast():
             logits = model(_padded(images, batches.batch_size))[:labels.size(0)]
         counts[0] += (logits.argmax(1) == labels).sum()
@@ -315,8 +331,9 @@ def fit(model: nn.Module, train_batches, eval_batches, config: RunConfig, run_di
     precision = make_precision(config.precision, device.type)
     state, optimizer, history, wall_s = _resume(run_dir, model, precision)
     trained = distributed.wrap(model, device)
-    step_model = compiled(trained) if config.compile else trained
+    step_model = compiled(trained, config.compile_mode) if config.compile else trained
     writer = BackgroundWriter() if main else None
+    first_epoch_here = True  # of this process: a resumed run compiles again
     if main:
         write_metrics(run_dir / METRICS, history)  # a kill between last.pt and metrics.csv leaves one row behind
     try:
@@ -327,6 +344,9 @@ def fit(model: nn.Module, train_batches, eval_batches, config: RunConfig, run_di
             eval_started = time.perf_counter()
             row["eval_acc"] = evaluate_fn(step_model, eval_batches, precision, device)
             row["eval_s"] = time.perf_counter() - eval_started
+            if first_epoch_here:
+                _say_if_cuda_graphs_were_skipped(config)
+                first_epoch_here = False
             improved, action = record_epoch(state, row["eval_acc"], config.patience, config.max_epochs)
             history.append(_rounded(row))
             if improved and main:
@@ -346,6 +366,15 @@ def fit(model: nn.Module, train_batches, eval_batches, config: RunConfig, run_di
         if writer is not None:
             writer.close()
     return Fit(state, history, wall_s)
+
+
+def _say_if_cuda_graphs_were_skipped(config: RunConfig) -> None:
+    """After the first epoch (training and evaluation graphs compiled): a CUDA-graph mode that inductor could not
+    apply is said, not left to look like it ran."""
+    skipped = cuda_graph_skips() if config.uses_cuda_graphs else 0
+    if skipped:
+        log.warning("--compile-mode %s: %d compiled graph(s) run without CUDA graphs (TORCH_LOGS=cudagraphs says "
+                    "why)", config.compile_mode, skipped)
 
 
 def _rounded(row: dict) -> dict:

@@ -91,6 +91,8 @@ def test_compare_runs_the_engine_and_the_authors_loop_on_the_same_files():
         # the rates are printed to 0.1 img/s and the ratio from the unrounded ones: a few img/s on this CPU
         assert row["engine_over_synthetic"] == pytest.approx(row["engine_img_s"] / row["engine_synthetic_img_s"],
                                                              rel=0.02)
+        assert row["engine_step_ms"] == pytest.approx(8e3 / row["engine_synthetic_img_s"], rel=0.02)  # batch 8
+        assert row["engine_host_step_ms"] is None  # on a GPU: the host's part of that step (engine.profile)
 
 
 def test_the_authors_loop_trains_wavemix_as_the_published_code_computes_it():

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from engine.cli import main
+from engine.errors import UserInputError
 from engine.results import read_metrics
 from tests.conftest import make_dataset, run_engine
 
@@ -140,6 +141,22 @@ def test_resuming_with_other_settings_is_refused(tiny_dataset, tmp_path):
     assert "holds an unfinished run with other settings" in failed.stderr and "--force" in failed.stderr
 
 
+def test_a_run_from_before_compile_modes_resumes_and_a_new_mode_does_not_change_what_is_computed(caplog):
+    """--compile-mode changes how fast the step runs, not what it computes: a run killed under one mode resumes
+    under another, and a config.json written before the option existed still matches."""
+    from engine.config import RunConfig, resolve_compile_mode
+    config = RunConfig(backbone="resnet50", data="demo", dataset="demo", data_path="/d", image_size=(64, 64),
+                       augment=True, compile=True, compile_mode="reduce-overhead")
+    saved = {key: value for key, value in config.to_json().items() if key != "compile_mode"}
+    assert config.differences(saved) == []
+    with pytest.raises(UserInputError, match="one GPU only"):
+        resolve_compile_mode("reduce-overhead", True, "cuda", world_size=2)
+    assert resolve_compile_mode("max-autotune-no-cudagraphs", True, "cuda", world_size=2) == "max-autotune-no-cudagraphs"
+    with caplog.at_level("WARNING", logger="engine"):
+        assert resolve_compile_mode("reduce-overhead", True, "cpu", world_size=1) == "reduce-overhead"
+    assert "CUDA graphs need a GPU" in caplog.text  # said, not silently compiled another way
+
+
 def one_line_error(capsys, *argv):
     with pytest.raises(SystemExit) as exited:
         main(list(argv))
@@ -159,6 +176,7 @@ def one_line_error(capsys, *argv):
     (["--seed", "1", "--runs", "3"], "--seed and --runs exclude each other"),
     (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
     (["--weights", "no_such_file.pt"], "no_such_file.pt does not exist"),
+    (["--compile-mode", "reduce-overhead", "--no-compile"], "--compile-mode reduce-overhead needs --compile"),
 ])
 def test_bad_flags_fail_with_one_line(capsys, tiny_dataset, tmp_path, flags, expected):
     argv = ["train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"),

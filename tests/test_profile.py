@@ -2,12 +2,14 @@
 import json
 
 import pytest
+import torch
 
 from tests.conftest import run_engine
 
-FIELDS = {"backbone", "device", "image_size", "precision", "compile", "channels_last", "batch_size",
-          "batch_size_reason", "first_step_s", "model_images_per_s", "step_ms", "phase_ms", "peak_memory_gib",
-          "loader", "loader_images_per_s", "end_to_end_images_per_s", "verdict"}
+FIELDS = {"backbone", "device", "image_size", "precision", "compile", "compile_mode", "cuda_graph_skips",
+          "channels_last", "batch_size", "batch_size_reason", "first_step_s", "model_images_per_s", "step_ms",
+          "phase_ms", "host_step_ms", "peak_memory_gib", "loader", "loader_images_per_s", "end_to_end_images_per_s",
+          "verdict"}
 
 
 def test_profile_json_reports_the_whole_pipeline(tiny_dataset):
@@ -20,6 +22,8 @@ def test_profile_json_reports_the_whole_pipeline(tiny_dataset):
     assert set(report["phase_ms"]) == {"forward", "backward", "optimizer"} and all(report["phase_ms"].values())
     assert report["model_images_per_s"] > 0 and report["loader_images_per_s"] > 0
     assert report["end_to_end_images_per_s"] > 0
+    assert report["host_step_ms"] is None  # the CPU works as it enqueues: there is no separate host time
+    assert report["compile_mode"] == "default" and report["cuda_graph_skips"] is None  # no CUDA graphs asked for
     assert report["verdict"].startswith(("compute-bound", "input-bound", "contention"))
 
 
@@ -33,6 +37,33 @@ def test_the_verdict_tells_a_slow_loader_from_loader_and_model_slowing_each_othe
     report = {"model_images_per_s": 1000.0, "loader_images_per_s": loader_rate, "end_to_end_images_per_s": end_to_end,
               "loader": "dali", "device": "NVIDIA H100 80GB HBM3", "phase_ms": {"forward": 1.0}}
     assert verdict(report).startswith(expected)
+
+
+def test_host_step_time_is_the_median_enqueue_time_after_a_synchronisation_each(monkeypatch):
+    """On a GPU the host's part of a step is timed with the device idle before each (so a full launch queue
+    cannot block it): the median of the repeats, in milliseconds."""
+    import time
+
+    from engine import profile
+    calls = []
+    monkeypatch.setattr(profile, "synchronize", lambda device: calls.append("sync"))
+    durations = iter([0.030, 0.010, 0.011, 0.012, 0.500])  # one slow outlier (a recompile, a page fault)
+
+    def step(images, labels):
+        calls.append("step")
+        time.sleep(next(durations))
+
+    host_ms = profile.host_step_ms(step, (None, None), torch.device("cuda"))
+    assert 11.5 <= host_ms < 20 and calls == ["sync", "step"] * 5 + ["sync"]
+    assert profile.host_step_ms(step, (None, None), torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("host_ms, step_ms, launch_bound", [(2.0, 30.0, False), (27.0, 30.0, True), (None, 30.0, False)])
+def test_a_step_the_host_cannot_enqueue_faster_than_the_gpu_runs_it_is_called_launch_bound(host_ms, step_ms,
+                                                                                          launch_bound):
+    from engine.profile import _launch_hint
+    hint = _launch_hint({"host_step_ms": host_ms, "step_ms": step_ms})
+    assert ("launch-bound" in hint) == launch_bound
 
 
 def test_where_the_input_side_limits_a_dataset_that_fits_is_pointed_to_the_resident_loader(tiny_dataset):

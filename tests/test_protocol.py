@@ -146,3 +146,37 @@ def test_evaluation_pads_the_tail_so_a_compiled_model_compiles_once():
     with torch.no_grad():  # the reference: every image alone through the eager model, no padding anywhere
         predictions = torch.cat([model(image[None]).argmax(1) for image in batches.images])
     assert accuracy == pytest.approx(100.0 * (predictions == batches.labels).float().mean().item())
+
+
+def test_every_training_and_evaluation_step_tells_cuda_graphs_a_new_step_begins(monkeypatch):
+    """Under --compile-mode reduce-overhead, a replay overwrites the last one's outputs: each step says it begins,
+    or the last step's logits (still referenced until reassigned) would make every replay record anew."""
+    from engine.trainer import evaluate, make_precision, train_one_epoch
+
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append("step"))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    precision = make_precision("fp32", "cpu")
+    train_batches = TensorBatches(torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,)))
+    train_one_epoch(model, train_batches, torch.optim.AdamW(model.parameters()), precision, 1, torch.device("cpu"),
+                    False)
+    assert len(marks) == 2  # two training batches
+    evaluate(model, EvalBatches(), precision, torch.device("cpu"))
+    assert len(marks) == 2 + 3  # and three evaluation batches
+
+
+def test_a_cuda_graph_mode_that_inductor_skipped_is_said_after_the_first_epoch(tmp_path, monkeypatch, caplog):
+    from engine import trainer
+
+    monkeypatch.setattr(trainer, "cuda_graph_skips", lambda: 2)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    batches = TensorBatches(torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,)))
+    config = RunConfig(backbone="toy", data="toy", dataset="toy", data_path=".", image_size=(2, 2), augment=False,
+                       patience=2, max_epochs=2, out=str(tmp_path), compile=True, compile_mode="reduce-overhead")
+    no_compile = lambda module, mode="default": module  # noqa: E731  (the warning, not inductor, is under test)
+    monkeypatch.setattr(trainer, "compiled", no_compile)
+    with caplog.at_level("WARNING", logger="engine"):
+        fit(model, batches, batches, config, tmp_path, evaluate_fn=ScriptedEvaluation([10, 20]), show_progress=False)
+    said = [r.getMessage() for r in caplog.records if "CUDA graphs" in r.getMessage()]
+    assert said == ["--compile-mode reduce-overhead: 2 compiled graph(s) run without CUDA graphs "
+                    "(TORCH_LOGS=cudagraphs says why)"]  # once, not every epoch
