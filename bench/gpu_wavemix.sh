@@ -6,8 +6,10 @@
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl pytorch_wavelets==1.3.0 PyWavelets
 # then run this with carry [".whl"] (or after bench/stage_gpu_site.sh, which holds them too). Each step has its
 # own time limit so that one slow compile cannot take the whole call. On the ninth session's H100 the GPU tests
-# did not finish in 200 s (8 of 29): each dtype and layout the public op sees is autotuned, 12-16 Triton
-# compiles of ~1.5 s each; on four xdist workers ~2.5 minutes (limit 330 s), with the DWT rows about 5 in all.
+# did not finish in 200 s (8 of 29): each dtype and layout the public op sees was autotuned, 12-16 Triton
+# compiles of ~1.5 s each. Now only WaveMix's case (bf16, channels_last) is, the others run the first launch
+# configuration (every one gives its result bit for bit); on four xdist workers ~1.5 minutes (limit 330 s), with
+# the DWT rows about 4 in all.
 # The step benchmark (reference 318.7 img/s, fused compiled 1378.2, 4.32x, that session) adds ~3.5 minutes:
 # WAVEMIX_STEP=1.
 # WAVEMIX_ALL=1 adds the plain-torch compiled and the fused fp32 steps to it (about 2 minutes more).
