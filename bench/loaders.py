@@ -23,7 +23,7 @@ from engine.bench.timing import (kernel_breakdown, kernel_count, or_error, order
                                  stream_concurrency)
 from engine.config import parse_image_size
 from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
-from engine.loaders.dali_pipeline import HW_DECODER_LOAD
+from engine.loaders.dali_pipeline import HANDOVERS, HW_DECODER_LOAD
 from engine.models import build_backbone
 from engine.profile import endless, images_per_s
 from engine.trainer import tune_convolutions
@@ -32,8 +32,9 @@ from engine.trainer import tune_convolutions
 @contextmanager
 def training_stream(priority: str, device: torch.device):
     """Run the block on a high-priority CUDA stream ('high'), or on the current one ('default', as the engine
-    does). Fetching the batches must happen inside it too: DALI's iterator copies each batch out on the current
-    stream, and the step must be ordered after that copy."""
+    does). Fetching the batches must happen inside it too: what the loaders enqueue to hand a batch over (the
+    resident path's wait for its side stream, a bf16 run's cast of DALI's float16) goes on the current stream, and
+    the step must be ordered after it."""
     if priority == "default" or device.type != "cuda":
         yield
         return
@@ -43,12 +44,13 @@ def training_stream(priority: str, device: torch.device):
 
 
 def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup, train_step,
-                 hw_decoder_load=None, stream_priority="default", kernels=0) -> dict:
+                 dali_options=None, stream_priority="default", kernels=0) -> dict:
     """Images/s of one pipeline alone and, unless `train_step` is None, feeding the training step; with
-    `kernels`, where the loader's own time per batch goes (device kernels and the operators that copy)."""
+    `kernels`, where the loader's own time per batch goes (device kernels and the operators that copy).
+    `dali_options`: DaliBatches' keyword arguments set apart from the engine's defaults (reported in the row)."""
     if name == "dali" and not dali_available():
         raise RuntimeError("DALI is not installed")
-    options = {"hw_decoder_load": hw_decoder_load} if name == "dali" and hw_decoder_load is not None else {}
+    options = dict(dali_options or {}) if name == "dali" else {}
     pipeline = PIPELINES[name](index, index.train, image_size=size, augment=True, batch_size=batch, train=True,
                                device=device, seed=0, workers=workers, channels_last=True, dtype=dtype, **options)
     row = {"loader": name, "batch": batch, "workers": workers, **options,
@@ -86,6 +88,12 @@ def training_step(backbone: str, num_classes: int, device: torch.device):
     return train_step
 
 
+def dali_options(args) -> dict:
+    """The DALI settings the command line moved from the engine's defaults."""
+    given = {"hw_decoder_load": args.dali_hw_decoder_load, "handover": args.dali_handover}
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def chosen_loaders(spec: str) -> list[str]:
     names = spec.split(",")
     unknown = sorted(set(names) - set(PIPELINES))
@@ -112,6 +120,9 @@ def main(argv=None) -> list[dict]:
                         help="share of JPEGs DALI sends to the GPU's hardware decoder (default: the engine's, "
                              f"{HW_DECODER_LOAD}; DALI's own is 0.65); the rest decode on CPU threads and SMs, "
                              "beside the training")
+    parser.add_argument("--dali-handover", choices=HANDOVERS, default=None,
+                        help="how DALI's GPU batches pass to torch (loaders/dali_pipeline.py; default: the engine's, "
+                             "host): the host waits for each, or torch's stream does")
     parser.add_argument("--training-stream", choices=["default", "high"], default="default",
                         help="end to end: run the training step on a high-priority CUDA stream (an experiment; "
                              "the engine uses the default stream)")
@@ -143,7 +154,7 @@ def main(argv=None) -> list[dict]:
     for name in loaders:  # in the order asked: the default puts DALI first, so a time limit cuts the fallbacks
         try:
             rows.append(loader_rates(name, index, size, batch, device, args.workers, dtype, steps, warmup, train_step,
-                                     args.dali_hw_decoder_load, args.training_stream, args.kernels))
+                                     dali_options(args), args.training_stream, args.kernels))
         except Exception as err:  # noqa: BLE001 - one failing loader must not hide the others' numbers
             rows.append({"loader": name, "error": repr(err)[:300]})
         print(json.dumps(rows[-1]), flush=True)

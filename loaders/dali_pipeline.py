@@ -30,6 +30,13 @@ PREFETCH_BATCHES = 3
 # and SMs, where they compete with the training. On an H100 (bench/NOTES.md, ninth session) 0.9 decoded 17.6k
 # img/s against 13.4-16.4k at DALI's default (decode + resize + TrivialAugmentWide, batch 128, 15 threads).
 HW_DECODER_LOAD = 0.9
+# How each GPU batch passes from DALI to torch. DALI's dynamic executor hands torch its own buffers (DLPack, no
+# copy). "host": as DALI's iterator ships, the host waits for each batch, and the buffer is DALI's again once
+# torch lets go of it on the host, which runs ahead of the GPU. "stream": each batch is bound to torch's current
+# stream (`Pipeline.share_outputs(cuda_stream=...)`): that stream, not the host, waits for DALI's work, and DALI
+# reuses the memory only after the stream is done with it. "host" until a GPU has shown "stream" correct and no
+# slower (bench/NOTES.md, tenth session).
+HANDOVERS = ("host", "stream")
 
 
 def dali_available() -> bool:
@@ -73,6 +80,13 @@ def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment:
                     prefetch_queue_depth=PREFETCH_BATCHES)
 
 
+def _bind_outputs_to_current_stream(pipe, device: torch.device) -> None:
+    """The "stream" handover: DALI's iterator asks the pipeline for each batch with `share_outputs()`; this
+    pipeline answers with the batch bound to torch's stream current at that moment."""
+    share = pipe.share_outputs
+    pipe.share_outputs = lambda: share(cuda_stream=torch.cuda.current_stream(device))
+
+
 class DaliBatches(BatchCounts):
     """Batches of one split for the trainer, with the torch pipeline's interface."""
 
@@ -80,7 +94,8 @@ class DaliBatches(BatchCounts):
 
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
                  batch_size: int, train: bool, device: torch.device, seed: int, workers: int, channels_last: bool,
-                 dtype: torch.dtype = torch.float32, shard: Shard = SINGLE, hw_decoder_load: float = HW_DECODER_LOAD):
+                 dtype: torch.dtype = torch.float32, shard: Shard = SINGLE, hw_decoder_load: float = HW_DECODER_LOAD,
+                 handover: str = "host"):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         self._set_counts(len(samples), batch_size, train, shard)
@@ -96,6 +111,8 @@ class DaliBatches(BatchCounts):
                                batch_size=self.batch_size, device=device, seed=seed, workers=workers,
                                shard_id=reader_shard.rank, num_shards=reader_shard.world_size,
                                hw_decoder_load=hw_decoder_load)
+        if handover == "stream" and device.type == "cuda":
+            _bind_outputs_to_current_stream(pipe, device)
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
         self.iterator = DALIGenericIterator([pipe], ["images", "labels"], reader_name=READER,
                                             last_batch_policy=policy, auto_reset=True)

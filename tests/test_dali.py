@@ -137,20 +137,38 @@ def test_unreadable_images_are_named_or_skipped_and_counted(tiny_dataset, tmp_pa
     assert config["skipped_images"] == ["train/red/red_003.png"] and config["counts"]["train"] == 35
 
 
+def test_the_stream_handover_binds_every_batch_dalis_iterator_asks_for(shaded_dataset, monkeypatch):
+    """The "stream" handover hooks the pipeline's share_outputs, which DALI's iterator calls for each batch: every
+    batch of an epoch is asked for through it, with the stream current at that moment (on the CPU, where there is
+    none, the test stands in None for it)."""
+    from engine.loaders import dali_pipeline
+    index = scan_dataset(shaded_dataset)
+    pipeline = batches("dali", index, index.test, train=False)
+    asked = []
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: asked.append(device))
+    dali_pipeline._bind_outputs_to_current_stream(pipeline.iterator._pipes[0], torch.device("cuda"))
+    list(pipeline.epoch(0))  # its first batch was fetched when the iterator was made, before the binding
+    assert len(asked) == len(pipeline) - 1
+    list(pipeline.epoch(0))
+    assert len(asked) == 2 * len(pipeline) - 1 and set(asked) == {torch.device("cuda")}
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("handover", ["host", "stream"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gpu_batches_stay_intact_while_the_training_stream_lags_behind(shaded_dataset, dtype):
+def test_gpu_batches_stay_intact_while_the_training_stream_lags_behind(shaded_dataset, dtype, handover):
     """DALI hands its own buffers to torch (DLPack, no copy) and the host runs ahead of the GPU: a batch's memory
     must still hold that batch when the training stream, busy with earlier steps, reads it, although the host has
     moved on and DALI keeps decoding into its buffers. Each batch is read (and, in a bf16 run, cast) behind a long
-    kernel on the consumer's stream; DALI's CPU operators, on the same files in file order, say what it must be."""
+    kernel on the consumer's stream; DALI's CPU operators, on the same files in file order, say what it must be.
+    For both handovers (loaders/dali_pipeline.py): the host waiting for each batch, or torch's stream."""
     index = scan_dataset(shaded_dataset)
 
     def read(device):
         pipeline = PIPELINES["dali"](index, index.train, image_size=(16, 16), augment=False, batch_size=5,
                                      train=False, device=torch.device(device), seed=0, workers=2,
-                                     channels_last=True, dtype=dtype)
+                                     channels_last=True, dtype=dtype, handover=handover)
         kept = []
         for epoch in (0, 1):
             for images, labels in pipeline.epoch(epoch):
