@@ -3,11 +3,10 @@
 # device time keeps what ran: DALI and the resident path end to end against synthetic data (resnet50 and
 # mobilenet_v3_large at 256 px, batch 128, eager; resident is auto's choice for small images, and for any
 # dataset whose copy fits where DALI is missing; if it beats DALI here, it should be for every dataset that
-# fits), DALI alone at the anchor's batch (256) beside the ANCHORS.md script on the same card, then three tries
-# at mobilenet's end to end: the batches handed over on torch's stream, the training on a high-priority stream,
-# and DALI's own hardware-decoder share against the engine's. About 5 minutes on an H100. LOADERS_ALL=1 adds the
-# torch loader to the end-to-end rows (measured on an H100 in the third session), DALI alone with 15 threads and
-# the batched augmentation: about 6.
+# fits), DALI alone at the anchor's batch (256) beside the ANCHORS.md script on the same card, then four tries
+# at mobilenet's end to end (below). About 6 minutes on an H100. LOADERS_ALL=1 adds the torch loader to the
+# end-to-end rows (measured on an H100 in the third session), DALI alone with 15 threads and the batched
+# augmentation: about 7.
 # The engine's own path (compiled, autotuned) against the authors' loop is bench/gpu_throughput.sh.
 # DALI is not on the GPU machine: stage it first (bench/stage_gpu_site.sh) so that /tmp/site holds it. For the
 # anchor beside ours:  mkdir -p .anchors && cp ../shared/device/dali_anchor.py .anchors/  and carry ".anchors" too.
@@ -36,12 +35,15 @@ done
 # from a file, not stdin: DALI's conditionals (its TrivialAugmentWide) read the pipeline function's source
 [ -f .anchors/dali_anchor.py ] && sed 's#/tmp/jpgs#/tmp/anchor_jpgs#' .anchors/dali_anchor.py > /tmp/dali_anchor.py \
   && timeout 60 python3 /tmp/dali_anchor.py 2>&1 | grep -v -i deprecat | tee "$out/dali_anchor.log"
-# mobilenet (the lightest step, where DALI's work shows most), three experiments, each of which reaching 0.95
-# where the default does not would make it the engine's default: each batch handed over on torch's stream instead
-# of waited for by the host (loaders/dali_pipeline.py's handovers); the training step on a high-priority CUDA
-# stream (DALI's kernels then run in its gaps); then DALI's own hardware-decoder share (0.65) against the
-# engine's (0.9, chosen from the ninth session's loader-alone rows) in the same call.
-for option in "--dali-handover stream" "--training-stream high" "--dali-hw-decoder-load 0.65"; do
+# mobilenet (the lightest step, where DALI's work shows most), four experiments, each of which reaching 0.95
+# where the default does not would make it the engine's default, most telling first: the training step on a
+# stream of torch's own instead of CUDA's legacy default stream (which any blocking stream or synchronous copy of
+# DALI's or nvJPEG's waits for and holds up: the ninth session's step + DALI = end to end looked like that); each
+# batch handed over on torch's stream instead of waited for by the host (loaders/dali_pipeline.py's handovers);
+# the training step on a high-priority stream (DALI's kernels then run in its gaps); then DALI's own
+# hardware-decoder share (0.65) against the engine's (0.9, from the ninth session's loader-alone rows).
+for option in "--training-stream normal" "--dali-handover stream" "--training-stream high" \
+    "--dali-hw-decoder-load 0.65"; do
   timeout 45 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone mobilenet_v3_large --loaders dali \
     --image-size 256 --batch-size 128 --workers 15 --steps 15 $option 2>&1 | grep -v -i deprecat \
     | tee -a "$out/loaders.jsonl"

@@ -5,9 +5,11 @@ end-to-end training images/s with each against the same model fed synthetic data
     python -m engine.bench.loaders --data demo --quick --device cpu                     # smoke run
     python -m engine.bench.loaders --data /tmp/jpgs --loaders dali --loader-only --batch-size 256 --workers 8
 
-A loader keeps up when its end-to-end rate is close to the synthetic one. `--training-stream high` is an
-experiment: the training step (and the batch handover) on a CUDA stream of high priority, so that DALI's kernels
-(on its own stream, default priority) run in the training's gaps instead of taking SMs beside it.
+A loader keeps up when its end-to-end rate is close to the synthetic one. `--training-stream normal|high` is an
+experiment: the training step (and the batch handover) on a CUDA stream of torch's own instead of CUDA's legacy
+default stream, which any blocking stream or synchronous copy of DALI's would wait for and hold up (normal); at high
+priority, DALI's kernels (on its own stream, default priority) also run in the training's gaps instead of taking
+SMs beside it (high).
 """
 from __future__ import annotations
 
@@ -29,17 +31,24 @@ from engine.profile import endless, images_per_s
 from engine.trainer import tune_convolutions
 
 
+# --training-stream: where the step runs. default: the current stream, as the engine does (torch's default stream,
+# CUDA's legacy stream, which waits for and holds up every blocking stream of the process); normal: a stream of
+# torch's own (non-blocking), at normal priority; high: the same at high priority (lower is higher; -1 is high on
+# every torch and GPU)
+STREAM_PRIORITIES = {"normal": 0, "high": -1}
+
+
 @contextmanager
-def training_stream(priority: str, device: torch.device):
-    """Run the block on a high-priority CUDA stream ('high'), or on the current one ('default', as the engine
-    does). Fetching the batches must happen inside it too: what the loaders enqueue to hand a batch over (the
-    resident path's wait for its side stream, a bf16 run's cast of DALI's float16) goes on the current stream, and
-    the step must be ordered after it."""
-    if priority == "default" or device.type != "cuda":
+def training_stream(choice: str, device: torch.device):
+    """Run the block on a stream of torch's own ('normal', 'high'), or on the current one ('default'). Fetching
+    the batches must happen inside it too: what the loaders enqueue to hand a batch over (the resident path's wait
+    for its side stream, a bf16 run's cast of DALI's float16) goes on the current stream, and the step must be
+    ordered after it."""
+    if choice == "default" or device.type != "cuda":
         yield
         return
-    # after what the loader enqueued before (its first batch); lower is higher, -1 high on every torch and GPU
-    with ordered_stream(torch.cuda.Stream(device, priority=-1), device):
+    # after what the loader enqueued before (its first batch)
+    with ordered_stream(torch.cuda.Stream(device, priority=STREAM_PRIORITIES[choice]), device):
         yield
 
 
@@ -123,9 +132,10 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--dali-handover", choices=HANDOVERS, default=None,
                         help="how DALI's GPU batches pass to torch (loaders/dali_pipeline.py; default: the engine's, "
                              "host): the host waits for each, or torch's stream does")
-    parser.add_argument("--training-stream", choices=["default", "high"], default="default",
-                        help="end to end: run the training step on a high-priority CUDA stream (an experiment; "
-                             "the engine uses the default stream)")
+    parser.add_argument("--training-stream", choices=["default", *STREAM_PRIORITIES], default="default",
+                        help="end to end, an experiment: run the training step on a CUDA stream of torch's own at "
+                             "normal or high priority (the engine uses the default stream: CUDA's legacy one, "
+                             "which synchronises with every blocking stream of the process)")
     parser.add_argument("--kernels", type=kernel_count, default=0, metavar="N",
                         help="also profile each loader alone over 3 batches: its N costliest kernels (CPU: "
                              "operators) per batch, and the operators that copy; on a GPU, and end to end, how "
