@@ -53,7 +53,7 @@ def training_stream(choice: str, device: torch.device):
 
 
 def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup, train_step,
-                 dali_options=None, stream_priority="default", kernels=0) -> dict:
+                 dali_options=None, stream_choice="default", kernels=0) -> dict:
     """Images/s of one pipeline alone and, unless `train_step` is None, feeding the training step; with
     `kernels`, where the loader's own time per batch goes (device kernels and the operators that copy).
     `dali_options`: DaliBatches' keyword arguments set apart from the engine's defaults (reported in the row)."""
@@ -68,15 +68,15 @@ def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup
         batches = endless(pipeline)
         row["kernels"] = or_error(lambda: kernel_breakdown(lambda: next(batches), device, steps=3, top=kernels))
     if train_step is not None:
-        with training_stream(stream_priority, device):
+        with training_stream(stream_choice, device):
             row["train_img_s"] = round(images_per_s(endless(pipeline), steps, warmup, train_step, device,
                                                     drain=pipeline.queued_batches), 1)
             if kernels and device.type == "cuda":  # whether the loader's kernels run beside the step's, or between
                 batches = endless(pipeline)
                 row["streams"] = or_error(lambda: stream_concurrency(lambda: train_step(*next(batches)), device,
                                                                      steps=5))
-        if stream_priority != "default":
-            row["training_stream"] = stream_priority
+        if stream_choice != "default":
+            row["training_stream"] = stream_choice
     return row
 
 

@@ -98,6 +98,8 @@ class DaliBatches(BatchCounts):
                  handover: str = "host"):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+        if handover not in HANDOVERS:
+            raise ValueError(f"unknown DALI handover {handover!r}; choose from {', '.join(HANDOVERS)}")
         self._set_counts(len(samples), batch_size, train, shard)
         if train:  # DALI's reader shards the whole list, so its reshuffle after each epoch spans every rank
             order, reader_shard = shard.even(np.random.default_rng(seed).permutation(len(samples))), shard
