@@ -33,8 +33,8 @@ class BatchSizeType(click.ParamType):
 BATCH_SIZE = BatchSizeType()
 COMPILE_MODE = click.option(
     "--compile-mode", type=click.Choice(list(COMPILE_MODES)), default="default", show_default=True,
-    help="torch.compile's mode (with --compile). " + "; ".join(f"{mode}: {what}" for mode, what in COMPILE_MODES.items())
-    + ".")
+    help="torch.compile's mode (with --compile). "
+         + "; ".join(f"{mode}: {what}" for mode, what in COMPILE_MODES.items()) + ".")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

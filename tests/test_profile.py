@@ -58,7 +58,8 @@ def test_host_step_time_is_the_median_enqueue_time_after_a_synchronisation_each(
     assert profile.host_step_ms(step, (None, None), torch.device("cpu")) is None
 
 
-@pytest.mark.parametrize("host_ms, step_ms, launch_bound", [(2.0, 30.0, False), (27.0, 30.0, True), (None, 30.0, False)])
+@pytest.mark.parametrize("host_ms, step_ms, launch_bound",
+                         [(2.0, 30.0, False), (27.0, 30.0, True), (None, 30.0, False)])
 def test_a_step_the_host_cannot_enqueue_faster_than_the_gpu_runs_it_is_called_launch_bound(host_ms, step_ms,
                                                                                           launch_bound):
     from engine.profile import _launch_hint
