@@ -12,7 +12,9 @@ python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 # BACKBONES: the comparison's backbones, comma-separated (WaveMix needs the wavelet wheels, as
 # gpu_wavemix.sh); each takes about 2 minutes (autotune, compile, an epoch of each loop), so 3 at most a call;
 # BACKBONES=none skips the comparison (the train run and the packing alone: ~7 minutes)
-backbones=${BACKBONES:-resnet50,mobilenet_v3_large}
+# (default: the next two not yet compared on a GPU, both with an authors'-loop anchor in ANCHORS.md; resnet50 and
+# mobilenet_v3_large were compared on the ninth session's H100)
+backbones=${BACKBONES:-convnext_tiny,regnet_y_3_2gf}
 [ "$backbones" != none ] && timeout $((150 * $(tr ',' '\n' <<< "$backbones" | wc -l))) python3 -m engine.bench.compare --data /tmp/jpgs \
   --backbones "$backbones" 2>&1 | grep -v -i deprecat | tee "$out/compare.jsonl"
 # GRAPHS=1: CUDA graphs (--compile-mode reduce-overhead) against the default mode where the host's launches
