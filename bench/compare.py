@@ -27,6 +27,7 @@ from engine.models import list_backbones
 from engine.profile import TrainStep, endless, host_step_ms, images_per_s, synthetic_batch
 from engine.run import make_batches, prepare_config
 from engine.scheduler import free_memory
+from engine.trainer import training_stream
 
 # at least this many steps timed, epoch after epoch: 2048 files at an autotuned batch of 256 are 8 steps, half
 # a second of a compiled resnet50, where one late batch would move the ratio by several percent
@@ -39,17 +40,18 @@ def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: 
     (near the step's own time, the host sets the pace, and the loader's host threads slow the step)."""
     config, index = prepare_config(backbone=backbone, data=data, image_size=image_size, device=device,
                                    batch_size=batch_size, pretrained=False)
+    device = torch.device(config.device)
     step = TrainStep(config, index.num_classes)
-    pipeline = make_batches(config, index, index.train, train=True, device=torch.device(config.device))
-    steps = steps or max(len(pipeline), MIN_TIMED_STEPS)
-    epoch_rate = images_per_s(endless(pipeline), steps, 3, step, torch.device(config.device),
-                              drain=pipeline.queued_batches)
-    synthetic = synthetic_batch(config, index.num_classes, step.memory_format)
-    synthetic_rate = images_per_s(iter(lambda: synthetic, None), steps, 3, step, torch.device(config.device))
+    with training_stream(device):  # the stream `engine train` runs its steps on
+        pipeline = make_batches(config, index, index.train, train=True, device=device)
+        steps = steps or max(len(pipeline), MIN_TIMED_STEPS)
+        epoch_rate = images_per_s(endless(pipeline), steps, 3, step, device, drain=pipeline.queued_batches)
+        synthetic = synthetic_batch(config, index.num_classes, step.memory_format)
+        synthetic_rate = images_per_s(iter(lambda: synthetic, None), steps, 3, step, device)
+        host_ms = host_step_ms(step, synthetic, device)
     rates = {"engine_img_s": round(epoch_rate, 1), "engine_synthetic_img_s": round(synthetic_rate, 1),
              "engine_over_synthetic": round(epoch_rate / synthetic_rate, 3),
-             "engine_step_ms": round(config.batch_size / synthetic_rate * 1e3, 2),
-             "engine_host_step_ms": host_step_ms(step, synthetic, torch.device(config.device))}
+             "engine_step_ms": round(config.batch_size / synthetic_rate * 1e3, 2), "engine_host_step_ms": host_ms}
     return rates, config, index
 
 

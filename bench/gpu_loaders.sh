@@ -35,14 +35,15 @@ done
 # from a file, not stdin: DALI's conditionals (its TrivialAugmentWide) read the pipeline function's source
 [ -f .anchors/dali_anchor.py ] && sed 's#/tmp/jpgs#/tmp/anchor_jpgs#' .anchors/dali_anchor.py > /tmp/dali_anchor.py \
   && timeout 60 python3 /tmp/dali_anchor.py 2>&1 | grep -v -i deprecat | tee "$out/dali_anchor.log"
-# mobilenet (the lightest step, where DALI's work shows most), four experiments, each of which reaching 0.95
-# where the default does not would make it the engine's default, most telling first: the training step on a
-# stream of torch's own instead of CUDA's legacy default stream (which any blocking stream or synchronous copy of
-# DALI's or nvJPEG's waits for and holds up: the ninth session's step + DALI = end to end looked like that); each
-# batch handed over on torch's stream instead of waited for by the host (loaders/dali_pipeline.py's handovers);
-# the training step on a high-priority stream (DALI's kernels then run in its gaps); then DALI's own
-# hardware-decoder share (0.65) against the engine's (0.9, from the ninth session's loader-alone rows).
-for option in "--training-stream normal" "--dali-handover stream" "--training-stream high" \
+# mobilenet (the lightest step, where DALI's work shows most), four experiments, most telling first. The rows above
+# ran their steps on a stream of their own, as engine train now does; the first experiment runs them on torch's
+# default stream, CUDA's legacy one, as the ninth session did (any blocking stream or synchronous copy of DALI's or
+# nvJPEG's waits for it and holds it up: that session's step + DALI = end to end looked like that). Then, each of
+# which reaching 0.95 where the default does not would make it the engine's: each batch handed over on torch's
+# stream instead of waited for by the host (loaders/dali_pipeline.py's handovers); the step on a high-priority
+# stream (DALI's kernels then run in its gaps); DALI's own hardware-decoder share (0.65) against the engine's
+# (0.9, from the ninth session's loader-alone rows).
+for option in "--training-stream legacy" "--dali-handover stream" "--training-stream high" \
     "--dali-hw-decoder-load 0.65"; do
   timeout 45 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone mobilenet_v3_large --loaders dali \
     --image-size 256 --batch-size 128 --workers 15 --steps 15 $option 2>&1 | grep -v -i deprecat \

@@ -5,11 +5,10 @@ end-to-end training images/s with each against the same model fed synthetic data
     python -m engine.bench.loaders --data demo --quick --device cpu                     # smoke run
     python -m engine.bench.loaders --data /tmp/jpgs --loaders dali --loader-only --batch-size 256 --workers 8
 
-A loader keeps up when its end-to-end rate is close to the synthetic one. `--training-stream normal|high` is an
-experiment: the training step (and the batch handover) on a CUDA stream of torch's own instead of CUDA's legacy
-default stream, which any blocking stream or synchronous copy of DALI's would wait for and hold up (normal); at high
-priority, DALI's kernels (on its own stream, default priority) also run in the training's gaps instead of taking
-SMs beside it (high).
+A loader keeps up when its end-to-end rate is close to the synthetic one. The steps run where `engine train` runs
+them, on a CUDA stream of their own; `--training-stream legacy|high` are experiments: on torch's default stream
+(CUDA's legacy one, which any blocking stream or synchronous copy of DALI's would wait for and hold up), or on a
+stream of high priority, so that DALI's kernels (on its own stream, default priority) run in the training's gaps.
 """
 from __future__ import annotations
 
@@ -21,39 +20,39 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from engine.bench.timing import (kernel_breakdown, kernel_count, or_error, ordered_stream,
-                                 stream_concurrency)
+from engine.bench.timing import kernel_breakdown, kernel_count, or_error, stream_concurrency
 from engine.config import parse_image_size
 from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
 from engine.loaders.dali_pipeline import HANDOVERS, HW_DECODER_LOAD
 from engine.models import build_backbone
 from engine.profile import endless, images_per_s
-from engine.trainer import tune_convolutions
+from engine.trainer import ordered_stream, training_stream, tune_convolutions
 
 
-# --training-stream: where the step runs. default: the current stream, as the engine does (torch's default stream,
-# CUDA's legacy stream, which waits for and holds up every blocking stream of the process); normal: a stream of
-# torch's own (non-blocking), at normal priority; high: the same at high priority (lower is higher; -1 is high on
-# every torch and GPU)
-STREAM_PRIORITIES = {"normal": 0, "high": -1}
+# --training-stream: where the step runs. engine: on a stream of its own, as `engine train` does
+# (trainer.training_stream: non-blocking, normal priority); legacy: torch's default stream, CUDA's legacy one, which
+# waits for and holds up every blocking stream and synchronous CUDA call of the process (the engine until the tenth
+# session); high: a stream of its own at high priority (lower is higher; -1 is high on every torch and GPU)
+TRAINING_STREAMS = ("engine", "legacy", "high")
 
 
 @contextmanager
-def training_stream(choice: str, device: torch.device):
-    """Run the block on a stream of torch's own ('normal', 'high'), or on the current one ('default'). Fetching
-    the batches must happen inside it too: what the loaders enqueue to hand a batch over (the resident path's wait
-    for its side stream, a bf16 run's cast of DALI's float16) goes on the current stream, and the step must be
-    ordered after it."""
-    if choice == "default" or device.type != "cuda":
+def step_stream(choice: str, device: torch.device):
+    """Run the block where `choice` says. Fetching the batches must happen inside it too: what the loaders enqueue
+    to hand a batch over (the resident path's wait for its side stream, a bf16 run's cast of DALI's float16) goes
+    on the current stream, and the step must be ordered after it."""
+    if choice == "legacy" or device.type != "cuda":
         yield
-        return
-    # after what the loader enqueued before (its first batch)
-    with ordered_stream(torch.cuda.Stream(device, priority=STREAM_PRIORITIES[choice]), device):
-        yield
+    elif choice == "engine":
+        with training_stream(device):
+            yield
+    else:  # after what the loader enqueued before (its first batch)
+        with ordered_stream(torch.cuda.Stream(device, priority=-1), device):
+            yield
 
 
 def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup, train_step,
-                 dali_options=None, stream_choice="default", kernels=0) -> dict:
+                 dali_options=None, stream_choice="engine", kernels=0) -> dict:
     """Images/s of one pipeline alone and, unless `train_step` is None, feeding the training step; with
     `kernels`, where the loader's own time per batch goes (device kernels and the operators that copy).
     `dali_options`: DaliBatches' keyword arguments set apart from the engine's defaults (reported in the row)."""
@@ -68,14 +67,14 @@ def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup
         batches = endless(pipeline)
         row["kernels"] = or_error(lambda: kernel_breakdown(lambda: next(batches), device, steps=3, top=kernels))
     if train_step is not None:
-        with training_stream(stream_choice, device):
+        with step_stream(stream_choice, device):
             row["train_img_s"] = round(images_per_s(endless(pipeline), steps, warmup, train_step, device,
                                                     drain=pipeline.queued_batches), 1)
             if kernels and device.type == "cuda":  # whether the loader's kernels run beside the step's, or between
                 batches = endless(pipeline)
                 row["streams"] = or_error(lambda: stream_concurrency(lambda: train_step(*next(batches)), device,
                                                                      steps=5))
-        if stream_choice != "default":
+        if stream_choice != "engine":
             row["training_stream"] = stream_choice
     return row
 
@@ -132,10 +131,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--dali-handover", choices=HANDOVERS, default=None,
                         help="how DALI's GPU batches pass to torch (loaders/dali_pipeline.py; default: the engine's, "
                              "host): the host waits for each, or torch's stream does")
-    parser.add_argument("--training-stream", choices=["default", *STREAM_PRIORITIES], default="default",
-                        help="end to end, an experiment: run the training step on a CUDA stream of torch's own at "
-                             "normal or high priority (the engine uses the default stream: CUDA's legacy one, "
-                             "which synchronises with every blocking stream of the process)")
+    parser.add_argument("--training-stream", choices=TRAINING_STREAMS, default="engine",
+                        help="end to end: the step on a stream of its own, as engine train runs it (engine); on "
+                             "torch's default stream, CUDA's legacy one, which synchronises with every blocking "
+                             "stream and synchronous CUDA call of the process (legacy); on its own stream at high "
+                             "priority, so that DALI's kernels run in its gaps (high)")
     parser.add_argument("--kernels", type=kernel_count, default=0, metavar="N",
                         help="also profile each loader alone over 3 batches: its N costliest kernels (CPU: "
                              "operators) per batch, and the operators that copy; on a GPU, and end to end, how "
@@ -158,8 +158,9 @@ def main(argv=None) -> list[dict]:
         synthetic = (torch.randn(batch, 3, *size, device=device, dtype=dtype)
                      .contiguous(memory_format=torch.channels_last),
                      torch.randint(0, index.num_classes, (batch,), device=device))
-        rows.append({"loader": "synthetic (on device)", "loader_only_img_s": None, "train_img_s": round(
-            images_per_s(iter(lambda: synthetic, None), steps, warmup, train_step, device), 1)})
+        with step_stream(args.training_stream, device):  # where the end-to-end rows run their steps
+            rate = images_per_s(iter(lambda: synthetic, None), steps, warmup, train_step, device)
+        rows.append({"loader": "synthetic (on device)", "loader_only_img_s": None, "train_img_s": round(rate, 1)})
         print(json.dumps(rows[-1]), flush=True)
     for name in loaders:  # in the order asked: the default puts DALI first, so a time limit cuts the fallbacks
         try:

@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import re
 import time
-from contextlib import contextmanager
 from typing import Callable
 
 import torch
+
+from engine.trainer import ordered_stream
 
 
 def time_per_call(fn: Callable[[], object], device: torch.device, warmup: int, iterations: int) -> float:
@@ -27,18 +28,6 @@ def time_per_call(fn: Callable[[], object], device: torch.device, warmup: int, i
     for _ in range(iterations):
         fn()
     return (time.perf_counter() - started) / iterations
-
-
-@contextmanager
-def ordered_stream(stream: torch.cuda.Stream, device: torch.device):
-    """Run the block on `stream`, ordered after what the current stream has enqueued before it, and with the
-    current stream ordered after the block's work on every exit."""
-    stream.wait_stream(torch.cuda.current_stream(device))
-    try:
-        with torch.cuda.stream(stream):
-            yield
-    finally:
-        torch.cuda.current_stream(device).wait_stream(stream)
 
 
 def kernel_time_per_call(fn: Callable[[], object], device: torch.device, warmup: int, iterations: int

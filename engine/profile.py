@@ -18,7 +18,7 @@ from engine.models import build_backbone
 from engine.scheduler import synchronize, wait_for_copies
 from engine.run import make_batches
 from engine.trainer import (FIRST_PHASE, begin_step, compiled, cuda_graph_skips, input_dtype, make_optimizer,
-                            make_precision, tune_convolutions)
+                            make_precision, training_stream, tune_convolutions)
 
 INPUT_BOUND = 0.9  # end to end (or the loader alone) below this share of the model-only rate: the input side limits
 # the host's time to enqueue a step at this share of the step's time or more: the host, not the GPU, sets the pace
@@ -130,6 +130,14 @@ def synthetic_batch(config: RunConfig, num_classes: int, memory_format: torch.me
 
 
 def profile(config: RunConfig, index: DatasetIndex | None, steps: int, warmup: int) -> dict:
+    with training_stream(torch.device(config.device)):  # the stream `engine train` runs its steps on
+        report = _measure(config, index, steps, warmup)
+    report["verdict"] = verdict(report)
+    report["verdict"] += _launch_hint(report) + _resident_hint(report, config, index)
+    return report
+
+
+def _measure(config: RunConfig, index: DatasetIndex | None, steps: int, warmup: int) -> dict:
     device = torch.device(config.device)
     step = TrainStep(config, index.num_classes if index else 1000)
     batch = config.batch_size
@@ -161,8 +169,6 @@ def profile(config: RunConfig, index: DatasetIndex | None, steps: int, warmup: i
                                                            lambda x, y: None, device), 1)
         report["end_to_end_images_per_s"] = round(images_per_s(endless(pipeline), steps, warmup, step, device,
                                                                drain=pipeline.queued_batches), 1)
-    report["verdict"] = verdict(report)
-    report["verdict"] += _launch_hint(report) + _resident_hint(report, config, index)
     return report
 
 
@@ -197,16 +203,17 @@ def packed_copy(config: RunConfig, copies: int, barrier: Path, seconds: float, w
     device = torch.device(config.device)
     step = TrainStep(config, 1000)
     synthetic = synthetic_batch(config, 1000, step.memory_format)
-    for _ in range(warmup):
-        step(*synthetic)
-    synchronize(device)
-    wait_for_copies(barrier, copies)
-    steps, started = 0, time.time()
-    while time.time() - started < seconds:  # no synchronisation inside, as in training
-        step(*synthetic)
-        steps += 1
-    synchronize(device)
-    ended = time.time()
+    with training_stream(device):  # as engine train runs its steps
+        for _ in range(warmup):
+            step(*synthetic)
+        synchronize(device)
+        wait_for_copies(barrier, copies)
+        steps, started = 0, time.time()
+        while time.time() - started < seconds:  # no synchronisation inside, as in training
+            step(*synthetic)
+            steps += 1
+        synchronize(device)
+        ended = time.time()
     return {"batch_size": config.batch_size, "batch_size_reason": config.batch_size_reason,
             "images_per_s": round(steps * config.batch_size / (ended - started), 1), "window": [started, ended]}
 

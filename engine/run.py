@@ -30,7 +30,8 @@ from engine.loaders import (PIPELINES, DatasetIndex, check_files, count_per_clas
                             has_small_images, leave_out, resolve_dataset, scan_dataset, select_samples)
 from engine.models import build_backbone, check_image_size, get_backbone_spec
 from engine.scheduler import choose_batch_size, keep_to_memory_share
-from engine.trainer import evaluate, fit, input_dtype, load_best, make_precision, tune_convolutions
+from engine.trainer import (evaluate, fit, input_dtype, load_best, make_precision, training_stream,
+                            tune_convolutions)
 
 log = logging.getLogger("engine")
 
@@ -238,15 +239,16 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
     model = model.to(device, memory_format=memory_format)
     tune_convolutions(device)
 
-    outcome = fit(model, make_batches(config, index, samples.train, train=True, device=device),
-                  make_batches(config, index, samples.selection, train=False, device=device), config, run_dir)
-    state = outcome.state
-    test_acc = state.best_acc
-    if config.select_on == "val":
-        load_best(model, run_dir)
-        test_acc = evaluate(model, make_batches(config, index, samples.test, train=False, device=device),
-                            make_precision(config.precision, device.type), device)
-        log.info("test accuracy of the epoch selected on validation (%d): %.2f %%", state.best_epoch, test_acc)
+    with training_stream(device):
+        outcome = fit(model, make_batches(config, index, samples.train, train=True, device=device),
+                      make_batches(config, index, samples.selection, train=False, device=device), config, run_dir)
+        state = outcome.state
+        test_acc = state.best_acc
+        if config.select_on == "val":
+            load_best(model, run_dir)
+            test_acc = evaluate(model, make_batches(config, index, samples.test, train=False, device=device),
+                                make_precision(config.precision, device.type), device)
+            log.info("test accuracy of the epoch selected on validation (%d): %.2f %%", state.best_epoch, test_acc)
     result = {
         "status": "finished", "backbone": config.backbone, "dataset": config.dataset, "fraction": config.fraction,
         "seed": config.seed, "select_on": config.select_on, "test_acc": test_acc, "best_acc": state.best_acc,

@@ -97,6 +97,34 @@ def cudnn_benchmark(enabled: bool):
         torch.backends.cudnn.benchmark = before
 
 
+# --- CUDA streams ----------------------------------------------------------------------------------------------------
+@contextmanager
+def ordered_stream(stream: torch.cuda.Stream, device: torch.device):
+    """Run the block on `stream`, ordered after what the current stream has enqueued before it, and with the
+    current stream ordered after the block's work on every exit."""
+    stream.wait_stream(torch.cuda.current_stream(device))
+    try:
+        with torch.cuda.stream(stream):
+            yield
+    finally:
+        torch.cuda.current_stream(device).wait_stream(stream)
+
+
+@contextmanager
+def training_stream(device: torch.device):
+    """On a GPU, the block (the epochs, or a measured step) on a CUDA stream of its own, which torch creates
+    non-blocking. torch's default stream is CUDA's legacy stream: every synchronous CUDA call of the process (a
+    copy without Async, as a JPEG decoder may make per batch) waits for all the training queued on it, and so does
+    every blocking stream's work, after which the training waits for the loader in turn (bench/NOTES.md, tenth
+    session). Everything a step reads arrives on the current stream or is waited for there (the loaders' handover,
+    the resident path's side stream), so it follows the step onto this one. On the CPU, nothing changes."""
+    if device.type != "cuda":
+        yield
+        return
+    with ordered_stream(torch.cuda.Stream(device), device):
+        yield
+
+
 # --- Precision, decided once -----------------------------------------------------------------------------------------
 @dataclass
 class Precision:

@@ -236,3 +236,31 @@ def test_listing_commands(capsys):
     with pytest.raises(SystemExit):
         main(["datasets"])
     assert "demo" in capsys.readouterr().out
+
+
+def test_a_run_trains_and_selects_on_the_training_stream(tiny_dataset, tmp_path, monkeypatch):
+    """`engine train` runs its epochs (and a val-selected run its test pass) inside trainer.training_stream, the
+    stream of its own that a GPU run trains on (on the CPU that context changes nothing, so it is recorded here)."""
+    from contextlib import contextmanager
+
+    from engine import run
+    from engine.trainer import Fit, ProtocolState
+
+    inside = []
+
+    @contextmanager
+    def recording_stream(device):
+        inside.append(True)
+        yield
+        inside.append(False)
+
+    seen = []
+    monkeypatch.setattr(run, "training_stream", recording_stream)
+    monkeypatch.setattr(run, "fit", lambda *args, **kwargs: seen.append(("fit", inside[-1])) or Fit(
+        ProtocolState(best_acc=50.0, best_epoch=1, epoch=1, stop_reason="max_epochs"), [{"images_per_s": 1.0}], 1.0))
+    monkeypatch.setattr(run, "load_best", lambda model, run_dir: None)
+    monkeypatch.setattr(run, "evaluate", lambda *args: seen.append(("test", inside[-1])) or 40.0)
+    config, index = run.prepare_run(backbone="mobilenet_v3_large", data=str(tiny_dataset), image_size=(32, 32),
+                                    device="cpu", pretrained=False, select_on="val", out=str(tmp_path))
+    assert run.train_run(config, index)["test_acc"] == 40.0
+    assert seen == [("fit", True), ("test", True)] and inside[-1] is False

@@ -161,20 +161,23 @@ def test_gpu_batches_stay_intact_while_the_training_stream_lags_behind(shaded_da
     """DALI hands its own buffers to torch (DLPack, no copy) and the host runs ahead of the GPU: a batch's memory
     must still hold that batch when the training stream, busy with earlier steps, reads it, although the host has
     moved on and DALI keeps decoding into its buffers. Each batch is read (and, in a bf16 run, cast) behind a long
-    kernel on the consumer's stream; DALI's CPU operators, on the same files in file order, say what it must be.
-    For both handovers (loaders/dali_pipeline.py): the host waiting for each batch, or torch's stream."""
+    kernel on the consumer's stream (the training's own, as engine train runs); DALI's CPU operators, on the same
+    files in file order, say what it must be. For both handovers (loaders/dali_pipeline.py): the host waiting for
+    each batch, or torch's stream."""
+    from engine.trainer import training_stream
     index = scan_dataset(shaded_dataset)
 
     def read(device):
-        pipeline = PIPELINES["dali"](index, index.train, image_size=(16, 16), augment=False, batch_size=5,
-                                     train=False, device=torch.device(device), seed=0, workers=2,
-                                     channels_last=True, dtype=dtype, handover=handover)
         kept = []
-        for epoch in (0, 1):
-            for images, labels in pipeline.epoch(epoch):
-                if device == "cuda":
-                    torch.cuda._sleep(20_000_000)  # ~10 ms of a step still running: the next batch's cast waits too
-                kept.append((images.clone(), labels.clone()))  # no host synchronisation: read in stream order
+        with training_stream(torch.device(device)):
+            pipeline = PIPELINES["dali"](index, index.train, image_size=(16, 16), augment=False, batch_size=5,
+                                         train=False, device=torch.device(device), seed=0, workers=2,
+                                         channels_last=True, dtype=dtype, handover=handover)
+            for epoch in (0, 1):
+                for images, labels in pipeline.epoch(epoch):
+                    if device == "cuda":
+                        torch.cuda._sleep(20_000_000)  # ~10 ms of a step still running: the next cast waits too
+                    kept.append((images.clone(), labels.clone()))  # no host synchronisation: read in stream order
         torch.cuda.synchronize()
         return [(images.float().cpu(), labels.cpu()) for images, labels in kept]
 

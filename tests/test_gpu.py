@@ -195,17 +195,17 @@ def test_the_dwt_benchmark_times_the_kernels_through_a_cuda_graph():
     assert all(relative_error(o, e) < 1e-2 for o, e in zip(haar_dwt(x, 3), expected))
 
 
-@pytest.mark.parametrize("choice", ["normal", "high"])
+@pytest.mark.parametrize("choice", ["engine", "high"])
 def test_the_training_streams_are_ordered_after_the_loader_and_before_what_follows(choice):
-    """bench.loaders --training-stream normal|high: the step runs on a stream of its own at that priority, after
-    what the loader enqueued on the current one before it (a batch's copy), and what comes after the block sees
-    the step's results."""
-    from engine.bench.loaders import training_stream
+    """trainer.training_stream (engine train's, and bench.loaders' default) and bench.loaders --training-stream
+    high: the step runs on a stream of its own at that priority, after what the loader enqueued on the current
+    one before it (a batch's copy), and what comes after the block sees the step's results."""
+    from engine.bench.loaders import step_stream
     device = torch.device("cuda")
     batch = torch.empty(1 << 24, device=device)
     torch.cuda._sleep(50_000_000)  # a slow loader on the current stream: the step must wait for it
     batch.fill_(1.0)
-    with training_stream(choice, device):
+    with step_stream(choice, device):
         stream = torch.cuda.current_stream(device)
         assert stream != torch.cuda.default_stream(device) and (stream.priority < 0) == (choice == "high")
         result = batch * 2
