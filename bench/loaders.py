@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from engine.bench.timing import kernel_breakdown, kernel_count, or_error, stream_concurrency
 from engine.config import parse_image_size
 from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
+from engine.loaders.batching import HIGH_PRIORITY
 from engine.loaders.dali_pipeline import HANDOVERS, HW_DECODER_LOAD
 from engine.models import build_backbone
 from engine.profile import endless, images_per_s
@@ -32,7 +33,7 @@ from engine.trainer import ordered_stream, training_stream, tune_convolutions
 # --training-stream: where the step runs. engine: on a stream of its own, as `engine train` does
 # (trainer.training_stream: non-blocking, normal priority); legacy: torch's default stream, CUDA's legacy one, which
 # waits for and holds up every blocking stream and synchronous CUDA call of the process (the engine until the tenth
-# session); high: a stream of its own at high priority (lower is higher; -1 is high on every torch and GPU)
+# session); high: a stream of its own at high priority (loaders.batching.HIGH_PRIORITY)
 TRAINING_STREAMS = ("engine", "legacy", "high")
 
 
@@ -47,7 +48,7 @@ def step_stream(choice: str, device: torch.device):
         with training_stream(device):
             yield
     else:  # after what the loader enqueued before (its first batch)
-        with ordered_stream(torch.cuda.Stream(device, priority=-1), device):
+        with ordered_stream(torch.cuda.Stream(device, priority=HIGH_PRIORITY), device):
             yield
 
 

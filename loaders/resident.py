@@ -28,7 +28,7 @@ from engine import distributed
 from engine.distributed import SINGLE, Shard
 from engine.errors import UserInputError
 from engine.loaders.augment import trivial_augment_wide
-from engine.loaders.batching import BatchCounts, made_ahead, to_device_async
+from engine.loaders.batching import BatchCounts, made_ahead, side_stream, to_device_async
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
 from engine.loaders.torch_pipeline import DeviceNormaliser, draw_seed, epoch_order, read_rgb
@@ -151,7 +151,7 @@ class ResidentBatches(BatchCounts):
                                           dtype)
         # On a GPU each batch is made on a side stream one batch ahead (`made_ahead`): its gather, augmentation and
         # normalisation run beside the training step, not between steps on the training's own stream.
-        self.side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.side_stream = side_stream(device)
 
     @property
     def queued_batches(self) -> int:

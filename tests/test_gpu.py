@@ -145,7 +145,8 @@ def test_resident_batches_never_wait_for_the_gpu(tiny_dataset):
 
 def test_resident_batches_made_ahead_on_a_side_stream_are_the_batches_made_in_turn(tiny_dataset):
     """Made one batch ahead on the loader's side stream, while the consumer's stream is still busy with a long
-    step, each batch is the one the CPU makes for the same seed and epoch; the side stream really is another."""
+    step, each batch is the one the CPU makes for the same seed and epoch; the side stream really is another, of
+    higher priority."""
     from engine.loaders import PIPELINES, scan_dataset
 
     index = scan_dataset(tiny_dataset)
@@ -163,6 +164,8 @@ def test_resident_batches_made_ahead_on_a_side_stream_are_the_batches_made_in_tu
 
     pipeline, on_gpu = batches("cuda", busy=True)
     assert pipeline.side_stream is not None and pipeline.side_stream != torch.cuda.current_stream()
+    # ahead of the training's kernels for the SMs (loaders.batching.side_stream)
+    assert pipeline.side_stream.priority < torch.cuda.current_stream().priority
     _, on_cpu = batches("cpu")
     assert len(on_gpu) == len(on_cpu)
     for (gpu_images, gpu_labels), (cpu_images, cpu_labels) in zip(on_gpu, on_cpu):
