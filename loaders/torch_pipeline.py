@@ -6,6 +6,8 @@ arithmetic.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -13,7 +15,7 @@ from torchvision.transforms import v2
 
 from engine.distributed import SINGLE, Shard
 from engine.errors import UnreadableImageError
-from engine.loaders.batching import BatchCounts
+from engine.loaders.batching import BatchCounts, made_ahead, side_stream
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
 
@@ -129,12 +131,16 @@ class TorchBatches(BatchCounts):
                                  pin_memory=device.type == "cuda",
                                  # its own generator: the loader's seed draws stay out of the training RNG stream
                                  generator=torch.Generator().manual_seed(draw_seed(seed, -1)))
-        self.queued_batches = workers * (self.loader.prefetch_factor or 0)  # each worker works that far ahead
+        # On a GPU each batch's copy to the device and normalisation run on a side stream one batch ahead
+        # (`made_ahead`), beside the training step rather than queued on its stream between two steps.
+        self.side_stream = side_stream(device)
+        # each worker works that far ahead, and one batch more is on the device
+        self.queued_batches = workers * (self.loader.prefetch_factor or 0) + (self.side_stream is not None)
 
     def epoch(self, epoch: int):
         self.sampler.set_epoch(epoch)
-        for images, labels in self.loader:
-            yield self.normalise(images, labels)
+        yield from made_ahead((partial(self.normalise, images, labels) for images, labels in self.loader),
+                              self.side_stream)
 
 
 def unreadable_files(index: DatasetIndex, samples: list[Sample]) -> list[str]:

@@ -126,13 +126,14 @@ def test_fused_optimizers_step_as_the_reference_implementation(phase):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_resident_batches_never_wait_for_the_gpu(tiny_dataset):
+@pytest.mark.parametrize("loader", ["resident", "torch"])
+def test_batches_never_wait_for_the_gpu(tiny_dataset, loader):
     """Building a batch must not synchronise the stream (a host copy or a data-dependent shape would): the loader
     would then wait for the previous training step, and its host work could no longer overlap the GPU's."""
     from engine.loaders import PIPELINES, scan_dataset
 
     index = scan_dataset(tiny_dataset)
-    pipeline = PIPELINES["resident"](index, index.train, image_size=(24, 24), augment=True, batch_size=16,
+    pipeline = PIPELINES[loader](index, index.train, image_size=(24, 24), augment=True, batch_size=16,
                                      train=True, device=torch.device("cuda"), seed=0, workers=0, channels_last=True,
                                      dtype=torch.bfloat16)
     torch.cuda.set_sync_debug_mode("error")
@@ -143,7 +144,8 @@ def test_resident_batches_never_wait_for_the_gpu(tiny_dataset):
     assert len(batches) == 2 * len(pipeline) and batches[0][0].dtype == torch.bfloat16
 
 
-def test_resident_batches_made_ahead_on_a_side_stream_are_the_batches_made_in_turn(tiny_dataset):
+@pytest.mark.parametrize("loader", ["resident", "torch"])
+def test_batches_made_ahead_on_a_side_stream_are_the_batches_made_in_turn(tiny_dataset, loader):
     """Made one batch ahead on the loader's side stream, while the consumer's stream is still busy with a long
     step, each batch is the one the CPU makes for the same seed and epoch; the side stream really is another, of
     higher priority."""
@@ -152,7 +154,7 @@ def test_resident_batches_made_ahead_on_a_side_stream_are_the_batches_made_in_tu
     index = scan_dataset(tiny_dataset)
 
     def batches(device, epoch=1, busy=False):
-        pipeline = PIPELINES["resident"](index, index.train, image_size=(24, 24), augment=True, batch_size=8,
+        pipeline = PIPELINES[loader](index, index.train, image_size=(24, 24), augment=True, batch_size=8,
                                          train=True, device=torch.device(device), seed=3, workers=0,
                                          channels_last=True, dtype=torch.float32)
         out = []
