@@ -20,7 +20,7 @@ def to_device_async(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     return host.pin_memory().to(device, non_blocking=True)
 
 
-# CUDA stream priorities: lower is higher; torch maps -1 to the highest its GPU allows (0 is the default).
+# CUDA stream priorities: lower is higher, 0 is the default; -1 is above it on every GPU and torch release.
 HIGH_PRIORITY = -1
 
 
@@ -29,8 +29,8 @@ def side_stream(device: torch.device) -> torch.cuda.Stream | None:
 
     A batch is a chain of small dependent kernels (a gather, an augmentation op by op, a normalisation). At the
     training's priority each of them waits for the SMs behind whatever training kernel was launched before it,
-    so the chain takes as many training kernels' time as it has links, and with long kernels (resnet50's, tens of
-    them at ~1 ms) it can outlast the step it should hide behind, which then waits for it. At high priority the
+    so the chain can take as many training kernels' time as it has links, and with long kernels (resnet50's,
+    tens of them at ~1 ms) outlast the step it should hide behind, which then waits for it. At high priority the
     block scheduler gives each link the next SMs that free up: the chain finishes early in the step, at the same
     SM time, since priority reorders work and adds none."""
     return torch.cuda.Stream(device, priority=HIGH_PRIORITY) if device.type == "cuda" else None

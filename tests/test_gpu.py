@@ -134,8 +134,8 @@ def test_batches_never_wait_for_the_gpu(tiny_dataset, loader):
 
     index = scan_dataset(tiny_dataset)
     pipeline = PIPELINES[loader](index, index.train, image_size=(24, 24), augment=True, batch_size=16,
-                                     train=True, device=torch.device("cuda"), seed=0, workers=0, channels_last=True,
-                                     dtype=torch.bfloat16)
+                                 train=True, device=torch.device("cuda"), seed=0, workers=0, channels_last=True,
+                                 dtype=torch.bfloat16)
     torch.cuda.set_sync_debug_mode("error")
     try:
         batches = [batch for epoch in (1, 2) for batch in pipeline.epoch(epoch)]
@@ -155,8 +155,8 @@ def test_batches_made_ahead_on_a_side_stream_are_the_batches_made_in_turn(tiny_d
 
     def batches(device, epoch=1, busy=False):
         pipeline = PIPELINES[loader](index, index.train, image_size=(24, 24), augment=True, batch_size=8,
-                                         train=True, device=torch.device(device), seed=3, workers=0,
-                                         channels_last=True, dtype=torch.float32)
+                                     train=True, device=torch.device(device), seed=3, workers=0,
+                                     channels_last=True, dtype=torch.float32)
         out = []
         for images, labels in pipeline.epoch(epoch):
             if busy:
