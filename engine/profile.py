@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from engine.config import RunConfig
+from engine.config import CUDA_GRAPH_MODES, RunConfig
 from engine.loaders import DatasetIndex, fits_budget
 from engine.models import build_backbone
 from engine.scheduler import synchronize, wait_for_copies
@@ -182,7 +182,17 @@ def _launch_hint(report: dict) -> str:
     if host is None or host < LAUNCH_BOUND * step:
         return ""
     return (f"; launch-bound: the host takes {host:.1f} ms to enqueue a step the GPU runs in {step:.1f} ms, so host "
-            f"work beside it (a loader's threads) slows the step")
+            f"work beside it (a loader's threads) slows the step{_launch_remedy(report)}")
+
+
+def _launch_remedy(report: dict) -> str:
+    """What takes launches off the host, from where the step stands: fused kernels, then CUDA graphs (one launch
+    a step). Under CUDA graphs already, what is left is the host's own work (a larger batch amortises it)."""
+    if not report["compile"]:
+        return "; try --compile (fused kernels: fewer launches)"
+    if report["compile_mode"] not in CUDA_GRAPH_MODES:
+        return "; try --compile-mode reduce-overhead (CUDA graphs: the step replayed in one launch)"
+    return "; a larger --batch-size spreads the host's time over more images"
 
 
 def _resident_hint(report: dict, config: RunConfig, index: DatasetIndex | None) -> str:

@@ -63,8 +63,19 @@ def test_host_step_time_is_the_median_enqueue_time_after_a_synchronisation_each(
 def test_a_step_the_host_cannot_enqueue_faster_than_the_gpu_runs_it_is_called_launch_bound(host_ms, step_ms,
                                                                                           launch_bound):
     from engine.profile import _launch_hint
-    hint = _launch_hint({"host_step_ms": host_ms, "step_ms": step_ms})
+    hint = _launch_hint({"host_step_ms": host_ms, "step_ms": step_ms, "compile": True, "compile_mode": "default"})
     assert ("launch-bound" in hint) == launch_bound
+
+
+@pytest.mark.parametrize("compile_model, mode, remedy", [(False, "default", "try --compile "),
+                                                         (True, "default", "try --compile-mode reduce-overhead"),
+                                                         (True, "max-autotune-no-cudagraphs",
+                                                          "try --compile-mode reduce-overhead"),
+                                                         (True, "reduce-overhead", "a larger --batch-size")])
+def test_a_launch_bound_step_is_told_the_next_remedy_for_how_it_runs(compile_model, mode, remedy):
+    from engine.profile import _launch_hint
+    hint = _launch_hint({"host_step_ms": 9.0, "step_ms": 6.0, "compile": compile_model, "compile_mode": mode})
+    assert "launch-bound" in hint and remedy in hint
 
 
 def test_where_the_input_side_limits_a_dataset_that_fits_is_pointed_to_the_resident_loader(tiny_dataset):
