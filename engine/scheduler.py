@@ -88,12 +88,13 @@ def candidates_below(largest: int) -> list[int]:
     return sorted(picks, reverse=True)
 
 
-def autotune(run_step: Callable[[int], float], limit: int) -> BatchChoice:
+def autotune(run_step: Callable[..., float | None], limit: int) -> BatchChoice:
     """`run_step(batch)` runs the real training step a few times and returns images/s, raising an out-of-memory
-    error when the batch does not fit. Returns the fastest fitting candidate."""
+    error when the batch does not fit; `run_step(batch, timed=False)` only runs it to its peak memory (no timing,
+    no rate). Returns the fastest fitting candidate."""
     def fits(batch: int) -> bool:
         try:
-            run_step(batch)
+            run_step(batch, timed=False)
             log.info("  batch %d fits", batch)  # progress: the search takes a minute on a GPU
             return True
         except Exception as error:  # noqa: BLE001 - only out-of-memory means "too large"; re-raise the rest
@@ -170,7 +171,8 @@ def save_profile(key: str, entry: dict, path: Path | None = None) -> None:
         os.replace(temporary, path)
 
 
-def cached_or_tuned(key: str, run_step: Callable[[int], float], limit: int, path: Path | None = None) -> BatchChoice:
+def cached_or_tuned(key: str, run_step: Callable[..., float | None], limit: int, path: Path | None = None
+                    ) -> BatchChoice:
     """The stored choice for `key` (if it respects today's limit), else a fresh autotune, stored."""
     stored = read_profiles(path).get(key)
     if stored and stored["batch_size"] <= limit:
@@ -182,12 +184,20 @@ def cached_or_tuned(key: str, run_step: Callable[[int], float], limit: int, path
 
 
 # --- The real step ---------------------------------------------------------------------------------------------
+# Steps that reach a training step's peak memory: the first allocates the optimizer's state after the backward, the
+# second runs forward and backward beside it.
+STEPS_TO_PEAK = 2
+
+
 def training_step_rate(backbone: str, num_classes: int, image_size: tuple[int, int], precision: str,
                        channels_last: bool, device: torch.device, steps: int = 6, warmup: int = 3):
     """A function batch -> images/s of the real training step (forward, backward, AdamW step) on synthetic
     data. Eager: a compiled model would recompile for every candidate, and it needs no more memory than eager.
     Six timed steps: with three, an H100 ranked mobilenet_v3_large's batch 128 at half the rate of 192 (4.5k vs
-    8.7k img/s at 128 px, bench/NOTES.md), which one step's jitter explains and the model does not."""
+    8.7k img/s at 128 px, bench/NOTES.md), which one step's jitter explains and the model does not.
+    With `timed=False` (the memory search's question, whether a batch fits) only STEPS_TO_PEAK steps run and
+    nothing is timed: the search tries ~10 sizes, up to thousands of images a step on a large dataset, where nine
+    steps each would take minutes."""
     from engine.models import build_backbone
     from engine.trainer import FIRST_PHASE, make_optimizer, make_precision, tune_convolutions
 
@@ -197,7 +207,7 @@ def training_step_rate(backbone: str, num_classes: int, image_size: tuple[int, i
     optimizer = make_optimizer(FIRST_PHASE, model)
     step_precision = make_precision(precision, device.type)
 
-    def run(batch: int) -> float:
+    def run(batch: int, *, timed: bool = True) -> float | None:
         images = torch.randn(batch, 3, *image_size, device=device).contiguous(memory_format=memory_format)
         labels = torch.randint(0, num_classes, (batch,), device=device)
 
@@ -208,9 +218,11 @@ def training_step_rate(backbone: str, num_classes: int, image_size: tuple[int, i
             step_precision.backward(loss)
             step_precision.step(optimizer)
 
-        for _ in range(warmup):
+        for _ in range(warmup if timed else STEPS_TO_PEAK):
             step()
         synchronize(device)
+        if not timed:
+            return None
         started = time.perf_counter()
         for _ in range(steps):
             step()

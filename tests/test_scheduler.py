@@ -20,11 +20,13 @@ class FakeStep:
     def __init__(self, capacity: int, best: int):
         self.capacity, self.best, self.calls, self.out_of_memory = capacity, best, [], 0
 
-    def __call__(self, batch: int) -> float:
-        self.calls.append(batch)
+    def __call__(self, batch: int, *, timed: bool = True) -> float | None:
+        self.calls.append((batch, timed))
         if batch > self.capacity:
             self.out_of_memory += 1
             raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate for batch {batch}")
+        if not timed:
+            return None
         return float(batch if batch <= self.best else 2 * self.best - batch)
 
 
@@ -51,15 +53,36 @@ def test_the_memory_search_skips_cudnns_algorithm_search_and_the_candidates_are_
     step, searched = FakeStep(capacity=100, best=72), []
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # as the engine's step sets it
 
-    def recording(batch):
+    def recording(batch, *, timed=True):
         searched.append((batch, torch.backends.cudnn.benchmark))
-        return step(batch)
+        return step(batch, timed=timed)
 
     autotune(recording, limit=1000)
     search, timed = searched[:-3], searched[-3:]
     assert search and not any(tuned for _, tuned in search)
     assert [batch for batch, _ in timed] == [100, 72, 48] and all(tuned for _, tuned in timed)
     assert torch.backends.cudnn.benchmark is True
+
+
+def test_the_memory_search_only_asks_what_fits_and_times_the_candidates_alone():
+    """Whether a batch fits needs its step run to its peak memory, not timed: on a large dataset the search tries
+    batches of thousands of images, where timing each would take minutes."""
+    step = FakeStep(capacity=100, best=72)
+    autotune(step, limit=1000)
+    search, candidates = step.calls[:-3], step.calls[-3:]
+    assert [batch for batch, _ in search] == [16, 32, 64, 128, 96, 112, 104, 100, 102, 101]
+    assert not any(timed for _, timed in search) and all(timed for _, timed in candidates)
+
+
+def test_the_real_step_runs_untimed_to_its_peak_memory(monkeypatch):
+    """The untimed question runs the step twice (the optimizer's state exists only after the first) and measures
+    nothing; the timed one warms up, then times."""
+    clock = []
+    monkeypatch.setattr(scheduler.time, "perf_counter", lambda: clock.append(1) or float(len(clock)))
+    run = scheduler.training_step_rate("mobilenet_v3_large", 3, (32, 32), "fp32", True, torch.device("cpu"),
+                                       steps=1, warmup=1)
+    assert run(2, timed=False) is None and not clock
+    assert run(2) > 0 and len(clock) == 2
 
 
 def test_autotune_respects_the_training_set_limit():
@@ -81,7 +104,7 @@ def test_a_full_card_is_read_from_torch_cudnn_and_cublas_messages(message, full)
 
 
 def test_errors_other_than_out_of_memory_are_not_swallowed():
-    def broken(batch):
+    def broken(batch, **_):
         raise ValueError("shape mismatch")
     with pytest.raises(ValueError, match="shape mismatch"):
         autotune(broken, limit=64)
@@ -97,7 +120,7 @@ def test_profile_store_round_trips_and_is_used(tmp_path):
     stored = read_profiles(path)[key]
     assert stored["batch_size"] == first.batch_size == 72 and "measured_at" in stored
 
-    def must_not_run(batch):
+    def must_not_run(batch, **_):
         raise AssertionError("the store should have answered")
 
     again = cached_or_tuned(key, must_not_run, limit=1000, path=path)
