@@ -64,6 +64,11 @@ def made_ahead(makers: Iterable[Callable[[], tuple[torch.Tensor, ...]]], side: t
         yield _handed_over(*pending)
 
 
+def held_ahead(side: torch.cuda.Stream | None) -> int:
+    """Batches `made_ahead` holds beyond the one handed over: one with a side stream, none without."""
+    return 0 if side is None else 1
+
+
 def _handed_over(tensors: tuple[torch.Tensor, ...], ready: torch.cuda.Event) -> tuple[torch.Tensor, ...]:
     consumer = torch.cuda.current_stream(tensors[0].device)
     consumer.wait_event(ready)

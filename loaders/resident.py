@@ -28,7 +28,7 @@ from engine import distributed
 from engine.distributed import SINGLE, Shard
 from engine.errors import UserInputError
 from engine.loaders.augment import trivial_augment_wide
-from engine.loaders.batching import BatchCounts, made_ahead, side_stream, to_device_async
+from engine.loaders.batching import BatchCounts, held_ahead, made_ahead, side_stream, to_device_async
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
 from engine.loaders.torch_pipeline import DeviceNormaliser, draw_seed, epoch_order, read_rgb
@@ -156,7 +156,7 @@ class ResidentBatches(BatchCounts):
     @property
     def queued_batches(self) -> int:
         """The one batch made ahead on the side stream, where there is one."""
-        return 0 if self.side_stream is None else 1
+        return held_ahead(self.side_stream)
 
     def _resized(self, images: torch.Tensor) -> torch.Tensor:
         if tuple(images.shape[-2:]) == self.image_size:

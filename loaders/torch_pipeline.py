@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 
 from engine.distributed import SINGLE, Shard
 from engine.errors import UnreadableImageError
-from engine.loaders.batching import BatchCounts, made_ahead, side_stream
+from engine.loaders.batching import BatchCounts, held_ahead, made_ahead, side_stream
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
 
@@ -135,7 +135,7 @@ class TorchBatches(BatchCounts):
         # (`made_ahead`), beside the training step rather than queued on its stream between two steps.
         self.side_stream = side_stream(device)
         # each worker works that far ahead, and one batch more is on the device
-        self.queued_batches = workers * (self.loader.prefetch_factor or 0) + (self.side_stream is not None)
+        self.queued_batches = workers * (self.loader.prefetch_factor or 0) + held_ahead(self.side_stream)
 
     def epoch(self, epoch: int):
         self.sampler.set_epoch(epoch)
