@@ -382,8 +382,8 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, prog_name="engine", standalone_mode=False,
                         obj={"argv": sys.argv[1:] if argv is None else list(argv)})
     except click.UsageError as err:
-        command = f"engine {err.ctx.info_name} " if err.ctx and err.ctx.parent else "engine "
-        _fail(f"{err.format_message()} (see `{command.strip()} --help`)")
+        command = err.ctx.command_path if err.ctx else "engine"  # e.g. `engine data prepare`, whole
+        _fail(f"{err.format_message()} (see `{command} --help`)")
     except click.ClickException as err:
         _fail(err.format_message())
     except UserInputError as err:

@@ -21,7 +21,7 @@ import torch
 from engine.config import parse_image_size, run_folder
 from engine.distributed import die_with_parent
 from engine.errors import UserInputError
-from engine.loaders import CUSTOM_DEFAULT_SIZE, registry
+from engine.loaders import CUSTOM_DEFAULT_SIZE, registry, resolve_dataset
 from engine.models import list_backbones
 from engine.results import RESULT, last_line, read_json, write_json
 from engine.scheduler import packing_key, read_profiles, share_environment
@@ -78,6 +78,9 @@ def pick_names(requested: str, known: list[str], what: str) -> list[str]:
 def expand_cells(backbones: str, datasets: str, seeds: str, fractions: str) -> list[Cell]:
     backbone_names = pick_names(backbones, list_backbones(), "backbone")
     dataset_names = pick_names(datasets, [name for name in registry() if name != "demo"], "dataset")
+    for data in dataset_names:  # a folder that is not there fails here, once, not in every cell of its row
+        if data not in registry():
+            resolve_dataset(data)
     try:
         seed_values = [int(seed) for seed in seeds.split(",")]
         fraction_values = [float(fraction) for fraction in fractions.split(",")]

@@ -186,6 +186,15 @@ def test_bad_flags_fail_with_one_line(capsys, tiny_dataset, tmp_path, flags, exp
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("argv, command", [
+    (["data", "prepare", "neu", "--no-such-flag"], "engine data prepare"),
+    (["train", "--backbone", "resnet50"], "engine train"),
+    (["--no-such-flag"], "engine"),
+])
+def test_a_usage_error_points_to_its_own_commands_help(capsys, argv, command):
+    assert one_line_error(capsys, *argv).endswith(f"(see `{command} --help`)")
+
+
 def test_bad_dataset_folders_fail_with_one_line(capsys, tmp_path):
     argv = ["train", "--backbone", "mobilenet_v3_large", "--no-pretrained", "--out", str(tmp_path / "r"), "--data"]
     assert "no folder at that path" in one_line_error(capsys, *argv, str(tmp_path / "missing"))

@@ -17,8 +17,8 @@ from tests.conftest import make_dataset, run_engine
 FLAGS = ["--no-pretrained", "--image-size", "32", "--batch-size", "8"]
 
 
-def test_cells_expand_names_patterns_and_all():
-    cells = expand_cells("mobilenet*,resnet50", "demo,/tmp/x", "0,1", "1,0.1")
+def test_cells_expand_names_patterns_and_all(tmp_path):
+    cells = expand_cells("mobilenet*,resnet50", f"demo,{tmp_path}", "0,1", "1,0.1")
     assert len(cells) == 2 * 2 * 2 * 2
     assert {cell.backbone for cell in cells} == {"mobilenet_v3_large", "resnet50"}
     assert len({cell.name for cell in cells}) == len(cells)
@@ -27,6 +27,9 @@ def test_cells_expand_names_patterns_and_all():
         expand_cells("vgg*", "demo", "0", "1")
     with pytest.raises(UserInputError, match="fractions must be in"):
         expand_cells("resnet50", "demo", "0", "0")
+    # a dataset neither built in nor a folder is refused before any cell runs
+    with pytest.raises(UserInputError, match="unknown dataset 'nodata': not a built-in dataset"):
+        expand_cells("resnet50", "demo,nodata", "0", "1")
 
 
 def train_processes(out: Path) -> list[int]:
