@@ -6,7 +6,8 @@ patch_size=4)`), so its official ImageNet checkpoint loads with strict=True:
 
     conv      patchify stem: 3x3 conv 3->48, 3x3 conv 48->96, 4x4/4 conv 96->192, GELU, BatchNorm
     layers.N  16 residual wave blocks (below)
-    pool      AdaptiveAvgPool2d(1), flatten, Linear(192, classes)   (`pool.2` is the classifier)
+    pool      AdaptiveAvgPool2d(1), flatten, Linear(192, classes)   (`pool.2` is the classifier; the pooling is
+              computed so that its gradient keeps the activations' layout: GlobalAveragePool)
 
 A wave block reduces 192 channels to 48 with a 1x1 conv, takes 3 DWT levels of that, each level as
 [LL (48), high bands (144)] = 192 channels at 1/2, 1/4, 1/8 of the side, and runs three feed-forward stacks
@@ -130,12 +131,35 @@ class PatchifyStem(nn.Sequential):
         return patches
 
 
+class GlobalAveragePool(nn.AdaptiveAvgPool2d):
+    """AdaptiveAvgPool2d(1) (the published `pool.0`; no parameters), whose gradient comes out in the layout of its
+    input.
+
+    The pool's gradient is a broadcast: the (N, C) gradient of the classifier's input, stride 0 over H and W. The ops
+    that take it in the backward lay their outputs out by it, and with every block's output added to the residual
+    stream, AOT autograd gives the whole stream's gradient NCHW strides even when the activations are channels_last.
+    torch 2.11's inductor hands each convolution's backward its inputs in those strides, so each block's transposed
+    convolution (feedforward1, at the stem's resolution) copied its incoming gradient to channels_last inside
+    cuDNN: on an H100, one strided copy per block, 10.4 ms of a 92.9 ms compiled step at batch 128, 256 px
+    (bench/NOTES.md). Taken over the channels_last view (N, H, W, C), the broadcast runs along the middle axes and
+    the gradient is channels_last too. Same values; an NCHW input keeps the plain mean (and an NCHW gradient).
+    """
+
+    def __init__(self):
+        super().__init__(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            return x.permute(0, 2, 3, 1).mean(dim=(1, 2), keepdim=True).permute(0, 3, 1, 2)
+        return x.mean(dim=(2, 3), keepdim=True)
+
+
 class WaveMix(nn.Module):
     def __init__(self, num_classes: int = 1000, depth: int = 16, mult: int = 2, ff_channel: int = 192,
                  final_dim: int = 192, dropout: float = 0.5, patch_size: int = 4):
         super().__init__()
         self.layers = nn.ModuleList(Level3WaveBlock(mult, ff_channel, final_dim, dropout) for _ in range(depth))
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(final_dim, num_classes))
+        self.pool = nn.Sequential(GlobalAveragePool(), nn.Flatten(1), nn.Linear(final_dim, num_classes))
         self.conv = PatchifyStem(final_dim, patch_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
