@@ -1,8 +1,10 @@
 """The paper's 11 torchvision backbones (paper Table 2; names, heads and weights as in paper/backbones.csv)."""
 from __future__ import annotations
 
+import torch
 import torchvision
 from torchvision.models import get_weight
+from torchvision.models.shufflenetv2 import InvertedResidual, channel_shuffle
 
 from engine.models.registry import BackboneSpec, register_backbone
 
@@ -21,14 +23,44 @@ TORCHVISION_BACKBONES = [
 ]
 
 
+def channels_last_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """torchvision's channel shuffle (channel a * groups + b takes channel b * (C / groups) + a), in the layout of
+    its input. torchvision's makes the shuffled tensor contiguous, i.e. NCHW, after every block: a channels_last
+    model then converted each block's output back inside the next convolutions (eagerly in both directions;
+    compiled, 18 of the backward's 56 convolutions saved an NCHW input, AOT autograd's strides)."""
+    if not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
+        return channel_shuffle(x, groups)
+    n, c, h, w = x.shape
+    pixels = x.permute(0, 2, 3, 1)  # (N, H, W, C), contiguous: the same memory
+    shuffled = pixels.reshape(n, h, w, groups, c // groups).transpose(3, 4).reshape(n, h, w, c)
+    return shuffled.permute(0, 3, 1, 2)
+
+
+class ShuffleBlock(InvertedResidual):
+    """torchvision's ShuffleNetV2 block (same modules, same state_dict), shuffling in its input's layout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channels_last_shuffle(out, 2)
+
+
+# what a backbone's torchvision builder is also given: the same architecture and parameters, laid out better
+BUILD_OPTIONS = {"shufflenet_v2_x2_0": {"inverted_residual": ShuffleBlock}}
+
+
 def _register(name: str, paper_name: str, weights_name: str, head_attr: str) -> None:
     weights = get_weight(weights_name)
     builder = getattr(torchvision.models, name)
+    options = BUILD_OPTIONS.get(name, {})
     register_backbone(
         BackboneSpec(
             name=name,
             paper_name=paper_name,
-            build=lambda: builder(weights=None, num_classes=1000),
+            build=lambda: builder(weights=None, num_classes=1000, **options),
             head_attr=head_attr,
             weights_name=weights_name,
             weights_url=weights.url,

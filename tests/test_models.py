@@ -125,3 +125,25 @@ def test_weights_file_of_another_architecture_is_refused(tmp_path):
         build_backbone("shufflenet_v2_x2_0", 3, weights=path)
     with pytest.raises(UserInputError, match="does not exist"):
         build_backbone("shufflenet_v2_x2_0", 3, weights=tmp_path / "missing.pt")
+
+
+def test_shufflenet_keeps_a_channels_last_input_channels_last_and_computes_torchvisions_function():
+    """torchvision's channel shuffle hands back NCHW after every block; ours shuffles in place of layout. Same
+    modules, same state_dict, same outputs."""
+    import torchvision
+
+    torch.manual_seed(0)
+    ours = build_backbone("shufflenet_v2_x2_0", 5).eval().to(memory_format=torch.channels_last)
+    theirs = torchvision.models.shufflenet_v2_x2_0(num_classes=5).eval()
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    layouts = []
+    for block in (block for stage in (ours.stage2, ours.stage3, ours.stage4) for block in stage):
+        block.register_forward_hook(
+            lambda module, inputs, output: layouts.append(output.is_contiguous(memory_format=torch.channels_last)))
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        mine = ours(images.contiguous(memory_format=torch.channels_last))
+        assert torch.allclose(mine, theirs(images), rtol=1e-4, atol=1e-5)
+        assert len(layouts) == 16 and all(layouts)
+        layouts.clear()
+        assert torch.allclose(ours(images), theirs(images), rtol=1e-4, atol=1e-5)  # NCHW in: torchvision's path
