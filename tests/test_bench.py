@@ -3,6 +3,7 @@ asserted: speed is measured on a GPU and written to bench/NOTES.md."""
 import json
 
 import pytest
+import torch
 
 from engine.bench import dwt, wavemix_step
 
@@ -336,3 +337,20 @@ def test_gpu_scripts_only_pass_flags_the_benchmarks_and_the_cli_take(monkeypatch
 def test_a_renamed_flag_in_a_gpu_script_is_caught(monkeypatch):
     with pytest.raises(SystemExit):
         _parse_only("engine.bench.wavemix_step", ["--only", "fused"], monkeypatch)
+
+
+def test_layouts_names_a_convolution_whose_gradient_arrives_nchw(capsys):
+    """A convolution straight before global average pooling: AdaptiveAvgPool2d's broadcast gradient reaches it
+    NCHW in the traced backward (cuDNN would copy it), WaveMix's GlobalAveragePool's channels_last."""
+    from engine.bench.layouts import convolution_backward_tensors, main, misplaced
+    from engine.models.wavemix import GlobalAveragePool
+
+    images = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    for pool, expected in ((torch.nn.AdaptiveAvgPool2d(1), [{"gradient": "(2, 8, 16, 16) nchw"}]),
+                           (GlobalAveragePool(), [])):
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), pool, torch.nn.Flatten(),
+                                    torch.nn.Linear(8, 2)).to(memory_format=torch.channels_last)
+        assert misplaced(convolution_backward_tensors(model, images)) == expected
+    rows = main(["--backbones", "mobilenet_v3_large", "--image-size", "32"])
+    assert rows[0]["convolutions"] == 62 and rows[0]["not_channels_last"] == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["backbone"] == "mobilenet_v3_large"

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from engine.bench.layouts import convolution_backward_tensors
 from engine.models import build_backbone, hub_cache_path, get_backbone_spec
 from engine.models.wavemix import wavemix_192_16
 from tests.conftest import run_engine
@@ -67,29 +68,6 @@ def test_a_block_compiles_as_one_graph():
         assert torch.allclose(compiled(x), block(x), rtol=1e-5, atol=1e-5)
 
 
-def backward_convolution_gradients(model, images) -> list[torch.Tensor]:
-    """The incoming gradients (fake tensors, with the strides AOT autograd gives them) of every convolution's
-    backward in the compiled training step's backward graph: torch 2.11's inductor hands them to cuDNN in exactly
-    these strides, and cuDNN copies any that are not in the convolution's layout."""
-    import torch._inductor.lowering  # noqa: F401  (inductor's decompositions look it up)
-    from torch._dynamo.backends.common import aot_autograd
-    from torch._inductor.decomposition import select_decomp_table
-
-    gradients = []
-
-    def record_backward(graph, example_inputs):
-        gradients.extend(node.args[0].meta["val"] for node in graph.graph.nodes
-                         if node.target is torch.ops.aten.convolution_backward.default)
-        return graph
-
-    backend = aot_autograd(fw_compiler=lambda graph, example_inputs: graph, bw_compiler=record_backward,
-                           decompositions=select_decomp_table())
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = torch.compile(model, backend=backend, fullgraph=True)(images)
-    logits.float().sum().backward()
-    return gradients
-
-
 def test_the_residual_streams_gradient_reaches_every_block_channels_last():
     """The head's pooling gradient is a broadcast; taken as AdaptiveAvgPool2d, it made the whole residual stream's
     gradient NCHW, and each block's transposed convolution copied it (10.4 ms of an H100 step). Every feature map's
@@ -99,7 +77,7 @@ def test_the_residual_streams_gradient_reaches_every_block_channels_last():
     model = wavemix_192_16(3).to(memory_format=torch.channels_last)
     del model.layers[2:]  # two blocks show the stream as well as sixteen
     images = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
-    gradients = backward_convolution_gradients(model, images)
+    gradients = [convolution["gradient"] for convolution in convolution_backward_tensors(model, images)]
     feature_maps = [g for g in gradients if g.shape[0] == 2 and min(g.shape[2:]) > 1]
     assert len(feature_maps) == 2 * 10 + 1  # per block: the reduction, 3 x (two 1x1, one transposed); the stem
     assert all(g.is_contiguous(memory_format=torch.channels_last) for g in feature_maps)
