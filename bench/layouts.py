@@ -64,7 +64,8 @@ def convolution_backward_tensors(model: torch.nn.Module, images: torch.Tensor) -
 
 
 def misplaced(found: list[dict]) -> list[dict]:
-    """The convolutions with a tensor not channels_last: which, its shape and layout (nchw or slice)."""
+    """The convolutions with a tensor not channels_last: which one, its shape and its layout (nchw; slice, a part of
+    a larger tensor; other, dense in another order of the axes)."""
     rows = []
     for convolution in found:
         wrong = {role: f"{tuple(tensor.shape)} {_layout(tensor)}" for role, tensor in convolution.items()
