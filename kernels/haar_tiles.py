@@ -24,22 +24,41 @@ import triton.language as tl
 
 # --- Shared by both directions -------------------------------------------------------------------------------
 @triton.jit
-def _tile_indices(N, C, HL, WL, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, WIDE: tl.constexpr):
-    """(n, c, i, j) of this program's level-L positions, each broadcastable to [BLOCK_P, BLOCK_Q], the mask of
-    those that exist, and the [BLOCK_P, 1] mask of the rows (positions) that exist. Index arithmetic is 32-bit
-    unless WIDE (a tensor spans 2^31 elements or more): 64-bit offsets cost registers, and registers decide how
-    many programs, and so how many loads, an SM keeps in flight."""
-    row = tl.program_id(0)
+def _program_blocks(C, BLOCK_Q: tl.constexpr, CHANNELS_ADJACENT: tl.constexpr):
+    """(row block, channel block) of this program. A pixel's channels are one contiguous run (96 bytes for
+    WaveMix's 48 bf16 channels) that tiles BLOCK_Q wide split between programs. On a grid (row blocks, channel
+    blocks) those programs run a whole wave apart (the row block varies fastest in launch order), so each reads
+    its 32-byte part of every pixel alone, and DRAM moves more than that part (an H100 fetches 64 bytes at
+    least). With CHANNELS_ADJACENT the grid is one axis whose channel blocks vary fastest: the programs sharing
+    pixels run side by side and each pixel's run is fetched once."""
+    if CHANNELS_ADJACENT:
+        blocks = tl.cdiv(C, BLOCK_Q)
+        row_block = tl.program_id(0) // blocks
+        channel_block = tl.program_id(0) % blocks
+    else:
+        row_block = tl.program_id(0)
+        channel_block = tl.program_id(1)
+    return row_block, channel_block
+
+
+@triton.jit
+def _tile_indices(N, C, HL, WL, row_block, channel_block, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
+                  WIDE: tl.constexpr):
+    """(n, c, i, j) of the level-L positions of this program's blocks, each broadcastable to [BLOCK_P, BLOCK_Q],
+    the mask of those that exist, and the [BLOCK_P, 1] mask of the rows (positions) that exist. Index arithmetic
+    is 32-bit unless WIDE (a tensor spans 2^31 elements or more): 64-bit offsets cost registers, and registers
+    decide how many programs, and so how many loads, an SM keeps in flight."""
+    row = row_block
     if WIDE:
         row = row.to(tl.int64)
     p = (row * BLOCK_P + tl.arange(0, BLOCK_P))[:, None]
-    c = (tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q))[None, :]
+    c = (channel_block * BLOCK_Q + tl.arange(0, BLOCK_Q))[None, :]
     rows = p < N * HL * WL
     return p // (WL * HL), c, (p // WL) % HL, p % WL, rows & (c < C), rows
 
 
 @triton.jit
-def _level_offsets(n, c, i, j, C, s_n, s_c, s_h, s_w, BLOCK_Q: tl.constexpr, LEVEL: tl.constexpr,
+def _level_offsets(n, c, i, j, C, s_n, s_c, s_h, s_w, channel_block, BLOCK_Q: tl.constexpr, LEVEL: tl.constexpr,
                    LEVELS: tl.constexpr):
     """Offsets of channel c's LL at the top-left level-LEVEL position under each tile entry (level 0: the input
     pixels), the offset from there to its first high band (channel C + 3c), and, per row, the offset of the
@@ -47,7 +66,7 @@ def _level_offsets(n, c, i, j, C, s_n, s_c, s_h, s_w, BLOCK_Q: tl.constexpr, LEV
     Levels above LEVELS are unused: they get level LEVELS' offsets rather than a negative shift."""
     SHIFT: tl.constexpr = LEVELS - LEVEL if LEVEL <= LEVELS else 0
     rows = n * s_n + (i << SHIFT) * s_h + (j << SHIFT) * s_w
-    return rows + c * s_c, (C + 2 * c) * s_c, rows + (C + 3 * (tl.program_id(1) * BLOCK_Q)) * s_c
+    return rows + c * s_c, (C + 2 * c) * s_c, rows + (C + 3 * (channel_block * BLOCK_Q)) * s_c
 
 
 @triton.jit
@@ -130,17 +149,18 @@ def _haar_forward_kernel(x_ptr, out1, out2, out3, out4, N, C, HL, WL, x_n, x_c, 
                          o1_n, o1_c, o1_h, o1_w, o2_n, o2_c, o2_h, o2_w, o3_n, o3_c, o3_h, o3_w,
                          o4_n, o4_c, o4_h, o4_w, LEVELS: tl.constexpr,
                          BLOCK_Q: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr, GROUP: tl.constexpr,
-                         INTERLEAVE: tl.constexpr):
+                         INTERLEAVE: tl.constexpr, CHANNELS_ADJACENT: tl.constexpr):
     BLOCK_P: tl.constexpr = TILE // BLOCK_Q
     QUADS: tl.constexpr = 1 << (2 * (LEVELS - 1))
     G: tl.constexpr = GROUP if GROUP < QUADS else QUADS
-    n, c, i, j, mask, rows = _tile_indices(N, C, HL, WL, BLOCK_P, BLOCK_Q, WIDE)
-    run_channels = 3 * (C - tl.program_id(1) * BLOCK_Q)
-    pixels, _, _ = _level_offsets(n, c, i, j, C, x_n, x_c, x_h, x_w, BLOCK_Q, 0, LEVELS)
-    base1, high1, run1 = _level_offsets(n, c, i, j, C, o1_n, o1_c, o1_h, o1_w, BLOCK_Q, 1, LEVELS)
-    base2, high2, run2 = _level_offsets(n, c, i, j, C, o2_n, o2_c, o2_h, o2_w, BLOCK_Q, 2, LEVELS)
-    base3, high3, run3 = _level_offsets(n, c, i, j, C, o3_n, o3_c, o3_h, o3_w, BLOCK_Q, 3, LEVELS)
-    base4, high4, run4 = _level_offsets(n, c, i, j, C, o4_n, o4_c, o4_h, o4_w, BLOCK_Q, 4, LEVELS)
+    row_block, channel_block = _program_blocks(C, BLOCK_Q, CHANNELS_ADJACENT)
+    n, c, i, j, mask, rows = _tile_indices(N, C, HL, WL, row_block, channel_block, BLOCK_P, BLOCK_Q, WIDE)
+    run_channels = 3 * (C - channel_block * BLOCK_Q)
+    pixels, _, _ = _level_offsets(n, c, i, j, C, x_n, x_c, x_h, x_w, channel_block, BLOCK_Q, 0, LEVELS)
+    base1, high1, run1 = _level_offsets(n, c, i, j, C, o1_n, o1_c, o1_h, o1_w, channel_block, BLOCK_Q, 1, LEVELS)
+    base2, high2, run2 = _level_offsets(n, c, i, j, C, o2_n, o2_c, o2_h, o2_w, channel_block, BLOCK_Q, 2, LEVELS)
+    base3, high3, run3 = _level_offsets(n, c, i, j, C, o3_n, o3_c, o3_h, o3_w, channel_block, BLOCK_Q, 3, LEVELS)
+    base4, high4, run4 = _level_offsets(n, c, i, j, C, o4_n, o4_c, o4_h, o4_w, channel_block, BLOCK_Q, 4, LEVELS)
     zero = tl.zeros((BLOCK_P, BLOCK_Q), dtype=tl.float32)
     l2, y2, x2, xy2 = zero, zero, zero, zero  # running sums of the current level-2, -3 and -4 nodes
     l3, y3, x3, xy3 = zero, zero, zero, zero
@@ -249,17 +269,18 @@ def _haar_backward_kernel(grad_x_ptr, g1, g2, g3, g4, N, C, HL, WL, x_n, x_c, x_
                           g1_n, g1_c, g1_h, g1_w, g2_n, g2_c, g2_h, g2_w, g3_n, g3_c, g3_h, g3_w,
                           g4_n, g4_c, g4_h, g4_w, LEVELS: tl.constexpr,
                           BLOCK_Q: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr, GROUP: tl.constexpr,
-                          INTERLEAVE: tl.constexpr):
+                          INTERLEAVE: tl.constexpr, CHANNELS_ADJACENT: tl.constexpr):
     BLOCK_P: tl.constexpr = TILE // BLOCK_Q
     QUADS: tl.constexpr = 1 << (2 * (LEVELS - 1))
     G: tl.constexpr = GROUP if GROUP < QUADS else QUADS
-    n, c, i, j, mask, rows = _tile_indices(N, C, HL, WL, BLOCK_P, BLOCK_Q, WIDE)
-    run_channels = 3 * (C - tl.program_id(1) * BLOCK_Q)
-    pixels, _, _ = _level_offsets(n, c, i, j, C, x_n, x_c, x_h, x_w, BLOCK_Q, 0, LEVELS)
-    base1, high1, run1 = _level_offsets(n, c, i, j, C, g1_n, g1_c, g1_h, g1_w, BLOCK_Q, 1, LEVELS)
-    base2, high2, run2 = _level_offsets(n, c, i, j, C, g2_n, g2_c, g2_h, g2_w, BLOCK_Q, 2, LEVELS)
-    base3, high3, run3 = _level_offsets(n, c, i, j, C, g3_n, g3_c, g3_h, g3_w, BLOCK_Q, 3, LEVELS)
-    base4, high4, run4 = _level_offsets(n, c, i, j, C, g4_n, g4_c, g4_h, g4_w, BLOCK_Q, 4, LEVELS)
+    row_block, channel_block = _program_blocks(C, BLOCK_Q, CHANNELS_ADJACENT)
+    n, c, i, j, mask, rows = _tile_indices(N, C, HL, WL, row_block, channel_block, BLOCK_P, BLOCK_Q, WIDE)
+    run_channels = 3 * (C - channel_block * BLOCK_Q)
+    pixels, _, _ = _level_offsets(n, c, i, j, C, x_n, x_c, x_h, x_w, channel_block, BLOCK_Q, 0, LEVELS)
+    base1, high1, run1 = _level_offsets(n, c, i, j, C, g1_n, g1_c, g1_h, g1_w, channel_block, BLOCK_Q, 1, LEVELS)
+    base2, high2, run2 = _level_offsets(n, c, i, j, C, g2_n, g2_c, g2_h, g2_w, channel_block, BLOCK_Q, 2, LEVELS)
+    base3, high3, run3 = _level_offsets(n, c, i, j, C, g3_n, g3_c, g3_h, g3_w, channel_block, BLOCK_Q, 3, LEVELS)
+    base4, high4, run4 = _level_offsets(n, c, i, j, C, g4_n, g4_c, g4_h, g4_w, channel_block, BLOCK_Q, 4, LEVELS)
     zero = tl.zeros((BLOCK_P, BLOCK_Q), dtype=tl.float32)
     k2a, k2b, k2c, k2d = zero, zero, zero, zero  # children of the current level-2, -3 and -4 nodes
     k3a, k3b, k3c, k3d = zero, zero, zero, zero

@@ -44,18 +44,24 @@ MAX_BLOCK_X = 128  # row pyramid: input columns a tile spans
 # the forward at 0.154 ms, 0.27 of copy, with the autotuner's pick of such configurations and an earlier
 # interleaving that ptxas also compiled to scalar stores). The first entry is the third session's measured design
 # (one quad at a time, 4 warps, TILE 512); (512, 2, 4, True) is that design with two quads in flight and the
-# bands moved whole.
-TILE_CONFIGS = [{"TILE": tile, "GROUP": group, "num_warps": warps, "INTERLEAVE": interleave}
-                for tile, group, warps, interleave in ((512, 1, 4, False), (256, 4, 4, False), (512, 4, 8, False),
-                                                       (128, 4, 2, False), (256, 4, 4, True), (512, 2, 4, True),
-                                                       (128, 4, 2, True), (512, 4, 8, True))]
+# bands moved whole. CHANNELS_ADJACENT: the programs that share pixels (a pixel's channels split between
+# BLOCK_Q-wide tiles) launched side by side instead of a wave apart, so that each pixel's run of channels is
+# fetched from DRAM once (haar_tiles._program_blocks; not measured yet).
+TILE_CONFIGS = [{"TILE": tile, "GROUP": group, "num_warps": warps, "INTERLEAVE": interleave,
+                 "CHANNELS_ADJACENT": adjacent}
+                for tile, group, warps, interleave, adjacent in (
+                    (512, 1, 4, False, False), (256, 4, 4, False, False), (512, 4, 8, False, False),
+                    (128, 4, 2, False, False), (256, 4, 4, True, False), (512, 2, 4, True, False),
+                    (128, 4, 2, True, False), (512, 4, 8, True, False),
+                    (256, 4, 4, True, True), (512, 2, 4, True, True), (512, 4, 8, True, True))]
 # Row-pyramid configurations. TILE = BLOCK_P * BLOCK_X input pixels a row tile; GROUP: level-1 rows (input row
 # pairs) whose loads go out together.
 ROW_CONFIGS = [{"TILE": tile, "GROUP": group, "num_warps": warps}
                for tile, group, warps in ((512, 1, 4), (512, 2, 4), (1024, 2, 4), (1024, 4, 8), (2048, 2, 8),
                                           (256, 4, 2))]
-INTERPRETER_CONFIGS = {torch.channels_last: {"TILE": 512, "GROUP": 4, "INTERLEAVE": True},  # CPU tensors: nothing
-                       torch.contiguous_format: {"TILE": 512, "GROUP": 2}}                 # to time
+INTERPRETER_CONFIGS = {torch.channels_last: {"TILE": 512, "GROUP": 4, "INTERLEAVE": True,  # CPU tensors:
+                                              "CHANNELS_ADJACENT": True},                 # nothing to time
+                       torch.contiguous_format: {"TILE": 512, "GROUP": 2}}
 
 
 def _block_q(extent: int) -> int:
@@ -138,7 +144,9 @@ def _launch(direction: str, dense: torch.Tensor, per_level: list[torch.Tensor], 
     sizes, rows, extent, block = family.geometry(dense, levels)
 
     def grid(meta):
-        return triton.cdiv(rows, meta["TILE"] // block), triton.cdiv(extent, block)
+        row_blocks, blocks = triton.cdiv(rows, meta["TILE"] // block), triton.cdiv(extent, block)
+        # one axis, the blocks of a row block side by side (the tile tree's CHANNELS_ADJACENT order)
+        return (row_blocks * blocks,) if meta.get("CHANNELS_ADJACENT") else (row_blocks, blocks)
 
     padded = per_level + [dense] * (MAX_LEVELS - levels)  # unused slots: any valid pointer, never touched
     arguments = [dense, *padded, *sizes, *dense.stride(), *(s for tensor in padded for s in tensor.stride())]

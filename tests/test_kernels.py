@@ -93,7 +93,7 @@ def test_triton_kernels_match_plain_torch(levels, channels_last, dtype, toleranc
 
 
 LAUNCHES = ([(True, config) for config in TILE_CONFIGS] + [(False, config) for config in ROW_CONFIGS]
-            + [(True, {"TILE": 256, "GROUP": 4, "INTERLEAVE": True, "WIDE": True}),
+            + [(True, {"TILE": 256, "GROUP": 4, "INTERLEAVE": True, "CHANNELS_ADJACENT": True, "WIDE": True}),
                (False, {"TILE": 512, "GROUP": 2, "WIDE": True})])
 
 
