@@ -46,14 +46,17 @@ MAX_BLOCK_X = 128  # row pyramid: input columns a tile spans
 # (one quad at a time, 4 warps, TILE 512); (512, 2, 4, True) is that design with two quads in flight and the
 # bands moved whole. CHANNELS_ADJACENT: the programs that share pixels (a pixel's channels split between
 # BLOCK_Q-wide tiles) launched side by side instead of a wave apart, so that each pixel's run of channels is
-# fetched from DRAM once (haar_tiles._program_blocks; not measured yet).
+# fetched from DRAM once (haar_tiles._program_blocks; not measured yet). Small tiles (128, 64: 3-6k programs for
+# WaveMix's (128, 48, 64, 64)) for the tail: at TILE 512 its 768 programs are 1.2 waves of an H100 (5 programs an
+# SM), so the last wave runs on a sixth of the SMs for as long as the first.
 TILE_CONFIGS = [{"TILE": tile, "GROUP": group, "num_warps": warps, "INTERLEAVE": interleave,
                  "CHANNELS_ADJACENT": adjacent}
                 for tile, group, warps, interleave, adjacent in (
                     (512, 1, 4, False, False), (256, 4, 4, False, False), (512, 4, 8, False, False),
                     (128, 4, 2, False, False), (256, 4, 4, True, False), (512, 2, 4, True, False),
                     (128, 4, 2, True, False), (512, 4, 8, True, False),
-                    (256, 4, 4, True, True), (512, 2, 4, True, True), (512, 4, 8, True, True))]
+                    (256, 4, 4, True, True), (512, 2, 4, True, True), (512, 4, 8, True, True),
+                    (128, 4, 2, True, True), (64, 4, 1, True, True))]
 # Row-pyramid configurations. TILE = BLOCK_P * BLOCK_X input pixels a row tile; GROUP: level-1 rows (input row
 # pairs) whose loads go out together.
 ROW_CONFIGS = [{"TILE": tile, "GROUP": group, "num_warps": warps}
