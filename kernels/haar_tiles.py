@@ -27,10 +27,11 @@ import triton.language as tl
 def _program_blocks(C, BLOCK_Q: tl.constexpr, CHANNELS_ADJACENT: tl.constexpr):
     """(row block, channel block) of this program. A pixel's channels are one contiguous run (96 bytes for
     WaveMix's 48 bf16 channels) that tiles BLOCK_Q wide split between programs. On a grid (row blocks, channel
-    blocks) those programs run a whole wave apart (the row block varies fastest in launch order), so each reads
-    its 32-byte part of every pixel alone, and DRAM moves more than that part (an H100 fetches 64 bytes at
-    least). With CHANNELS_ADJACENT the grid is one axis whose channel blocks vary fastest: the programs sharing
-    pixels run side by side and each pixel's run is fetched once."""
+    blocks) the row block varies fastest in launch order, so the programs sharing a pixel are launched a row of
+    blocks apart and each may read its 32-byte part when the others' parts are not in L2, while DRAM moves data
+    in larger units than that. With CHANNELS_ADJACENT the grid is one axis whose channel blocks vary fastest:
+    the programs sharing pixels run side by side, and each pixel's run can be fetched once. Which order is
+    faster is the GPU's to tell (both are autotuner configurations)."""
     if CHANNELS_ADJACENT:
         blocks = tl.cdiv(C, BLOCK_Q)
         row_block = tl.program_id(0) // blocks
