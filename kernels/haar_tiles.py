@@ -43,19 +43,21 @@ def _program_blocks(C, BLOCK_Q: tl.constexpr, CHANNELS_ADJACENT: tl.constexpr):
 
 
 @triton.jit
-def _tile_indices(N, C, HL, WL, row_block, channel_block, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
-                  WIDE: tl.constexpr):
-    """(n, c, i, j) of the level-L positions of this program's blocks, each broadcastable to [BLOCK_P, BLOCK_Q],
-    the mask of those that exist, and the [BLOCK_P, 1] mask of the rows (positions) that exist. Index arithmetic
-    is 32-bit unless WIDE (a tensor spans 2^31 elements or more): 64-bit offsets cost registers, and registers
-    decide how many programs, and so how many loads, an SM keeps in flight."""
-    row = row_block
+def _tile_indices(N, C, HL, WL, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, WIDE: tl.constexpr,
+                  CHANNELS_ADJACENT: tl.constexpr):
+    """(n, c, i, j) of this program's level-L positions, each broadcastable to [BLOCK_P, BLOCK_Q], the mask of
+    those that exist, the [BLOCK_P, 1] mask of the rows (positions) that exist, the program's channel block and
+    the length of its run of high bands (3 (C - c0), c0 its first channel). Index arithmetic is 32-bit unless
+    WIDE (a tensor spans 2^31 elements or more): 64-bit offsets cost registers, and registers decide how many
+    programs, and so how many loads, an SM keeps in flight."""
+    row, channel_block = _program_blocks(C, BLOCK_Q, CHANNELS_ADJACENT)
     if WIDE:
         row = row.to(tl.int64)
     p = (row * BLOCK_P + tl.arange(0, BLOCK_P))[:, None]
     c = (channel_block * BLOCK_Q + tl.arange(0, BLOCK_Q))[None, :]
     rows = p < N * HL * WL
-    return p // (WL * HL), c, (p // WL) % HL, p % WL, rows & (c < C), rows
+    run_channels = 3 * (C - channel_block * BLOCK_Q)
+    return p // (WL * HL), c, (p // WL) % HL, p % WL, rows & (c < C), rows, channel_block, run_channels
 
 
 @triton.jit
@@ -154,9 +156,8 @@ def _haar_forward_kernel(x_ptr, out1, out2, out3, out4, N, C, HL, WL, x_n, x_c, 
     BLOCK_P: tl.constexpr = TILE // BLOCK_Q
     QUADS: tl.constexpr = 1 << (2 * (LEVELS - 1))
     G: tl.constexpr = GROUP if GROUP < QUADS else QUADS
-    row_block, channel_block = _program_blocks(C, BLOCK_Q, CHANNELS_ADJACENT)
-    n, c, i, j, mask, rows = _tile_indices(N, C, HL, WL, row_block, channel_block, BLOCK_P, BLOCK_Q, WIDE)
-    run_channels = 3 * (C - channel_block * BLOCK_Q)
+    n, c, i, j, mask, rows, channel_block, run_channels = _tile_indices(N, C, HL, WL, BLOCK_P, BLOCK_Q, WIDE,
+                                                                        CHANNELS_ADJACENT)
     pixels, _, _ = _level_offsets(n, c, i, j, C, x_n, x_c, x_h, x_w, channel_block, BLOCK_Q, 0, LEVELS)
     base1, high1, run1 = _level_offsets(n, c, i, j, C, o1_n, o1_c, o1_h, o1_w, channel_block, BLOCK_Q, 1, LEVELS)
     base2, high2, run2 = _level_offsets(n, c, i, j, C, o2_n, o2_c, o2_h, o2_w, channel_block, BLOCK_Q, 2, LEVELS)
@@ -274,9 +275,8 @@ def _haar_backward_kernel(grad_x_ptr, g1, g2, g3, g4, N, C, HL, WL, x_n, x_c, x_
     BLOCK_P: tl.constexpr = TILE // BLOCK_Q
     QUADS: tl.constexpr = 1 << (2 * (LEVELS - 1))
     G: tl.constexpr = GROUP if GROUP < QUADS else QUADS
-    row_block, channel_block = _program_blocks(C, BLOCK_Q, CHANNELS_ADJACENT)
-    n, c, i, j, mask, rows = _tile_indices(N, C, HL, WL, row_block, channel_block, BLOCK_P, BLOCK_Q, WIDE)
-    run_channels = 3 * (C - channel_block * BLOCK_Q)
+    n, c, i, j, mask, rows, channel_block, run_channels = _tile_indices(N, C, HL, WL, BLOCK_P, BLOCK_Q, WIDE,
+                                                                        CHANNELS_ADJACENT)
     pixels, _, _ = _level_offsets(n, c, i, j, C, x_n, x_c, x_h, x_w, channel_block, BLOCK_Q, 0, LEVELS)
     base1, high1, run1 = _level_offsets(n, c, i, j, C, g1_n, g1_c, g1_h, g1_w, channel_block, BLOCK_Q, 1, LEVELS)
     base2, high2, run2 = _level_offsets(n, c, i, j, C, g2_n, g2_c, g2_h, g2_w, channel_block, BLOCK_Q, 2, LEVELS)
