@@ -36,15 +36,19 @@ done
 [ -f .anchors/dali_anchor.py ] && sed 's#/tmp/jpgs#/tmp/anchor_jpgs#' .anchors/dali_anchor.py > /tmp/dali_anchor.py \
   && timeout 60 python3 /tmp/dali_anchor.py 2>&1 | grep -v -i deprecat | tee "$out/dali_anchor.log"
 # mobilenet (the lightest step, where DALI's work shows most), four experiments, most telling first. The rows above
-# ran their steps on a stream of their own, as engine train now does; the first experiment runs them on torch's
-# default stream, CUDA's legacy one, as the ninth session did (any blocking stream or synchronous copy of DALI's or
-# nvJPEG's waits for it and holds it up: that session's step + DALI = end to end looked like that). Then, each of
-# which reaching 0.95 where the default does not would make it the engine's: each batch handed over on torch's
-# stream instead of waited for by the host (loaders/dali_pipeline.py's handovers); the step on a high-priority
-# stream (DALI's kernels then run in its gaps); DALI's own hardware-decoder share (0.65) against the engine's
-# (0.9, from the ninth session's loader-alone rows).
-for option in "--training-stream legacy" "--dali-handover stream" "--training-stream high" \
+# ran their steps on a stream of their own, as engine train does, with each batch handed over on torch's stream
+# (the engine's since the fourteenth session). First the host waiting for each batch instead (DALI's iterator as it
+# ships: 0.71 of synthetic there, against 0.92-1.14); then the step on a high-priority stream (DALI's kernels then
+# run in its gaps), which would become the engine's if it reached 0.95 where the default does not; then the step
+# on torch's default stream, CUDA's legacy one, as the ninth session ran it (any blocking stream or synchronous
+# copy of DALI's or nvJPEG's waits for it and holds it up); DALI's own hardware-decoder share (0.65) against the
+# engine's (0.9, from the ninth session's loader-alone rows). Each row's of_synthetic is against the synthetic
+# rate measured just before and after it: that rate drifted by up to 1.8x between runs in the fourteenth session.
+# MOBILENET_EXPERIMENTS (|-separated, e.g. '--dali-handover host|--training-stream high') runs only those of them,
+# when device time is short.
+for option in "--dali-handover host" "--training-stream high" "--training-stream legacy" \
     "--dali-hw-decoder-load 0.65"; do
+  [ -n "${MOBILENET_EXPERIMENTS:-}" ] && [[ "|$MOBILENET_EXPERIMENTS|" != *"|$option|"* ]] && continue
   timeout 45 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone mobilenet_v3_large --loaders dali \
     --image-size 256 --batch-size 128 --workers 15 --steps 15 $option 2>&1 | grep -v -i deprecat \
     | tee -a "$out/loaders.jsonl"

@@ -5,7 +5,8 @@ end-to-end training images/s with each against the same model fed synthetic data
     python -m engine.bench.loaders --data demo --quick --device cpu                     # smoke run
     python -m engine.bench.loaders --data /tmp/jpgs --loaders dali --loader-only --batch-size 256 --workers 8
 
-A loader keeps up when its end-to-end rate is close to the synthetic one. The steps run where `engine train` runs
+A loader keeps up when its end-to-end rate is close to the synthetic one (`of_synthetic`: against the synthetic rate
+measured just before and after it, as the host's speed drifts between runs). The steps run where `engine train` runs
 them, on a CUDA stream of their own; `--training-stream legacy|high` are experiments: on torch's default stream
 (CUDA's legacy one, which any blocking stream or synchronous copy of DALI's would wait for and hold up), or on a
 stream of high priority, so that DALI's kernels (on its own stream, default priority) run in the training's gaps.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import statistics
 from contextlib import contextmanager
 
 import torch
@@ -24,7 +26,7 @@ from engine.bench.timing import kernel_breakdown, kernel_count, or_error, stream
 from engine.config import parse_image_size
 from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
 from engine.loaders.batching import HIGH_PRIORITY
-from engine.loaders.dali_pipeline import HANDOVERS, HW_DECODER_LOAD
+from engine.loaders.dali_pipeline import DEFAULT_HANDOVER, HANDOVERS, HW_DECODER_LOAD
 from engine.models import build_backbone
 from engine.profile import endless, images_per_s
 from engine.trainer import ordered_stream, training_stream, tune_convolutions
@@ -52,11 +54,20 @@ def step_stream(choice: str, device: torch.device):
             yield
 
 
+def synthetic_rate(train_step, synthetic: tuple, steps: int, warmup: int, device: torch.device) -> float:
+    """Images/s of the step fed one batch already on the device, over and over: what no loader can beat."""
+    return images_per_s(iter(lambda: synthetic, None), steps, warmup, train_step, device)
+
+
 def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup, train_step,
-                 dali_options=None, stream_choice="engine", kernels=0) -> dict:
+                 dali_options=None, stream_choice="engine", kernels=0, synthetic=None) -> dict:
     """Images/s of one pipeline alone and, unless `train_step` is None, feeding the training step; with
     `kernels`, where the loader's own time per batch goes (device kernels and the operators that copy).
-    `dali_options`: DaliBatches' keyword arguments set apart from the engine's defaults (reported in the row)."""
+    `dali_options`: DaliBatches' keyword arguments set apart from the engine's defaults (reported in the row).
+    With `synthetic` (a batch on the device), the end-to-end rate's share of the synthetic rate measured just
+    before and just after it, on the same stream: on the fourteenth session's H100 mobilenet_v3_large's synthetic
+    rate moved from 2342 to 4274 img/s between runs of the same command (its eager step is bound by the host's
+    launches, and the host's speed drifted), so a ratio against one rate measured minutes earlier says little."""
     if name == "dali" and not dali_available():
         raise RuntimeError("DALI is not installed")
     options = dict(dali_options or {}) if name == "dali" else {}
@@ -69,8 +80,13 @@ def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup
         row["kernels"] = or_error(lambda: kernel_breakdown(lambda: next(batches), device, steps=3, top=kernels))
     if train_step is not None:
         with step_stream(stream_choice, device):
+            if synthetic is not None:
+                row["synthetic_img_s"] = [round(synthetic_rate(train_step, synthetic, steps, warmup, device), 1)]
             row["train_img_s"] = round(images_per_s(endless(pipeline), steps, warmup, train_step, device,
                                                     drain=pipeline.queued_batches), 1)
+            if synthetic is not None:
+                row["synthetic_img_s"].append(round(synthetic_rate(train_step, synthetic, steps, warmup, device), 1))
+                row["of_synthetic"] = round(row["train_img_s"] / statistics.mean(row["synthetic_img_s"]), 3)
             if kernels and device.type == "cuda":  # whether the loader's kernels run beside the step's, or between
                 batches = endless(pipeline)
                 row["streams"] = or_error(lambda: stream_concurrency(lambda: train_step(*next(batches)), device,
@@ -131,7 +147,7 @@ def main(argv=None) -> list[dict]:
                              "beside the training")
     parser.add_argument("--dali-handover", choices=HANDOVERS, default=None,
                         help="how DALI's GPU batches pass to torch (loaders/dali_pipeline.py; default: the engine's, "
-                             "host): the host waits for each, or torch's stream does")
+                             f"{DEFAULT_HANDOVER}): the host waits for each, or torch's stream does")
     parser.add_argument("--training-stream", choices=TRAINING_STREAMS, default="engine",
                         help="end to end: the step on a stream of its own, as engine train runs it (engine); on "
                              "torch's default stream, CUDA's legacy one, which synchronises with every blocking "
@@ -153,20 +169,20 @@ def main(argv=None) -> list[dict]:
                       "data": args.data, "images": len(index.train), "image_size": size, "batch": batch,
                       "backbone": None if args.loader_only else args.backbone, "torch": torch.__version__}),
           flush=True)
-    rows, train_step = [], None
+    rows, train_step, synthetic = [], None, None
     if not args.loader_only:
         train_step = training_step(args.backbone, index.num_classes, device)
         synthetic = (torch.randn(batch, 3, *size, device=device, dtype=dtype)
                      .contiguous(memory_format=torch.channels_last),
                      torch.randint(0, index.num_classes, (batch,), device=device))
         with step_stream(args.training_stream, device):  # where the end-to-end rows run their steps
-            rate = images_per_s(iter(lambda: synthetic, None), steps, warmup, train_step, device)
+            rate = synthetic_rate(train_step, synthetic, steps, warmup, device)
         rows.append({"loader": "synthetic (on device)", "loader_only_img_s": None, "train_img_s": round(rate, 1)})
         print(json.dumps(rows[-1]), flush=True)
     for name in loaders:  # in the order asked: the default puts DALI first, so a time limit cuts the fallbacks
         try:
             rows.append(loader_rates(name, index, size, batch, device, args.workers, dtype, steps, warmup, train_step,
-                                     dali_options(args), args.training_stream, args.kernels))
+                                     dali_options(args), args.training_stream, args.kernels, synthetic))
         except Exception as err:  # noqa: BLE001 - one failing loader must not hide the others' numbers
             rows.append({"loader": name, "error": repr(err)[:300]})
         print(json.dumps(rows[-1]), flush=True)

@@ -34,9 +34,12 @@ HW_DECODER_LOAD = 0.9
 # copy). "host": as DALI's iterator ships, the host waits for each batch, and the buffer is DALI's again once
 # torch lets go of it on the host, which runs ahead of the GPU. "stream": each batch is bound to torch's current
 # stream (`Pipeline.share_outputs(cuda_stream=...)`): that stream, not the host, waits for DALI's work, and DALI
-# reuses the memory only after the stream is done with it. "host" until a GPU has shown "stream" correct and no
-# slower (bench/NOTES.md, tenth session).
+# reuses the memory only after the stream is done with it. "stream" is the engine's: on an H100 (bench/NOTES.md,
+# fourteenth session) both passed the GPU race test, and mobilenet_v3_large's end to end at batch 128 reached
+# 0.92-1.14 of its synthetic rate with "stream" (three runs) against 0.71 with "host", whose wait for each batch
+# stalls the host that a light model's step is bound by.
 HANDOVERS = ("host", "stream")
+DEFAULT_HANDOVER = "stream"
 
 
 def dali_available() -> bool:
@@ -95,7 +98,7 @@ class DaliBatches(BatchCounts):
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
                  batch_size: int, train: bool, device: torch.device, seed: int, workers: int, channels_last: bool,
                  dtype: torch.dtype = torch.float32, shard: Shard = SINGLE, hw_decoder_load: float = HW_DECODER_LOAD,
-                 handover: str = "host"):
+                 handover: str = DEFAULT_HANDOVER):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         if handover not in HANDOVERS:

@@ -63,6 +63,12 @@ def test_loader_benchmark_compares_every_pipeline_with_synthetic_data():
                          "mobilenet_v3_large"])
     assert [row["loader"] for row in rows] == ["synthetic (on device)", "dali", "resident", "torch"]
     assert all(row["train_img_s"] > 0 for row in rows if "error" not in row)
+    # each end-to-end row against the synthetic rate measured just before and after it (the host's speed drifts)
+    for row in rows[1:]:
+        assert "error" not in row, row
+        before, after = row["synthetic_img_s"]
+        assert before > 0 and after > 0
+        assert row["of_synthetic"] == pytest.approx(2 * row["train_img_s"] / (before + after), rel=1e-2)
 
 
 def test_loader_benchmark_measures_the_named_loaders_alone():
