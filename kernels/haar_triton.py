@@ -13,7 +13,7 @@ thread (ptxas, sm_90): an SM held 3 programs, each waiting on one quad's 4 loads
 (128, 48, 64, 64) bf16, 3 levels, its forward took 0.150 ms, 0.28 of copy (bench/NOTES.md). Now index arithmetic
 is 32-bit (64-bit only for tensors past 2^31 elements), tiles are as wide as the largest power of two dividing
 the channels (48 -> 16: no masked lanes), and a GROUP of quads (or row pairs) is loaded before any is used.
-Which tile, warp count, group and band layout is fastest is the GPU's to tell: each kernel is autotuned per
+Which tile, warp count and group is fastest is the GPU's to tell: each kernel is autotuned per
 shape on its first launch over its family's configurations (`python -m engine.bench.kernel_registers` gives
 their registers and loads in flight without a GPU; `python -m engine.bench.dwt --configs` times them on one).
 """
@@ -38,32 +38,22 @@ MAX_LEVELS = 4
 MAX_BLOCK_Q, MIN_BLOCK_Q = 64, 8  # tile tree: channels a tile spans
 MAX_BLOCK_X = 128  # row pyramid: input columns a tile spans
 # Tile-tree configurations. TILE = BLOCK_P * BLOCK_Q positions a program; GROUP: level-1 quads whose loads go out
-# together; INTERLEAVE: the high bands gathered into memory order and moved as one contiguous run of 16-byte
-# vectors (ptxas, sm_90, forward at TILE 512 on 4 warps: 42 `st.global.v4` a thread, 96 registers), or as three
-# tiles 3 channels apart (252 scalar 2-byte `st.global.b16` a thread, 80 registers; the ninth session's H100 ran
-# the forward at 0.154 ms, 0.27 of copy, with the autotuner's pick of such configurations and an earlier
-# interleaving that ptxas also compiled to scalar stores). The first entry is the third session's measured design
-# (one quad at a time, 4 warps, TILE 512); (512, 2, 4, True) is that design with two quads in flight and the
-# bands moved whole. CHANNELS_ADJACENT: the programs that share pixels (a pixel's channels split between
-# BLOCK_Q-wide tiles) launched side by side instead of a wave apart, so that each pixel's run of channels is
-# fetched from DRAM once (haar_tiles._program_blocks; not measured yet). Small tiles (128, 64: 3-6k programs for
-# WaveMix's (128, 48, 64, 64)) for the tail: at TILE 512 its 768 programs are 1.2 waves of an H100 (5 programs an
-# SM), so the last wave runs on a sixth of the SMs for as long as the first.
-TILE_CONFIGS = [{"TILE": tile, "GROUP": group, "num_warps": warps, "INTERLEAVE": interleave,
-                 "CHANNELS_ADJACENT": adjacent}
-                for tile, group, warps, interleave, adjacent in (
-                    (512, 1, 4, False, False), (256, 4, 4, False, False), (512, 4, 8, False, False),
-                    (128, 4, 2, False, False), (256, 4, 4, True, False), (512, 2, 4, True, False),
-                    (128, 4, 2, True, False), (512, 4, 8, True, False),
-                    (256, 4, 4, True, True), (512, 2, 4, True, True), (512, 4, 8, True, True),
-                    (128, 4, 2, True, True), (64, 4, 1, True, True))]
+# together. Every one moves the high bands as one contiguous run of 16-byte vectors and launches the programs
+# that share pixels side by side (haar_tiles: `_store_bands`, `_program_blocks`). On the fourteenth session's H100
+# (bench/NOTES.md; bf16, channels_last, (128, 48, 64, 64), 3 levels) these five ran forward + backward at 0.68-0.76
+# of copy each, and the autotuner's pick of one forward and one backward at 0.80; the eight others it timed then
+# (on a 2-D grid, the bands as three tiles 3 channels apart: 0.14-0.32; gathered: 0.51-0.64) are gone, and ~60 % of
+# the compiling and timing a new shape's first launch costs. The small tiles (128, 64: 3-6k programs for that
+# shape) cut the tail: at TILE 512 its 768 programs are 1.2 waves of an H100, and the last wave runs on a sixth
+# of the SMs. The first is the forward's pick there; (512, 2, 4) the backward's.
+TILE_CONFIGS = [{"TILE": tile, "GROUP": group, "num_warps": warps}
+                for tile, group, warps in ((64, 4, 1), (512, 2, 4), (128, 4, 2), (256, 4, 4), (512, 4, 8))]
 # Row-pyramid configurations. TILE = BLOCK_P * BLOCK_X input pixels a row tile; GROUP: level-1 rows (input row
 # pairs) whose loads go out together.
 ROW_CONFIGS = [{"TILE": tile, "GROUP": group, "num_warps": warps}
                for tile, group, warps in ((512, 1, 4), (512, 2, 4), (1024, 2, 4), (1024, 4, 8), (2048, 2, 8),
                                           (256, 4, 2))]
-INTERPRETER_CONFIGS = {torch.channels_last: {"TILE": 512, "GROUP": 4, "INTERLEAVE": True,  # CPU tensors:
-                                              "CHANNELS_ADJACENT": True},                 # nothing to time
+INTERPRETER_CONFIGS = {torch.channels_last: {"TILE": 512, "GROUP": 4},  # CPU tensors: nothing to time
                        torch.contiguous_format: {"TILE": 512, "GROUP": 2}}
 
 
@@ -109,12 +99,14 @@ def _autotuned(kernel, configs: list[dict], key: list[str]):
 class KernelFamily:
     """A layout's forward and backward kernels, the configurations their autotuners choose from, and how a
     tensor of that layout maps onto programs: geometry(dense, levels) -> (sizes, rows, extent, block), the
-    programs covering rows x extent with tiles `block` wide along the contiguous axis (the kernels' `block_name`)."""
+    programs covering rows x extent with tiles `block` wide along the contiguous axis (the kernels' `block_name`),
+    launched on grid(row blocks, blocks along the contiguous axis)."""
     name: str
     forward: object
     backward: object
     configs: list[dict]
     geometry: Callable
+    grid: Callable
     block_name: str
     width_name: str
 
@@ -124,11 +116,20 @@ class KernelFamily:
                                            "backward": _autotuned(self.backward, self.configs, key)})
 
 
+def _channel_blocks_adjacent(row_blocks: int, blocks: int) -> tuple[int]:
+    """One axis, a row block's channel blocks side by side (haar_tiles._program_blocks says why)."""
+    return (row_blocks * blocks,)
+
+
+def _row_blocks_then_columns(row_blocks: int, blocks: int) -> tuple[int, int]:
+    return row_blocks, blocks
+
+
 FAMILIES = {
     torch.channels_last: KernelFamily("tile tree", _haar_forward_kernel, _haar_backward_kernel, TILE_CONFIGS,
-                                      _tile_geometry, "BLOCK_Q", "WL"),
+                                      _tile_geometry, _channel_blocks_adjacent, "BLOCK_Q", "WL"),
     torch.contiguous_format: KernelFamily("row pyramid", _haar_rows_forward_kernel, _haar_rows_backward_kernel,
-                                          ROW_CONFIGS, _row_geometry, "BLOCK_X", "W"),
+                                          ROW_CONFIGS, _row_geometry, _row_blocks_then_columns, "BLOCK_X", "W"),
 }
 
 
@@ -148,8 +149,7 @@ def _launch(direction: str, dense: torch.Tensor, per_level: list[torch.Tensor], 
 
     def grid(meta):
         row_blocks, blocks = triton.cdiv(rows, meta["TILE"] // block), triton.cdiv(extent, block)
-        # one axis, the blocks of a row block side by side (the tile tree's CHANNELS_ADJACENT order)
-        return (row_blocks * blocks,) if meta.get("CHANNELS_ADJACENT") else (row_blocks, blocks)
+        return family.grid(row_blocks, blocks)
 
     padded = per_level + [dense] * (MAX_LEVELS - levels)  # unused slots: any valid pointer, never touched
     arguments = [dense, *padded, *sizes, *dense.stride(), *(s for tensor in padded for s in tensor.stride())]
