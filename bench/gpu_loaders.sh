@@ -10,9 +10,11 @@
 # The engine's own path (compiled, autotuned) against the authors' loop is bench/gpu_throughput.sh.
 # DALI is not on the GPU machine: stage it first (bench/stage_gpu_site.sh) so that /tmp/site holds it. For the
 # anchor beside ours:  mkdir -p .anchors && cp ../shared/device/dali_anchor.py .anchors/  and carry ".anchors" too.
+# LOADERS (e.g. LOADERS=dali) narrows the end-to-end rows when device time is short: each loader adds ~15-25 s
+# a backbone.
 source bench/gpu_setup.sh
 all=${LOADERS_ALL:-0}
-loaders=dali,resident
+loaders=${LOADERS:-dali,resident}
 threads=8
 [ "$all" = 1 ] && loaders=dali,resident,torch && threads="8 15"
 # first, DALI's GPU correctness checks (seconds): a batch handed over without a copy must stay intact while the
