@@ -9,7 +9,8 @@
 # did not finish in 200 s (8 of 29): each dtype and layout the public op sees was autotuned, 12-16 Triton
 # compiles of ~1.5 s each. Now only WaveMix's case (bf16, channels_last) is, the others run the first launch
 # configuration (every one gives its result bit for bit). The fourteenth session's H100: 41 passed in 183 s on
-# four xdist workers, then the DWT rows, 205 s in all, with 13 tile-tree configurations (5 now: predicted ~140 s).
+# four xdist workers, then the DWT rows, 205 s in all, with 13 tile-tree configurations. Now 5, and the inductor
+# test compiles WaveMix at depth 2 (118 s at 16): predicted ~150 s in all.
 # The step benchmark (reference 318.7 img/s, fused compiled 1378.2, 4.32x, ninth session) adds ~3.5-5 minutes:
 # WAVEMIX_STEP=1. The fused compiled step's first step took 103.5 s then; the fourteenth session's did not end in
 # the ~170 s its 200 s limit left (13 DWT launch configurations autotuned forward and backward by then), so 330.
