@@ -9,14 +9,17 @@ The engine side is `engine train`'s own step and loader as configured by default
 channels_last, torch.compile, DALI or resident loader, autotuned batch), timed over one epoch's batches (30 at
 least) after warm-up, and then the same step on synthetic data already on the device (engine_over_synthetic: 1.0
 means the loader never held the step back); the reference side is bench/reference_loop.py at the same batch size the
-authors' loop would need to fit (128, as ANCHORS.md measured). The last line is the geometric mean of the ratios
-over the backbones run.
+authors' loop would need to fit (128, as ANCHORS.md measured). Each row also says where its wall time went
+(engine_setup_s: the batch autotune; engine_first_step_s: compilation; reference_s: the authors' loop, its start
+included; wall_s: the whole row), so the next comparison's device time can be planned. The last line is the
+geometric mean of the ratios over the backbones run.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import time
 
 import torch
 
@@ -24,7 +27,7 @@ from engine.bench.reference_loop import reference_epoch_rate
 from engine.errors import UserInputError
 from engine.grid import pick_names
 from engine.models import list_backbones
-from engine.profile import TrainStep, endless, host_step_ms, images_per_s, synthetic_batch
+from engine.profile import TrainStep, endless, first_step_seconds, host_step_ms, images_per_s, synthetic_batch
 from engine.run import make_batches, prepare_config
 from engine.scheduler import free_memory
 from engine.trainer import training_stream
@@ -37,21 +40,28 @@ MIN_TIMED_STEPS = 30
 def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: str, batch_size, steps: int | None):
     """The engine's epoch images/s over the files, its same (already compiled) step's rate on synthetic data on
     the device (their ratio says whether its loader keeps up), and the host's milliseconds to enqueue that step
-    (near the step's own time, the host sets the pace, and the loader's host threads slow the step)."""
+    (near the step's own time, the host sets the pace, and the loader's host threads slow the step); and the
+    seconds spent before the first timed step: the batch search and the first step (compilation), which say what
+    a comparison of more backbones will cost."""
+    started = time.perf_counter()
     config, index = prepare_config(backbone=backbone, data=data, image_size=image_size, device=device,
                                    batch_size=batch_size, pretrained=False)
+    setup_s = time.perf_counter() - started  # on a GPU, mostly the batch autotune
     device = torch.device(config.device)
     step = TrainStep(config, index.num_classes)
     with training_stream(device):  # the stream `engine train` runs its steps on
         pipeline = make_batches(config, index, index.train, train=True, device=device)
         steps = steps or max(len(pipeline), MIN_TIMED_STEPS)
-        epoch_rate = images_per_s(endless(pipeline), steps, 3, step, device, drain=pipeline.queued_batches)
+        batches = endless(pipeline)
+        first_step_s = first_step_seconds(step, next(batches), device)
+        epoch_rate = images_per_s(batches, steps, 3, step, device, drain=pipeline.queued_batches)
         synthetic = synthetic_batch(config, index.num_classes, step.memory_format)
         synthetic_rate = images_per_s(iter(lambda: synthetic, None), steps, 3, step, device)
         host_ms = host_step_ms(step, synthetic, device)
     rates = {"engine_img_s": round(epoch_rate, 1), "engine_synthetic_img_s": round(synthetic_rate, 1),
              "engine_over_synthetic": round(epoch_rate / synthetic_rate, 3),
-             "engine_step_ms": round(config.batch_size / synthetic_rate * 1e3, 2), "engine_host_step_ms": host_ms}
+             "engine_step_ms": round(config.batch_size / synthetic_rate * 1e3, 2), "engine_host_step_ms": host_ms,
+             "engine_setup_s": round(setup_s, 1), "engine_first_step_s": round(first_step_s, 1)}
     return rates, config, index
 
 
@@ -73,15 +83,20 @@ def main(argv=None) -> list[dict]:
     batch, steps = (8, 2) if args.quick else (args.batch_size, None)
     rows = []
     for backbone in backbones:
+        backbone_started = time.perf_counter()
         engine, config, index = engine_rates(args.data, backbone, size, args.device, batch if args.quick else None,
                                              steps)
+        started = time.perf_counter()
         reference_rate = reference_epoch_rate(str(index.root / "train"), backbone, size, batch,
                                               torch.device(config.device), max_steps=steps)
+        reference_s = time.perf_counter() - started
         rows.append({"backbone": backbone, **engine,
                      "engine_setup": f"{config.precision}, batch {config.batch_size}, {config.loader}"
                                      f"{', compile' if config.compile else ''}",
                      "reference_img_s": round(reference_rate, 1),
-                     "ratio": round(engine["engine_img_s"] / reference_rate, 2)})
+                     "reference_s": round(reference_s, 1),
+                     "ratio": round(engine["engine_img_s"] / reference_rate, 2),
+                     "wall_s": round(time.perf_counter() - backbone_started, 1)})
         print(json.dumps(rows[-1]), flush=True)
         # what this backbone's two sides cached on the device would otherwise shrink the next one's batch search
         free_memory()

@@ -48,6 +48,15 @@ def images_per_s(batches: Iterable, steps: int, warmup: int, work: Callable, dev
     return seen / (time.perf_counter() - started)
 
 
+def first_step_seconds(step: Callable, batch: tuple, device: torch.device) -> float:
+    """Seconds of one step, synchronised: the first compiles (--compile) and runs cuDNN's algorithm search, so
+    it is the cost a run pays once before its rate, reported beside the rate rather than averaged into it."""
+    started = time.perf_counter()
+    step(*batch)
+    synchronize(device)
+    return time.perf_counter() - started
+
+
 def host_step_ms(step: Callable, batch: tuple, device: torch.device, repeats: int = 5) -> float | None:
     """Milliseconds the host takes to enqueue one step onto an idle GPU (the median of `repeats`, a
     synchronisation before each, none inside). Training enqueues ahead of the GPU as long as this is under the
@@ -144,10 +153,7 @@ def _measure(config: RunConfig, index: DatasetIndex | None, steps: int, warmup: 
     synthetic = synthetic_batch(config, index.num_classes if index else 1000, step.memory_format)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    started = time.perf_counter()
-    step(*synthetic)  # the first step compiles when --compile is on; it is reported, not averaged in
-    synchronize(device)
-    first_step_s = time.perf_counter() - started
+    first_step_s = first_step_seconds(step, synthetic, device)  # reported, not averaged in
     model_rate = images_per_s(iter(lambda: synthetic, None), steps, warmup, step, device)
     per_step_ms = step.phase_ms(last_steps=steps)
     host_ms = host_step_ms(step, synthetic, device)

@@ -100,6 +100,10 @@ def test_compare_runs_the_engine_and_the_authors_loop_on_the_same_files():
                                                              rel=0.02)
         assert row["engine_step_ms"] == pytest.approx(8e3 / row["engine_synthetic_img_s"], rel=0.02)  # batch 8
         assert row["engine_host_step_ms"] is None  # on a GPU: the host's part of that step (engine.profile)
+        # where the row's wall time went, to plan a GPU session's comparison: the parts fit inside the whole
+        parts = [row["engine_setup_s"], row["engine_first_step_s"], row["reference_s"]]
+        assert all(part >= 0 for part in parts) and row["reference_s"] > 0
+        assert sum(parts) <= row["wall_s"] + 0.2  # each part rounded to 0.1 s
 
 
 def test_the_authors_loop_trains_wavemix_as_the_published_code_computes_it():
