@@ -4,6 +4,7 @@ of each and their ratio, per backbone.
     python -m engine.bench.compare --data /tmp/jpgs --backbones resnet50,convnext_tiny,regnet_y_3_2gf   # GPU
     python -m engine.bench.compare --data /tmp/jpgs --backbones all          # every backbone, WaveMix too
     python -m engine.bench.compare --data demo --quick --device cpu                                   # smoke
+    python -m engine.bench.compare --data /tmp/jpgs --backbones all --time-budget 540   # as many as fit 9 minutes
 
 The engine side is `engine train`'s own step and loader as configured by default for the machine (on a GPU: bf16,
 channels_last, torch.compile, DALI or resident loader, autotuned batch), timed over one epoch's batches (30 at
@@ -65,6 +66,38 @@ def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: 
     return rates, config, index
 
 
+def compare_backbone(backbone: str, args, size: tuple[int, int], batch: int, steps: int | None) -> dict:
+    """One row: the engine and the authors' loop on the same files, and where the row's wall time went."""
+    started = time.perf_counter()
+    engine, config, index = engine_rates(args.data, backbone, size, args.device, batch if args.quick else None,
+                                         steps)
+    reference_started = time.perf_counter()
+    reference_rate = reference_epoch_rate(str(index.root / "train"), backbone, size, batch,
+                                          torch.device(config.device), max_steps=steps)
+    now = time.perf_counter()
+    return {"backbone": backbone, **engine,
+            "engine_setup": f"{config.precision}, batch {config.batch_size}, {config.loader}"
+                            f"{', compile' if config.compile else ''}",
+            "reference_img_s": round(reference_rate, 1), "reference_s": round(now - reference_started, 1),
+            "ratio": round(engine["engine_img_s"] / reference_rate, 2), "wall_s": round(now - started, 1)}
+
+
+def time_for_another(rows: list[dict], started: float, budget_s: float | None) -> bool:
+    """Whether the next backbone should start: within the budget if it takes as long as the longest row so far
+    (compile and autotune times differ by model). Stopping between backbones keeps every finished row, where a
+    device's time limit would kill the comparison half-way through one."""
+    if budget_s is None or not rows:
+        return True
+    return time.perf_counter() - started + max(row["wall_s"] for row in rows) <= budget_s
+
+
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="dataset name or a folder with train/<class>/<image>")
@@ -74,6 +107,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--batch-size", type=int, default=128, help="the reference loop's batch")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="32 px, batch 8, 2 steps each (smoke test)")
+    parser.add_argument("--time-budget", type=positive_seconds, metavar="SECONDS",
+                        help="start no backbone that would likely end past this many seconds from the start (the "
+                             "longest row so far is the estimate); the backbones left are printed as not_run")
     args = parser.parse_args(argv)
     try:
         backbones = pick_names(args.backbones, list_backbones(), "backbone")
@@ -81,28 +117,19 @@ def main(argv=None) -> list[dict]:
         parser.error(str(error))
     size = (32, 32) if args.quick else (args.image_size, args.image_size)
     batch, steps = (8, 2) if args.quick else (args.batch_size, None)
-    rows = []
-    for backbone in backbones:
-        backbone_started = time.perf_counter()
-        engine, config, index = engine_rates(args.data, backbone, size, args.device, batch if args.quick else None,
-                                             steps)
-        started = time.perf_counter()
-        reference_rate = reference_epoch_rate(str(index.root / "train"), backbone, size, batch,
-                                              torch.device(config.device), max_steps=steps)
-        reference_s = time.perf_counter() - started
-        rows.append({"backbone": backbone, **engine,
-                     "engine_setup": f"{config.precision}, batch {config.batch_size}, {config.loader}"
-                                     f"{', compile' if config.compile else ''}",
-                     "reference_img_s": round(reference_rate, 1),
-                     "reference_s": round(reference_s, 1),
-                     "ratio": round(engine["engine_img_s"] / reference_rate, 2),
-                     "wall_s": round(time.perf_counter() - backbone_started, 1)})
+    rows, started = [], time.perf_counter()
+    for position, backbone in enumerate(backbones):
+        if not time_for_another(rows, started, args.time_budget):
+            print(json.dumps({"not_run": backbones[position:], "reason": f"--time-budget {args.time_budget:g} s"}),
+                  flush=True)
+            break
+        rows.append(compare_backbone(backbone, args, size, batch, steps))
         print(json.dumps(rows[-1]), flush=True)
         # what this backbone's two sides cached on the device would otherwise shrink the next one's batch search
         free_memory()
     geometric_mean = math.exp(sum(math.log(row["ratio"]) for row in rows) / len(rows))
     print(json.dumps({"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                      "geometric_mean_ratio": round(geometric_mean, 2)}))
+                      "backbones": len(rows), "geometric_mean_ratio": round(geometric_mean, 2)}))
     return rows
 
 

@@ -106,6 +106,20 @@ def test_compare_runs_the_engine_and_the_authors_loop_on_the_same_files():
         assert sum(parts) <= row["wall_s"] + 0.2  # each part rounded to 0.1 s
 
 
+def test_compare_starts_no_backbone_past_its_time_budget_and_names_those_left(capsys):
+    from engine.bench import compare
+    # any first row takes longer than 0.01 s, so the second would end past the budget: not started
+    rows = compare.main(["--data", "demo", "--quick", "--device", "cpu", "--time-budget", "0.01",
+                         "--backbones", "shufflenet_v2_x2_0,mobilenet_v3_large,resnet50"])
+    assert [row["backbone"] for row in rows] == ["shufflenet_v2_x2_0"]  # the first always runs
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {"not_run": ["mobilenet_v3_large", "resnet50"], "reason": "--time-budget 0.01 s"} in lines
+    assert lines[-1]["backbones"] == 1
+    with pytest.raises(SystemExit) as refused:  # one line naming the option (argparse), exit 2
+        compare.main(["--data", "demo", "--quick", "--device", "cpu", "--time-budget", "0"])
+    assert refused.value.code == 2
+
+
 def test_the_authors_loop_trains_wavemix_as_the_published_code_computes_it():
     import torch
     from engine.bench.reference_loop import authors_model
