@@ -93,7 +93,7 @@ def time_for_another(rows: list[dict], started: float, budget_s: float | None) -
 
 def positive_seconds(text: str) -> float:
     value = float(text)
-    if value <= 0:
+    if not value > 0:  # NaN too
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
 
