@@ -28,7 +28,8 @@ from engine.bench.reference_loop import reference_epoch_rate
 from engine.errors import UserInputError
 from engine.grid import pick_names
 from engine.models import list_backbones
-from engine.profile import TrainStep, endless, first_step_seconds, host_step_ms, images_per_s, synthetic_batch
+from engine.profile import (TrainStep, endless, first_step_seconds, host_step_ms, images_per_s, synthetic_batch,
+                            synthetic_rate)
 from engine.run import make_batches, prepare_config
 from engine.scheduler import free_memory
 from engine.trainer import training_stream
@@ -57,11 +58,11 @@ def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: 
         first_step_s = first_step_seconds(step, next(batches), device)
         epoch_rate = images_per_s(batches, steps, 3, step, device, drain=pipeline.queued_batches)
         synthetic = synthetic_batch(config, index.num_classes, step.memory_format)
-        synthetic_rate = images_per_s(iter(lambda: synthetic, None), steps, 3, step, device)
+        synthetic_img_s = synthetic_rate(step, synthetic, steps, 3, device)
         host_ms = host_step_ms(step, synthetic, device)
-    rates = {"engine_img_s": round(epoch_rate, 1), "engine_synthetic_img_s": round(synthetic_rate, 1),
-             "engine_over_synthetic": round(epoch_rate / synthetic_rate, 3),
-             "engine_step_ms": round(config.batch_size / synthetic_rate * 1e3, 2), "engine_host_step_ms": host_ms,
+    rates = {"engine_img_s": round(epoch_rate, 1), "engine_synthetic_img_s": round(synthetic_img_s, 1),
+             "engine_over_synthetic": round(epoch_rate / synthetic_img_s, 3),
+             "engine_step_ms": round(config.batch_size / synthetic_img_s * 1e3, 2), "engine_host_step_ms": host_ms,
              "engine_setup_s": round(setup_s, 1), "engine_first_step_s": round(first_step_s, 1)}
     return rates, config, index
 

@@ -28,7 +28,7 @@ from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_data
 from engine.loaders.batching import HIGH_PRIORITY
 from engine.loaders.dali_pipeline import DEFAULT_HANDOVER, HANDOVERS, HW_DECODER_LOAD
 from engine.models import build_backbone
-from engine.profile import endless, images_per_s
+from engine.profile import endless, images_per_s, synthetic_rate
 from engine.trainer import ordered_stream, training_stream, tune_convolutions
 
 
@@ -52,11 +52,6 @@ def step_stream(choice: str, device: torch.device):
     else:  # after what the loader enqueued before (its first batch)
         with ordered_stream(torch.cuda.Stream(device, priority=HIGH_PRIORITY), device):
             yield
-
-
-def synthetic_rate(train_step, synthetic: tuple, steps: int, warmup: int, device: torch.device) -> float:
-    """Images/s of the step fed one batch already on the device, over and over: what no loader can beat."""
-    return images_per_s(iter(lambda: synthetic, None), steps, warmup, train_step, device)
 
 
 def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup, train_step,
