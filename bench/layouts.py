@@ -43,6 +43,7 @@ def convolution_backward_tensors(model: torch.nn.Module, images: torch.Tensor) -
     and its weight."""
     import torch._inductor.lowering  # noqa: F401  (inductor's decompositions look it up)
     from torch._dynamo.backends.common import aot_autograd
+    from functorch.compile import make_boxed_func
     from torch._inductor.decomposition import select_decomp_table
 
     found = []
@@ -52,9 +53,11 @@ def convolution_backward_tensors(model: torch.nn.Module, images: torch.Tensor) -
             if node.target is torch.ops.aten.convolution_backward.default:
                 gradient, saved, weight = (argument.meta["val"] for argument in node.args[:3])
                 found.append({"gradient": gradient, "input": saved if node.args[10][1] else None, "weight": weight})
-        return graph
+        return make_boxed_func(graph)
 
-    backend = aot_autograd(fw_compiler=lambda graph, example_inputs: graph, bw_compiler=record_backward,
+    # Boxed: AOT autograd hands the compiled graphs one list of arguments, which it can free as they are used.
+    backend = aot_autograd(fw_compiler=lambda graph, example_inputs: make_boxed_func(graph),
+                           bw_compiler=record_backward,
                            decompositions=select_decomp_table())
     torch._dynamo.reset()  # a model traced before would not be traced again
     with torch.autocast(images.device.type, dtype=torch.bfloat16):
