@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -204,10 +205,13 @@ def launch(processes: int, device: str, argv: list[str]) -> int:
     for name in list(logging.root.manager.loggerDict):  # torchrun's own failure report: replaced by ours below
         if name.startswith("torch.distributed"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    args = get_args_parser().parse_args(["--standalone", "--nproc_per_node", str(processes), "--module",
-                                         "engine", *argv])
     log.info("training on %d processes (%s) through torchrun", processes, "GPUs, NCCL" if device == "cuda"
              else "CPU, gloo")
+    # torchrun makes a log folder per launch in $TMPDIR and never removes it (empty: the ranks' output is not
+    # redirected); handing it a folder of our own, removed after, keeps each run from leaving one behind.
+    log_dir = tempfile.TemporaryDirectory(prefix="engine-torchrun-")
+    args = get_args_parser().parse_args(["--standalone", "--nproc_per_node", str(processes), "--log-dir",
+                                         log_dir.name, "--module", "engine", *argv])
     try:
         run(args)
     except SignalException as err:  # Ctrl-C or a kill: torchrun stopped the ranks; rank 0 said so for SIGINT
@@ -219,6 +223,8 @@ def launch(processes: int, device: str, argv: list[str]) -> int:
         log.error("rank %d of %d ended with exit code %d (its messages are above); rerun the same command to "
                   "continue from the last finished epoch", rank, processes, failure.exitcode)
         return failure.exitcode if failure.exitcode > 0 else 1
+    finally:
+        log_dir.cleanup()
     return 0
 
 

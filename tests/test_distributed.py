@@ -166,6 +166,18 @@ def engine(*args, **popen):
                             **popen)
 
 
+def own_tmpdir(tmp_path):
+    """An environment whose $TMPDIR is a fresh folder, to see what a run leaves there."""
+    folder = tmp_path / "tmpdir"
+    folder.mkdir()
+    return folder, {**os.environ, "TMPDIR": str(folder)}
+
+
+def torchrun_leftovers(folder):
+    """What torchrun's launches left in $TMPDIR: a log folder per launch, unless the engine cleans up."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(("torchelastic_", "engine-torchrun-")))
+
+
 def test_two_processes_train_the_demo_survive_a_kill_and_learn(tmp_path):
     """The whole command, killed mid-run and started again. That two ranks take the same steps as one process
     with twice the batch is shown exactly by test_two_ranks_take_the_same_steps_as_one_process_with_twice_the_batch."""
@@ -232,15 +244,17 @@ def test_both_phases_and_validation_selection_on_two_processes(tiny_dataset, tmp
 def test_a_corrupt_image_stops_every_rank_with_one_line_or_is_skipped(tiny_dataset, tmp_path):
     """Whichever rank would have read it: the files are checked before training, once, by rank 0."""
     (tiny_dataset / "train" / "red" / "red_011.png").write_bytes(b"broken")
+    tmpdir, env = own_tmpdir(tmp_path)
     args = [sys.executable, "-m", "engine", "train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset),
             "--no-pretrained", "--image-size", "32", "--batch-size", "4", "--max-epochs", "1", "--gpus", "2",
             "--device", "cpu", "--out", str(tmp_path / "runs")]
-    stopped = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    stopped = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env)
     errors = [line for line in stopped.stderr.splitlines() if "error" in line.lower()]
     assert stopped.returncode == 2 and len(errors) == 1 and "red_011.png" in errors[0], stopped.stderr
     assert "Traceback" not in stopped.stderr
-    skipped = subprocess.run([*args, "--skip-bad-images"], cwd=REPO, capture_output=True, text=True)
+    skipped = subprocess.run([*args, "--skip-bad-images"], cwd=REPO, capture_output=True, text=True, env=env)
     assert skipped.returncode == 0, skipped.stderr
+    assert torchrun_leftovers(tmpdir) == []  # neither the failed launch nor the finished one left its logs folder
     config = json.loads((tmp_path / "runs" / "mobilenet_v3_large" / "tiny" / "f1" / "s0" / "config.json").read_text())
     assert config["skipped_images"] == ["train/red/red_011.png"] and config["counts"]["train"] == 35
 
@@ -248,9 +262,10 @@ def test_a_corrupt_image_stops_every_rank_with_one_line_or_is_skipped(tiny_datas
 def test_ctrl_c_stops_every_rank_with_one_message(tiny_dataset, tmp_path):
     out = tmp_path / "runs"
     metrics = out / "mobilenet_v3_large" / "tiny" / "f1" / "s0" / "metrics.csv"
+    tmpdir, env = own_tmpdir(tmp_path)
     run = engine("train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--no-pretrained",
                  "--image-size", "32", "--batch-size", "4", "--max-epochs", "500", "--patience", "500", "--gpus", "2",
-                 "--device", "cpu", "--out", str(out), start_new_session=True)
+                 "--device", "cpu", "--out", str(out), start_new_session=True, env=env)
     deadline = time.time() + 120
     while not (metrics.exists() and read_metrics(metrics)):
         if run.poll() is not None or time.time() > deadline:
@@ -260,3 +275,4 @@ def test_ctrl_c_stops_every_rank_with_one_message(tiny_dataset, tmp_path):
     os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the launcher and both ranks get it
     stderr = run.communicate(timeout=60)[1]
     assert run.returncode == 130 and stderr.count("engine: interrupted") == 1 and "Traceback" not in stderr, stderr
+    assert torchrun_leftovers(tmpdir) == []
