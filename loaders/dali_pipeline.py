@@ -15,6 +15,9 @@ implementations of sharpness, equalize and posterize, which are close to but not
 """
 from __future__ import annotations
 
+import re
+import warnings
+
 import numpy as np
 import torch
 
@@ -40,6 +43,11 @@ HW_DECODER_LOAD = 0.9
 # stalls the host that a light model's step is bound by.
 HANDOVERS = ("host", "stream")
 DEFAULT_HANDOVER = "stream"
+# DALI's own TrivialAugmentWide calls `fn.experimental.filter` and `fn.experimental.equalize`, which DALI now
+# flags as deprecated aliases: two warnings per pipeline that name DALI's code, not ours, and that no user can act
+# on. DALI raises them under `simplefilter("default")` inside its own `catch_warnings`, so a filter cannot silence
+# them; `_quiet_dali_aliases` records the warnings of the pipeline's construction and passes on every other one.
+DALI_ALIAS_NOTICE = re.compile(r"WARNING: `nvidia\.dali\.fn\.experimental\.\w+` is now deprecated")
 
 
 def dali_available() -> bool:
@@ -79,8 +87,20 @@ def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment:
     device_id = (device.index or 0) if on_gpu else None  # None: a CPU-only pipeline
     # three batches in flight, as ANCHORS.md's DALI measurement (27k img/s on an H200) ran: a late batch (a large
     # JPEG, a busy thread) is absorbed instead of reaching the training step; one batch more of device memory
-    return pipeline(batch_size=batch_size, num_threads=max(1, workers), device_id=device_id, seed=seed,
-                    prefetch_queue_depth=PREFETCH_BATCHES)
+    return _quiet_dali_aliases(lambda: pipeline(batch_size=batch_size, num_threads=max(1, workers),
+                                                device_id=device_id, seed=seed,
+                                                prefetch_queue_depth=PREFETCH_BATCHES))
+
+
+def _quiet_dali_aliases(build):
+    """Call `build()` and re-issue every warning it raised except DALI's notices about its own aliases."""
+    with warnings.catch_warnings(record=True) as raised:
+        warnings.simplefilter("always")
+        built = build()
+    for warning in raised:
+        if not (issubclass(warning.category, DeprecationWarning) and DALI_ALIAS_NOTICE.match(str(warning.message))):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return built
 
 
 def _bind_outputs_to_current_stream(pipe, device: torch.device) -> None:

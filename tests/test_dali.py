@@ -1,10 +1,12 @@
 """The DALI pipeline on the CPU (device_id=None): same files, labels, layout and normalisation as the torch one."""
 import json
+import warnings
 
 import pytest
 import torch
 
 from engine.loaders import PIPELINES, count_per_class, scan_dataset, select_samples
+from engine.loaders.dali_pipeline import _quiet_dali_aliases
 from engine.loaders.torch_pipeline import IMAGENET_MEAN, IMAGENET_STD
 from tests.conftest import CLASS_COLOURS, make_shaded_dataset, run_engine
 
@@ -98,6 +100,23 @@ def test_same_seed_same_first_batch(shaded_dataset):
     (a, la), (b, lb), (c, _) = first(0), first(0), first(1)
     assert torch.equal(a, b) and torch.equal(la, lb)
     assert not torch.equal(a, c)
+
+
+def test_an_augmenting_pipeline_shows_the_user_no_notice_about_dalis_own_aliases(shaded_dataset, recwarn):
+    """DALI's TrivialAugmentWide uses `fn.experimental.*` aliases that DALI itself flags as deprecated; those
+    notices name DALI's code and are dropped, while every other warning of the pipeline's construction passes."""
+    index = scan_dataset(shaded_dataset)
+    next(iter(batches("dali", index, index.train, train=True, augment=True).epoch(1)))
+    assert not [w for w in recwarn if "nvidia.dali.fn.experimental" in str(w.message)]
+
+    def build():
+        warnings.warn("WARNING: `nvidia.dali.fn.experimental.equalize` is now deprecated.", DeprecationWarning)
+        warnings.warn("a warning of the user's own", UserWarning)
+        return "pipeline"
+
+    with pytest.warns(UserWarning, match="of the user's own") as passed:
+        assert _quiet_dali_aliases(build) == "pipeline"
+    assert [type(w.message) for w in passed] == [UserWarning]
 
 
 def test_training_drops_the_partial_batch_and_reshuffles(shaded_dataset):
