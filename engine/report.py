@@ -32,7 +32,8 @@ class Entry:
     backbone: str
     accuracies: list[float] = field(default_factory=list)
     paper: float | None = None
-    rank: int | None = None
+    place: int | None = None  # 1 + the backbones strictly ahead on this dataset: tied firsts are all first
+    rank: float | None = None  # the mean of the positions a tie spans (two tied firsts: 1.5 each)
 
     @property
     def best(self) -> float:
@@ -78,9 +79,18 @@ def collect(folder: Path) -> list[Entry]:
     for entry in groups.values():
         by_cell[(entry.dataset, entry.fraction)].append(entry)
     for entries in by_cell.values():
-        for rank, entry in enumerate(sorted(entries, key=lambda e: -e.best), start=1):
-            entry.rank = rank
+        _rank(entries)
     return sorted(groups.values(), key=lambda e: (_order(e.dataset), -e.fraction, _backbone_order(e.backbone)))
+
+
+def _rank(entries: list[Entry]) -> None:
+    """Rank one dataset's backbones by best accuracy, ties shared. Small test sets tie often (the paper has five
+    backbones at 100 % on NEU), and breaking a tie by name would hand one backbone a better mean rank in Table 1
+    than the accuracies give it; average ranks for ties are the usual rule for comparing by mean rank."""
+    bests = [round(entry.best, 6) for entry in entries]  # a tie is the same count of correct test images
+    for entry, best in zip(entries, bests):
+        ahead, tied = sum(other > best for other in bests), bests.count(best)
+        entry.place, entry.rank = ahead + 1, ahead + (tied + 1) / 2
 
 
 def _order(dataset: str) -> int:
@@ -108,7 +118,7 @@ class Table:
 def _cell(entry: Entry | None) -> str:
     if entry is None:
         return ""
-    text = f"{entry.best:.2f}{RANK_MARKS.get(entry.rank, '')} ({entry.mean:.2f}±{entry.std:.2f})"
+    text = f"{entry.best:.2f}{RANK_MARKS.get(entry.place, '')} ({entry.mean:.2f}±{entry.std:.2f})"
     if entry.paper is not None:
         text += f" [paper {entry.paper:.2f}, {entry.difference:+.2f}]"
     return text
@@ -143,7 +153,7 @@ def top_three_table(entries: list[Entry]) -> Table:
     rows = []
     for domain in list(dict.fromkeys(_domain(entry.dataset) for entry in full)) + ["overall"]:
         chosen = [entry for entry in full if domain == "overall" or _domain(entry.dataset) == domain]
-        ranks: dict[str, list[int]] = defaultdict(list)
+        ranks: dict[str, list[float]] = defaultdict(list)
         for entry in chosen:
             ranks[entry.backbone].append(entry.rank)
         order = sorted(ranks, key=lambda backbone: (statistics.fmean(ranks[backbone]), _backbone_order(backbone)))
@@ -189,7 +199,7 @@ def _csv(entries: list[Entry]) -> str:
     for entry in entries:
         writer.writerow([_domain(entry.dataset), entry.dataset, f"{entry.fraction:g}", entry.backbone,
                          len(entry.accuracies), f"{entry.best:.2f}", f"{entry.mean:.2f}", f"{entry.std:.2f}",
-                         entry.rank, "" if entry.paper is None else f"{entry.paper:.2f}",
+                         f"{entry.rank:g}", "" if entry.paper is None else f"{entry.paper:.2f}",
                          "" if entry.difference is None else f"{entry.difference:+.2f}"])
     return text.getvalue()
 

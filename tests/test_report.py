@@ -18,13 +18,17 @@ RUNS = {
 }
 
 
-@pytest.fixture
-def runs(tmp_path):
-    for (dataset, fraction, backbone), accuracies in RUNS.items():
+def write_runs(folder, runs):
+    for (dataset, fraction, backbone), accuracies in runs.items():
         for seed, accuracy in enumerate(accuracies):
-            write_json(tmp_path / backbone / dataset / f"f{fraction:g}" / f"s{seed}" / "result.json",
+            write_json(folder / backbone / dataset / f"f{fraction:g}" / f"s{seed}" / "result.json",
                        {"status": "finished", "backbone": backbone, "dataset": dataset, "fraction": fraction,
                         "seed": seed, "test_acc": accuracy})
+
+
+@pytest.fixture
+def runs(tmp_path):
+    write_runs(tmp_path, RUNS)
     (tmp_path / "resnet50" / "dtd" / "f1" / "s9").mkdir()  # an unfinished run: no result.json, not counted
     return tmp_path
 
@@ -69,6 +73,19 @@ def test_latex_and_plots(runs, capsys, tmp_path):
     curve = Image.open(tmp_path / "plots" / "fraction_cifar10.png")
     assert heat.format == curve.format == "PNG" and heat.size[0] > 200
     assert not (tmp_path / "plots" / "fraction_dtd.png").exists()  # one fraction only: no curve
+
+
+def test_tied_backbones_share_their_place_and_their_rank(tmp_path, capsys):
+    """Two backbones at 100 % on NEU are both first (¹), the next one is third (³), and each tied one counts
+    1.5 towards the mean rank: a tie broken by name would make Table 1 favour one of them."""
+    write_runs(tmp_path, {("neu", 1.0, "resnet50"): (100.0, 99.0), ("neu", 1.0, "convnext_tiny"): (99.5, 100.0),
+                          ("neu", 1.0, "swin_t"): (98.0, 97.0)})
+    text = report(capsys, str(tmp_path))
+    assert text.count("100.00¹") == 2 and "100.00²" not in text and "98.00³" in text
+    assert "convnext_tiny (1.5)" in text and "resnet50 (1.5)" in text and "swin_t (3.0)" in text
+    rows = csv.DictReader(io.StringIO(report(capsys, str(tmp_path), "--format", "csv")))
+    assert {row["backbone"]: row["rank"] for row in rows} == {"resnet50": "1.5", "convnext_tiny": "1.5",
+                                                               "swin_t": "3"}
 
 
 def test_a_folder_without_runs_is_an_error(tmp_path, capsys):
