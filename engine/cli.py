@@ -262,8 +262,10 @@ def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fraction
     from engine import grid as grid_module
 
     train_flags = list(ctx.args)
-    train.make_context("train", ["--backbone", "resnet50", "--data", "demo", *train_flags])  # fails on a bad flag
+    # parsed as each cell's `engine train` will: a bad flag fails here, before any cell starts
+    train_params = train.make_context("train", ["--backbone", "resnet50", "--data", "demo", *train_flags]).params
     cells = grid_module.expand_cells(backbones, datasets, seeds, fractions)
+    grid_module.check_done_cells(cells, Path(out), train_flags, train_params)
     if dry_run:
         for line in grid_module.dry_run(cells, Path(out), train_flags):
             click.echo(line)

@@ -71,6 +71,12 @@ class RunConfig:
 
     # Fields that may change between a killed run and its resumption without changing what is computed.
     RESUMABLE_CHANGES = ("workers", "out", "data", "data_path", "max_epochs", "batch_size_reason", "compile_mode")
+    # Fields that say which experiment a run is: a finished run answers a command only while they are the same.
+    # How it was computed (batch, precision, loader, device, compile) may differ: a rerun on another machine, where
+    # the autotuner picks another batch, still finds its finished runs. max_epochs is judged by where the run
+    # stopped (run.py).
+    EXPERIMENT = ("num_classes", "image_size", "augment", "pretrained", "weights", "patience", "select_on",
+                  "test_split", "protocol")
 
     @property
     def uses_cuda_graphs(self) -> bool:
@@ -84,9 +90,19 @@ class RunConfig:
 
     def differences(self, saved: dict) -> list[str]:
         """Settings in which a saved config.json differs from this one (ignoring what does not matter)."""
+        return differences(saved, {key: value for key, value in self.to_json().items()
+                                   if key not in self.RESUMABLE_CHANGES})
+
+    def experiment(self) -> dict:
+        """The EXPERIMENT settings, as config.json holds them."""
         mine = self.to_json()
-        return [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in mine.items()
-                if key not in self.RESUMABLE_CHANGES and saved.get(key) != value]
+        return {key: mine[key] for key in self.EXPERIMENT}
+
+
+def differences(saved: dict, wanted: dict) -> list[str]:
+    """'key saved -> wanted' for each setting of `wanted` that a saved config.json holds otherwise."""
+    return [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in json_ready(wanted).items()
+            if saved.get(key) != value]
 
 
 def run_folder(out: str | Path, backbone: str, dataset: str, fraction: float, seed: int) -> Path:

@@ -21,9 +21,10 @@ import torch
 from engine.config import parse_image_size, run_folder
 from engine.distributed import die_with_parent
 from engine.errors import UserInputError
-from engine.loaders import CUSTOM_DEFAULT_SIZE, registry, resolve_dataset
+from engine.loaders import CUSTOM_DEFAULT_AUGMENT, CUSTOM_DEFAULT_SIZE, registry, resolve_dataset
 from engine.models import list_backbones
 from engine.results import RESULT, last_line, read_json, write_json
+from engine.run import finished_run_differences
 from engine.scheduler import packing_key, read_profiles, share_environment
 
 log = logging.getLogger("engine")
@@ -55,6 +56,13 @@ class Cell:
             return parse_image_size(given)
         spec = registry().get(self.data)
         return spec.image_size if spec is not None else CUSTOM_DEFAULT_SIZE
+
+    def augment(self, asked: bool | None) -> bool:
+        """Whether the cell augments: the grid's --augment/--no-augment, else its dataset's default."""
+        if asked is not None:
+            return asked
+        spec = registry().get(self.data)
+        return spec.augment if spec is not None else CUSTOM_DEFAULT_AUGMENT
 
     def command(self, out: Path, train_flags: list[str]) -> list[str]:
         return [sys.executable, "-m", "engine", "train", "--backbone", self.backbone, "--data", self.data,
@@ -102,6 +110,34 @@ def cell_status(out: Path, cell: Cell) -> str:
     if _failure_path(out, cell).exists():
         return "failed"
     return "started" if cell.run_dir(out).exists() else "pending"
+
+
+def asked_experiment(cell: Cell, train_flags: list[str], train_params: dict) -> dict:
+    """What the grid asks of a cell: the RunConfig.EXPERIMENT settings that `engine train` with these flags
+    resolves, as prepare_config does (num_classes and the protocol need the data scanned; the cell's own
+    `engine train` compares those when it starts)."""
+    weights = train_params["weights"] and str(Path(train_params["weights"]).resolve())
+    return {"image_size": cell.image_size(train_flags), "augment": cell.augment(train_params["augment"]),
+            "pretrained": train_params["pretrained"] and not weights, "weights": weights or None,
+            "patience": train_params["patience"], "select_on": train_params["select_on"],
+            "test_split": train_params["test_split"]}
+
+
+def check_done_cells(cells: list[Cell], out: Path, train_flags: list[str], train_params: dict) -> None:
+    """Refuse a grid whose finished cells ran another experiment than it asks (another --image-size, --select-on,
+    --max-epochs...): skipping them as done would report their numbers as this grid's."""
+    out = Path(out)
+    mismatched = []
+    for cell in (cell for cell in cells if cell_status(out, cell) == "done"):
+        asked = asked_experiment(cell, train_flags, train_params)
+        found = finished_run_differences(cell.run_dir(out), asked, train_params["max_epochs"])
+        if found:
+            mismatched.append((cell, found))
+    if mismatched:
+        cell, found = mismatched[0]
+        raise UserInputError(f"{len(mismatched)} finished cell(s) under {out} ran another experiment than this grid "
+                             f"asks (e.g. {cell.run_dir(out)}: {'; '.join(found)}); choose another --out, or remove "
+                             f"those cells' folders to train them again")
 
 
 def _cells_to_run(cells: list[Cell], out: Path, retry_failed: bool) -> list[Cell]:

@@ -23,8 +23,8 @@ import torchvision
 
 import engine
 from engine import distributed, results
-from engine.config import (DEFAULT_BATCH_SIZE, RunConfig, default_workers, resolve_compile_mode, resolve_device,
-                           resolve_precision)
+from engine.config import (DEFAULT_BATCH_SIZE, RunConfig, default_workers, differences, resolve_compile_mode,
+                           resolve_device, resolve_precision)
 from engine.errors import UserInputError
 from engine.loaders import (PIPELINES, DatasetIndex, check_files, count_per_class, dali_available, fits_budget,
                             has_small_images, leave_out, resolve_dataset, scan_dataset, select_samples)
@@ -174,16 +174,42 @@ def _check_resumable(config: RunConfig, run_dir: Path) -> None:
     saved = results.read_json(run_dir / results.CONFIG)
     if saved is None:
         return
-    differences = config.differences(saved)
-    if differences:
-        raise UserInputError(f"{run_dir} holds an unfinished run with other settings ({'; '.join(differences)}); "
+    changed = config.differences(saved)
+    if changed:
+        raise UserInputError(f"{run_dir} holds an unfinished run with other settings ({'; '.join(changed)}); "
                              f"rerun with --force to start it over, or choose another --out")
+
+
+def finished_run_differences(run_dir: Path, experiment: dict, max_epochs: int | None) -> list[str]:
+    """How the finished run in run_dir differs from the experiment a command asks (RunConfig.EXPERIMENT settings,
+    or those of them the asker knows, and max_epochs judged by where the run stopped): a finished run is taken as
+    the answer only when this is empty. A run at another image size, or selected on another split, would otherwise
+    put a wrong number in the report."""
+    saved = results.read_json(run_dir / results.CONFIG) or {}
+    finished = results.read_json(run_dir / results.RESULT)
+    # a setting an older engine did not write into config.json is not held against its runs
+    found = differences(saved, {key: value for key, value in experiment.items() if key in saved})
+    if not _stops_where_it_stopped(max_epochs, finished):
+        found.append(f"max_epochs {saved.get('max_epochs')!r} -> {max_epochs!r}, and it stopped after "
+                     f"{finished['epochs']} epochs ({finished['stop_reason']})")
+    return found
+
+
+def _stops_where_it_stopped(max_epochs: int | None, finished: dict) -> bool:
+    """Whether a run capped at max_epochs would end after the finished run's epochs, as it did."""
+    if finished.get("stop_reason") == "max_epochs":
+        return max_epochs == finished["epochs"]
+    return max_epochs is None or max_epochs >= finished["epochs"]
 
 
 def train_run(config: RunConfig, index: DatasetIndex, force: bool = False) -> dict:
     run_dir = config.run_dir()
     finished = results.read_json(run_dir / results.RESULT)
     if finished and not force:
+        found = finished_run_differences(run_dir, config.experiment(), config.max_epochs)
+        if found:
+            raise UserInputError(f"{run_dir} holds a finished run of another experiment ({'; '.join(found)}); "
+                                 f"rerun with --force to train it again, or choose another --out")
         log.info("%s is finished (test accuracy %.2f %%); skipping it. Use --force to train it again.",
                  run_dir, finished["test_acc"])
         return finished

@@ -40,6 +40,17 @@ def test_train_writes_a_complete_run_folder_and_skips_a_finished_run(tiny_datase
 
     again = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "2", "--out", str(out))
     assert again.returncode == 0 and "is finished" in again.stderr and "epoch   1" not in again.stderr
+    # how it is computed may change (a batch the autotuner picks on another machine): still the same run
+    other_batch = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "2", "--out", str(out),
+                             "--batch-size", "4")
+    assert other_batch.returncode == 0 and "is finished" in other_batch.stderr
+    # what it answers may not: another size, or a cap that would have let it train on
+    for changed, difference in ((["--image-size", "48"], "image_size [32, 32] -> [48, 48]"),
+                                (["--max-epochs", "3"], "max_epochs 2 -> 3, and it stopped after 2 epochs")):
+        refused = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "2", "--out", str(out),
+                             *changed)
+        assert refused.returncode == 2 and "holds a finished run of another experiment" in refused.stderr
+        assert difference in refused.stderr and "--force" in refused.stderr
     forced = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--out", str(out),
                         "--force")
     assert forced.returncode == 0, forced.stderr
@@ -129,6 +140,20 @@ def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path):
     assert rows[0] == rows_before[0]
     assert json.loads((folder / "result.json").read_text())["epochs"] == 4
     assert not (folder / "last.pt").exists()
+
+
+@pytest.mark.parametrize("stopped, epochs, cap, same", [
+    ("patience", 25, None, True), ("patience", 25, 25, True), ("patience", 25, 40, True), ("patience", 25, 24, False),
+    ("max_epochs", 10, 10, True), ("max_epochs", 10, 11, False), ("max_epochs", 10, None, False),
+    ("max_epochs", 10, 9, False)])
+def test_a_finished_run_answers_a_cap_that_would_have_stopped_it_where_it_stopped(tmp_path, stopped, epochs, cap,
+                                                                                   same):
+    from engine.results import write_json
+    from engine.run import finished_run_differences
+    write_json(tmp_path / "config.json", {"max_epochs": epochs if stopped == "max_epochs" else None, "patience": 10})
+    write_json(tmp_path / "result.json", {"status": "finished", "epochs": epochs, "stop_reason": stopped})
+    assert (finished_run_differences(tmp_path, {"patience": 10}, cap) == []) is same
+    assert finished_run_differences(tmp_path, {"patience": 5}, epochs) == ["patience 10 -> 5"]
 
 
 def test_resuming_with_other_settings_is_refused(tiny_dataset, tmp_path):

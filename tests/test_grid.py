@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.config import json_ready
 from engine.errors import UserInputError
 from engine.grid import cell_status, expand_cells
 from engine.results import read_metrics
@@ -71,6 +72,33 @@ def test_grid_survives_sigkill_and_finishes_every_cell_once(tmp_path):
     assert len(results) == 4 and first.stat().st_mtime_ns == stamp  # finished work kept, not retrained
     for result in results:
         assert [int(row["epoch"]) for row in read_metrics(result.parent / "metrics.csv")] == [1, 2]
+
+    # the same grid at another size: its finished cells answer another experiment, and none is taken as done
+    other_size = run_engine(*["48" if arg == "32" else arg for arg in args])
+    assert other_size.returncode == 2 and first.stat().st_mtime_ns == stamp
+    assert "4 finished cell(s)" in other_size.stderr and "image_size [32, 32] -> [48, 48]" in other_size.stderr
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-augment", "--patience", "3"], ["--image-size", "48x64"],
+                                   ["--select-on", "val", "--test-split", "0.3", "--augment"],
+                                   ["--weights", "w.pt", "--pretrained"]])
+def test_the_grid_asks_of_a_cell_what_engine_train_resolves_from_the_same_flags(tmp_path, monkeypatch, flags):
+    """The grid judges a finished cell without starting its `engine train`: what it asks must be what that
+    process would resolve (prepare_config), or a rerun of the same grid would refuse its own cells."""
+    from engine.cli import train
+    from engine.grid import asked_experiment
+    from engine.run import prepare_config
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.pt").write_bytes(b"")
+    data = make_dataset(tmp_path / "tiny", {"train": 4, "test": 2})
+    argv = ["--backbone", "resnet50", "--data", str(data), "--device", "cpu", *flags]
+    params = train.make_context("train", argv).params
+    config, _ = prepare_config(**{key: value for key, value in params.items()
+                                  if key not in ("seed", "runs", "force", "gpus")})
+    cell = expand_cells("resnet50", str(data), "0", "1")[0]
+    asked = asked_experiment(cell, flags, params)
+    assert set(asked) <= set(config.EXPERIMENT)
+    assert json_ready(asked) == {key: config.experiment()[key] for key in asked}
 
 
 def test_failed_cells_are_reported_and_retried(tmp_path):
