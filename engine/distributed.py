@@ -16,11 +16,13 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -29,6 +31,7 @@ import torch.nn as nn
 from engine.errors import INTERRUPTED, INTERRUPTED_MESSAGE, USAGE_ERROR, UserInputError
 
 log = logging.getLogger("engine")
+LOG_DIR_PREFIX = "engine-torchrun-"  # + the launcher's pid: torchrun's log folder for one launch, in $TMPDIR
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,24 @@ def leave() -> None:
         dist.destroy_process_group()
 
 
+def _remove_log_dirs_of_dead_launchers() -> None:
+    """The log folders of launchers that were killed before they could remove their own."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{LOG_DIR_PREFIX}*-*"):
+        pid = folder.name[len(LOG_DIR_PREFIX):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive, and its folder not ours to remove
+        pass
+    return True
+
+
 def launch(processes: int, device: str, argv: list[str]) -> int:
     """Run `engine ARGV` as `processes` ranks under torchrun on this machine; the exit code of the run.
 
@@ -208,8 +229,10 @@ def launch(processes: int, device: str, argv: list[str]) -> int:
     log.info("training on %d processes (%s) through torchrun", processes, "GPUs, NCCL" if device == "cuda"
              else "CPU, gloo")
     # torchrun makes a log folder per launch in $TMPDIR and never removes it (empty: the ranks' output is not
-    # redirected); handing it a folder of our own, removed after, keeps each run from leaving one behind.
-    log_dir = tempfile.TemporaryDirectory(prefix="engine-torchrun-")
+    # redirected); handing it a folder of our own, removed after, keeps each run from leaving one behind. A
+    # launcher killed by SIGKILL cannot remove its own: the next launch does, its name holding the dead pid.
+    _remove_log_dirs_of_dead_launchers()
+    log_dir = tempfile.TemporaryDirectory(prefix=f"{LOG_DIR_PREFIX}{os.getpid()}-")
     args = get_args_parser().parse_args(["--standalone", "--nproc_per_node", str(processes), "--log-dir",
                                          log_dir.name, "--module", "engine", *argv])
     try:

@@ -183,7 +183,8 @@ def test_two_processes_train_the_demo_survive_a_kill_and_learn(tmp_path):
     with twice the batch is shown exactly by test_two_ranks_take_the_same_steps_as_one_process_with_twice_the_batch."""
     out = tmp_path / "ddp"
     folder = out / "shufflenet_v2_x2_0" / "demo" / "f1" / "s0"
-    first = engine(*DEMO, "--gpus", "2", "--device", "cpu", "--batch-size", "16", "--out", str(out))
+    tmpdir, env = own_tmpdir(tmp_path)
+    first = engine(*DEMO, "--gpus", "2", "--device", "cpu", "--batch-size", "16", "--out", str(out), env=env)
     deadline = time.time() + 300
     while not ((folder / "metrics.csv").exists() and len(read_metrics(folder / "metrics.csv")) >= 3):
         if first.poll() is not None or time.time() > deadline:
@@ -194,10 +195,12 @@ def test_two_processes_train_the_demo_survive_a_kill_and_learn(tmp_path):
     first.wait()
     time.sleep(1)
     assert not (folder / "result.json").exists()
+    assert len(torchrun_leftovers(tmpdir)) == 1  # SIGKILL: the launcher could not remove its log folder...
 
-    resumed = engine(*DEMO, "--gpus", "2", "--device", "cpu", "--batch-size", "16", "--out", str(out))
+    resumed = engine(*DEMO, "--gpus", "2", "--device", "cpu", "--batch-size", "16", "--out", str(out), env=env)
     resumed_log = resumed.communicate(timeout=600)[1]
     assert resumed.returncode == 0, resumed_log
+    assert torchrun_leftovers(tmpdir) == []  # ...the next launch did, and its own
     assert "resuming after epoch" in resumed_log and resumed_log.count("epoch  10") == 1  # rank 0 speaks alone
 
     assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "config.json", "files.json", "metrics.csv",
