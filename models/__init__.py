@@ -36,5 +36,5 @@ def build_backbone(name: str, num_classes: int, pretrained: bool = False,
         log.info("%s: loaded ImageNet weights %s", name, spec.weights_name)
     replace_head(model, spec.head_attr, num_classes)
     if weights is not None:
-        load_weights_file(model, weights, spec.head_attr)
+        load_weights_file(model, weights, spec.head_attr, name)
     return model

@@ -6,6 +6,7 @@ offline machine knows exactly where to drop the file.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import urllib.error
@@ -71,7 +72,7 @@ def _strip_wrapper_prefix(key: str) -> str:
     return key
 
 
-def load_weights_file(model: nn.Module, path: str | Path, head_attr: str) -> bool:
+def load_weights_file(model: nn.Module, path: str | Path, head_attr: str, backbone: str) -> bool:
     """Load a local state dict into `model` (already built for the run's classes).
 
     Either a full model of the same shape, or a backbone whose classifier has another number of classes:
@@ -84,18 +85,31 @@ def load_weights_file(model: nn.Module, path: str | Path, head_attr: str) -> boo
     mismatched_head = any(k in state and state[k].shape != own[k].shape for k in head_keys)
     if mismatched_head:
         state = {k: v for k, v in state.items() if k not in head_keys}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=not mismatched_head)
-    except RuntimeError as err:
-        raise UserInputError(f"weights file {path} does not fit this backbone: {_first_line(err)}") from err
-    if mismatched_head and (unexpected or set(missing) != head_keys):
-        raise UserInputError(f"weights file {path} does not fit this backbone: missing {sorted(missing)[:3]}, "
-                             f"unexpected {sorted(unexpected)[:3]}")
+    misfit = _misfit(own, state, head_keys if mismatched_head else set())
+    if misfit:
+        raise UserInputError(f"weights file {path} does not fit {backbone}: {misfit}{_saved_from(path)}")
+    model.load_state_dict(state, strict=not mismatched_head)
     if mismatched_head:
         log.info("weights %s: classifier '%s' has another number of classes there; it was re-initialised",
                  path, head_attr)
     return mismatched_head
 
 
-def _first_line(err: Exception) -> str:
-    return " ".join(str(err).split("\n", 2)[:2]).strip()
+def _misfit(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], left_out: set[str]) -> str:
+    """What keeps `state` from loading into a model whose state dict is `own`, counted with three examples of
+    each kind (torch's own message lists every key: thousands of characters for a whole other backbone)."""
+    kinds = {"missing": sorted(own.keys() - state.keys() - left_out),
+             "unexpected": sorted(state.keys() - own.keys()),
+             "of another shape": sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)}
+    return ", ".join(f"{len(keys)} key{'s' * (len(keys) > 1)} {kind} ({', '.join(keys[:3])}"
+                     f"{', ...' if len(keys) > 3 else ''})" for kind, keys in kinds.items() if keys)
+
+
+def _saved_from(path: str | Path) -> str:
+    """Which backbone a run's best.pt was trained as, from the config.json beside it, when there is one."""
+    config = Path(path).with_name("config.json")
+    try:
+        backbone = json.loads(config.read_text()).get("backbone")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f"; the config.json beside it says {backbone}" if backbone else ""

@@ -118,10 +118,22 @@ def test_weights_file_with_other_head_keeps_body_and_reinitialises_head(tmp_path
     assert "re-initialised" in caplog.text
 
 
-def test_weights_file_of_another_architecture_is_refused(tmp_path):
-    path = tmp_path / "resnet.pt"
-    torch.save(build_backbone("resnet50", 3).state_dict(), path)
-    with pytest.raises(UserInputError, match="does not fit this backbone"):
+def test_weights_file_of_another_architecture_is_refused_in_one_short_line(tmp_path):
+    """Counts and a few keys, not torch's list of every key (kilobytes for a whole other backbone); a run's
+    best.pt is traced to the backbone its config.json names."""
+    path = tmp_path / "best.pt"
+    torch.save({"model": build_backbone("resnet50", 3).state_dict()}, path)
+    with pytest.raises(UserInputError, match=r"does not fit shufflenet_v2_x2_0: \d+ keys missing \(.*\), "
+                                             r"\d+ keys unexpected \(.*\)$") as refused:
+        build_backbone("shufflenet_v2_x2_0", 3, weights=path)
+    assert len(str(refused.value)) < 400 and "\n" not in str(refused.value)
+    (tmp_path / "config.json").write_text('{"backbone": "resnet50"}')
+    with pytest.raises(UserInputError, match="; the config.json beside it says resnet50$"):
+        build_backbone("shufflenet_v2_x2_0", 3, weights=path)
+    wider = build_backbone("shufflenet_v2_x2_0", 3).state_dict()
+    wider["conv1.0.weight"] = torch.zeros(48, 3, 3, 3)
+    torch.save(wider, path)
+    with pytest.raises(UserInputError, match=r"1 key of another shape \(conv1.0.weight\)"):
         build_backbone("shufflenet_v2_x2_0", 3, weights=path)
     with pytest.raises(UserInputError, match="does not exist"):
         build_backbone("shufflenet_v2_x2_0", 3, weights=tmp_path / "missing.pt")
