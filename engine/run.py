@@ -171,8 +171,16 @@ def seed_everything(seed: int) -> None:
 
 
 def _check_resumable(config: RunConfig, run_dir: Path) -> None:
+    """A killed run continues only with the settings it started with. A folder with nothing to resume (no last.pt:
+    the attempt stopped before its first epoch's checkpoint, say on a mistyped --weights path) starts over with
+    the command as it is now; a best.pt that attempt may have left is not this run's (config.json and
+    metrics.csv are rewritten at the start anyway)."""
     saved = results.read_json(run_dir / results.CONFIG)
     if saved is None:
+        return
+    if not (run_dir / results.LAST).exists():
+        if distributed.current().is_main:
+            (run_dir / results.BEST).unlink(missing_ok=True)
         return
     changed = config.differences(saved)
     if changed:

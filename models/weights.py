@@ -47,10 +47,13 @@ def read_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"weights file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise UserInputError(f"weights file {path} is empty")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise UserInputError(f"weights file {path} is not a readable torch state dict ({err})") from err
+        raise UserInputError(f"weights file {path} is not a readable torch state dict "
+                             f"({type(err).__name__}: {err})") from err
     return unwrap_state_dict(obj, path)
 
 

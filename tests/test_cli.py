@@ -155,11 +155,27 @@ def test_a_finished_run_answers_a_cap_that_would_have_stopped_it_where_it_stoppe
     assert finished_run_differences(tmp_path, {"patience": 5}, epochs) == ["patience 10 -> 5"]
 
 
+def test_a_run_that_stopped_before_its_first_checkpoint_starts_over_with_the_corrected_command(
+        tiny_dataset, tmp_path, capsys):
+    """A mistyped --weights path stops the run after its folder and config.json are written: rerun without the
+    typo, it trains rather than refusing "other settings" that have nothing to resume."""
+    out = tmp_path / "runs"
+    (tmp_path / "typo.pt").write_text("not weights")
+    argv = ["train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--out", str(out)]
+    assert "is not a readable torch state dict" in one_line_error(capsys, *argv, "--weights", str(tmp_path / "typo.pt"))
+    assert (run_folder(out) / "config.json").exists() and not (run_folder(out) / "last.pt").exists()
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 0, capsys.readouterr().err
+    assert json.loads((run_folder(out) / "result.json").read_text())["status"] == "finished"
+
+
 def test_resuming_with_other_settings_is_refused(tiny_dataset, tmp_path):
     out = tmp_path / "runs"
     folder = run_folder(out)
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"batch_size": 16}))
+    (folder / "last.pt").write_bytes(b"")  # an epoch's checkpoint: there is something to resume
     failed = run_engine("train", *FAST, "--data", str(tiny_dataset), "--out", str(out))
     assert failed.returncode == 2
     assert "holds an unfinished run with other settings" in failed.stderr and "--force" in failed.stderr

@@ -137,6 +137,9 @@ def test_weights_file_of_another_architecture_is_refused_in_one_short_line(tmp_p
         build_backbone("shufflenet_v2_x2_0", 3, weights=path)
     with pytest.raises(UserInputError, match="does not exist"):
         build_backbone("shufflenet_v2_x2_0", 3, weights=tmp_path / "missing.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")  # torch.load's EOFError says nothing: the user is told what it is
+    with pytest.raises(UserInputError, match="empty.pt is empty$"):
+        build_backbone("shufflenet_v2_x2_0", 3, weights=tmp_path / "empty.pt")
 
 
 def test_shufflenet_keeps_a_channels_last_input_channels_last_and_computes_torchvisions_function():
