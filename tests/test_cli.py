@@ -170,15 +170,15 @@ def test_a_run_that_stopped_before_its_first_checkpoint_starts_over_with_the_cor
     assert json.loads((run_folder(out) / "result.json").read_text())["status"] == "finished"
 
 
-def test_resuming_with_other_settings_is_refused(tiny_dataset, tmp_path):
+def test_resuming_with_other_settings_is_refused(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "runs"
     folder = run_folder(out)
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"batch_size": 16}))
     (folder / "last.pt").write_bytes(b"")  # an epoch's checkpoint: there is something to resume
-    failed = run_engine("train", *FAST, "--data", str(tiny_dataset), "--out", str(out))
-    assert failed.returncode == 2
-    assert "holds an unfinished run with other settings" in failed.stderr and "--force" in failed.stderr
+    refusal = one_line_error(capsys, "train", *FAST, "--data", str(tiny_dataset), "--out", str(out))
+    assert "holds an unfinished run with other settings (" in refusal and "batch_size 16 -> 8" in refusal
+    assert "--force" in refusal
 
 
 def test_a_run_from_before_compile_modes_resumes_and_a_new_mode_does_not_change_what_is_computed(caplog):
