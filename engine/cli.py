@@ -270,6 +270,7 @@ def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fraction
         for line in grid_module.dry_run(cells, Path(out), train_flags):
             click.echo(line)
         return
+    grid_module.fetch_pretrained_weights(cells, Path(out), train_params)
     if launcher == "local":
         result = grid_module.run_grid(cells, Path(out), train_flags, retry_failed=retry_failed)
     else:

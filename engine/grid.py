@@ -22,7 +22,7 @@ from engine.config import parse_image_size, run_folder
 from engine.distributed import die_with_parent
 from engine.errors import UserInputError
 from engine.loaders import CUSTOM_DEFAULT_AUGMENT, CUSTOM_DEFAULT_SIZE, registry, resolve_dataset
-from engine.models import list_backbones
+from engine.models import get_backbone_spec, hub_cache_path, list_backbones, load_pretrained_state
 from engine.results import RESULT, last_line, read_json, write_json
 from engine.run import finished_run_differences
 from engine.scheduler import packing_key, read_profiles, share_environment
@@ -138,6 +138,20 @@ def check_done_cells(cells: list[Cell], out: Path, train_flags: list[str], train
         raise UserInputError(f"{len(mismatched)} finished cell(s) under {out} ran another experiment than this grid "
                              f"asks (e.g. {cell.run_dir(out)}: {'; '.join(found)}); choose another --out, or remove "
                              f"those cells' folders to train them again")
+
+
+def fetch_pretrained_weights(cells: list[Cell], out: Path, train_params: dict) -> None:
+    """The ImageNet weights of each backbone with cells to run, into the torch hub cache once, before any cell
+    starts: an offline machine is told in one line, not once per cell; parallel cells do not download the same
+    file at once; and Slurm cells on compute nodes without internet find what this node fetched (the hub cache
+    on a shared $TORCH_HOME)."""
+    if not train_params["pretrained"] or train_params["weights"]:
+        return
+    for backbone in dict.fromkeys(cell.backbone for cell in cells if cell_status(Path(out), cell) != "done"):
+        url = get_backbone_spec(backbone).weights_url
+        if not hub_cache_path(url).exists():
+            log.info("grid: fetching the ImageNet weights of %s into the torch hub cache", backbone)
+            load_pretrained_state(url)
 
 
 def _cells_to_run(cells: list[Cell], out: Path, retry_failed: bool) -> list[Cell]:

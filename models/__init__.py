@@ -17,7 +17,7 @@ from engine.models.weights import hub_cache_path, load_pretrained_state, load_we
 log = logging.getLogger("engine")
 
 __all__ = ["BackboneSpec", "build_backbone", "check_image_size", "get_backbone_spec", "list_backbones",
-           "register_backbone", "hub_cache_path"]
+           "register_backbone", "hub_cache_path", "load_pretrained_state"]
 
 
 def build_backbone(name: str, num_classes: int, pretrained: bool = False,

@@ -154,6 +154,43 @@ def test_dry_run_lists_the_plan_and_estimates_it_from_the_profile_store(tmp_path
     assert "estimate: 0.2 GPU-hours" in breakhis.stdout
 
 
+def test_the_grid_fetches_each_backbones_weights_once_before_any_cell_starts(tmp_path, monkeypatch, capsys):
+    """Offline, one line and exit 2 before any cell starts (not one failure per cell); cached weights are not
+    fetched again; --no-pretrained and --weights fetch nothing. No test reaches the network: the download is
+    replaced, and each test has an empty torch hub cache of its own."""
+    from engine import grid as grid_module
+    from engine.cli import main
+    from engine.errors import WeightsUnavailableError
+    from engine.models import get_backbone_spec, hub_cache_path
+    fetched = []
+
+    def offline(url):
+        fetched.append(url)
+        raise WeightsUnavailableError(f"pretrained weights not in the cache and not downloadable; download {url}")
+
+    monkeypatch.setattr(grid_module, "load_pretrained_state", offline)
+    data, out = make_dataset(tmp_path / "tiny", {"train": 4, "test": 2}), tmp_path / "runs"
+    args = ["grid", "--backbones", "mobilenet_v3_large,shufflenet_v2_x2_0", "--datasets", str(data), "--seeds",
+            "0,1", "--out", str(out), "--max-epochs", "1", "--image-size", "32"]
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("engine: error")]
+    assert exited.value.code == 2 and len(errors) == 1 and "not downloadable" in errors[0]
+    assert fetched == [get_backbone_spec("mobilenet_v3_large").weights_url] and not out.exists()
+
+    cells = expand_cells("mobilenet_v3_large,shufflenet_v2_x2_0", str(data), "0,1", "1")
+    params = {"pretrained": True, "weights": None}
+    cached = hub_cache_path(get_backbone_spec("mobilenet_v3_large").weights_url)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    monkeypatch.setattr(grid_module, "load_pretrained_state", fetched.append)
+    grid_module.fetch_pretrained_weights(cells, out, params)
+    assert fetched[1:] == [get_backbone_spec("shufflenet_v2_x2_0").weights_url]  # once, the one not cached
+    for asked in ({"pretrained": False, "weights": None}, {"pretrained": True, "weights": "w.pt"}):
+        grid_module.fetch_pretrained_weights(cells, out, asked)
+    assert len(fetched) == 2
+
+
 def test_the_submitit_path_runs_a_job_array_locally(tmp_path):
     pytest.importorskip("submitit")
     good = make_dataset(tmp_path / "good", {"train": 6, "test": 2})
