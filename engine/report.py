@@ -6,11 +6,14 @@
 - Table 1: the top three backbones per domain and overall, by mean rank over the domain's datasets.
 Formats: md, csv (one row per dataset, fraction and backbone), latex. --plots: accuracy against training
 fraction per dataset (Figures 1-2) and a backbone x dataset heat map, as PNG.
+Runs whose epochs were selected on a validation split (`--select-on val`) are never pooled with runs selected on
+the test set (the paper's way): each selection gets tables of its own, their titles saying which.
 """
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,6 +25,8 @@ from engine.loaders import registry
 from engine.models import list_backbones
 from engine.results import RESULT, read_json
 
+log = logging.getLogger("engine")
+
 RANK_MARKS = {1: "¹", 2: "²", 3: "³"}
 
 
@@ -30,6 +35,7 @@ class Entry:
     dataset: str
     fraction: float
     backbone: str
+    select_on: str = "test"  # what chose the reported epoch: the test set (the paper's) or a validation split
     accuracies: list[float] = field(default_factory=list)
     paper: float | None = None
     place: int | None = None  # 1 + the backbones strictly ahead on this dataset: tied firsts are all first
@@ -68,19 +74,20 @@ def collect(folder: Path) -> list[Entry]:
         result = read_json(path)
         if result.get("status") != "finished":
             continue
-        key = (result["dataset"], float(result["fraction"]), result["backbone"])
+        key = (result["dataset"], float(result["fraction"]), result["backbone"], result.get("select_on", "test"))
         groups.setdefault(key, Entry(*key)).accuracies.append(float(result["test_acc"]))
     if not groups:
         raise UserInputError(f"no finished runs (result.json) under {folder}")
     paper = paper_values()
-    for key, entry in groups.items():
-        entry.paper = paper.get(key)
-    by_cell: dict[tuple[str, float], list[Entry]] = defaultdict(list)
     for entry in groups.values():
-        by_cell[(entry.dataset, entry.fraction)].append(entry)
+        entry.paper = paper.get((entry.dataset, entry.fraction, entry.backbone))
+    by_cell: dict[tuple[str, float, str], list[Entry]] = defaultdict(list)
+    for entry in groups.values():
+        by_cell[(entry.dataset, entry.fraction, entry.select_on)].append(entry)
     for entries in by_cell.values():
         _rank(entries)
-    return sorted(groups.values(), key=lambda e: (_order(e.dataset), -e.fraction, _backbone_order(e.backbone)))
+    return sorted(groups.values(), key=lambda e: (e.select_on != "test", _order(e.dataset), -e.fraction,
+                                                  _backbone_order(e.backbone)))
 
 
 def _rank(entries: list[Entry]) -> None:
@@ -162,10 +169,24 @@ def top_three_table(entries: list[Entry]) -> Table:
     return Table("Top three backbones by mean rank (Table 1)", ["domain", "first", "second", "third"], rows)
 
 
+def by_selection(entries: list[Entry]) -> dict[str, list[Entry]]:
+    """The entries of each selection, test (the paper's) first."""
+    groups: dict[str, list[Entry]] = {}
+    for entry in entries:  # collect() sorts test-selected runs first
+        groups.setdefault(entry.select_on, []).append(entry)
+    return groups
+
+
 def render(entries: list[Entry], fmt: str) -> str:
     if fmt == "csv":
         return _csv(entries)
-    tables = accuracy_tables(entries) + [top_three_table(entries)]
+    groups = by_selection(entries)
+    tables = []
+    for select_on, chosen in groups.items():
+        # the paper's selection alone needs no word; any other, or a mix, says which each table is
+        said = "" if list(groups) == ["test"] else f"; epochs selected on {select_on}"
+        tables += [Table(table.title + said, table.header, table.rows)
+                   for table in accuracy_tables(chosen) + [top_three_table(chosen)]]
     return "\n".join({"md": _markdown, "latex": _latex}[fmt](table) for table in tables)
 
 
@@ -195,12 +216,12 @@ def _csv(entries: list[Entry]) -> str:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["domain", "dataset", "fraction", "backbone", "seeds", "best", "mean", "std", "rank", "paper",
-                     "difference"])
+                     "difference", "select_on"])
     for entry in entries:
         writer.writerow([_domain(entry.dataset), entry.dataset, f"{entry.fraction:g}", entry.backbone,
                          len(entry.accuracies), f"{entry.best:.2f}", f"{entry.mean:.2f}", f"{entry.std:.2f}",
                          f"{entry.rank:g}", "" if entry.paper is None else f"{entry.paper:.2f}",
-                         "" if entry.difference is None else f"{entry.difference:+.2f}"])
+                         "" if entry.difference is None else f"{entry.difference:+.2f}", entry.select_on])
     return text.getvalue()
 
 
@@ -212,6 +233,12 @@ def write_plots(entries: list[Entry], folder: Path) -> list[Path]:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    groups = by_selection(entries)
+    select_on = next(iter(groups))
+    if len(groups) > 1:
+        log.info("plots: the runs selected on %s; those selected on %s are in the tables only", select_on,
+                 ", ".join(list(groups)[1:]))
+    entries = groups[select_on]  # one selection: a heat map cell or a curve's point never mixes two
     written = []
     for dataset in dict.fromkeys(entry.dataset for entry in entries):
         chosen = [entry for entry in entries if entry.dataset == dataset]

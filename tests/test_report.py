@@ -18,12 +18,12 @@ RUNS = {
 }
 
 
-def write_runs(folder, runs):
+def write_runs(folder, runs, select_on="test"):
     for (dataset, fraction, backbone), accuracies in runs.items():
         for seed, accuracy in enumerate(accuracies):
             write_json(folder / backbone / dataset / f"f{fraction:g}" / f"s{seed}" / "result.json",
                        {"status": "finished", "backbone": backbone, "dataset": dataset, "fraction": fraction,
-                        "seed": seed, "test_acc": accuracy})
+                        "seed": seed, "select_on": select_on, "test_acc": accuracy})
 
 
 @pytest.fixture
@@ -86,6 +86,20 @@ def test_tied_backbones_share_their_place_and_their_rank(tmp_path, capsys):
     rows = csv.DictReader(io.StringIO(report(capsys, str(tmp_path), "--format", "csv")))
     assert {row["backbone"]: row["rank"] for row in rows} == {"resnet50": "1.5", "convnext_tiny": "1.5",
                                                                "swin_t": "3"}
+
+
+def test_runs_selected_on_validation_are_never_pooled_with_the_papers_and_say_so(runs, capsys, tmp_path):
+    write_runs(runs / "unbiased", {("dtd", 1.0, "resnet50"): (50.0, 51.0, 52.0)}, select_on="val")
+    rows = list(csv.DictReader(io.StringIO(report(capsys, str(runs), "--format", "csv"))))
+    dtd = {(row["select_on"], row["seeds"], row["best"]) for row in rows
+           if (row["dataset"], row["backbone"]) == ("dtd", "resnet50")}
+    assert dtd == {("test", "2", "72.00"), ("val", "3", "52.00")}
+    text = report(capsys, str(runs))
+    titles = [line for line in text.splitlines() if line.startswith("### ")]
+    assert all(title.endswith(("; epochs selected on test", "; epochs selected on val")) for title in titles)
+    assert any("texture" in title and title.endswith("on val") for title in titles)
+    assert "72.00¹" in text and "52.00¹" in text  # each ranked among its own selection
+    assert "selected on" not in report(capsys, str(runs / "resnet50"))  # the paper's selection alone: as before
 
 
 def test_a_folder_without_runs_is_an_error(tmp_path, capsys):
