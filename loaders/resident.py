@@ -96,11 +96,20 @@ def _cache_folder(index: DatasetIndex) -> Path:
     return fallback
 
 
+def _content_key(index: DatasetIndex, samples: list[Sample]) -> str:
+    """Names the decoded copy of these files as they are now: an image replaced under the same name (a corrupt
+    one fixed, a dataset prepared again) changes its size or modification time, so a stale copy is never read."""
+    stamps = []
+    for relative, _ in samples:
+        stat = (index.root / relative).stat()
+        stamps.append(f"{relative}\t{stat.st_size}\t{stat.st_mtime_ns}")
+    return hashlib.sha1("\n".join(stamps).encode()).hexdigest()[:16]
+
+
 def decoded_images(index: DatasetIndex, samples: list[Sample], side: tuple[int, int]) -> np.ndarray:
     """(N, H, W, 3) uint8 of the samples, from the disk cache, or decoded (and resized to `side` where a source
     image differs) and cached."""
-    key = hashlib.sha1("\n".join(path for path, _ in samples).encode()).hexdigest()[:16]
-    path = _cache_folder(index) / f"{key}-{side[0]}x{side[1]}.npy"
+    path = _cache_folder(index) / f"{_content_key(index, samples)}-{side[0]}x{side[1]}.npy"
     if path.exists():
         return np.load(path)
     threads = os.cpu_count() or 1

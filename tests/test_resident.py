@@ -34,6 +34,14 @@ def test_cached_next_to_the_dataset_and_reused(tiny_dataset):
     assert cached[0].stat().st_mtime_ns == stamp
     assert scan_dataset(tiny_dataset).classes == index.classes  # the cache folder is not a class
 
+    # an image replaced under its own name (a corrupt one fixed, the dataset prepared again) is decoded again
+    from PIL import Image
+    replaced = index.root / index.train[0][0]
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(replaced)
+    again = batches("resident", index, index.train, train=False, batch_size=len(index.train))
+    assert len(list((tiny_dataset / ".engine-cache").glob("*.npy"))) == 2
+    assert again.images[0].min() == 255  # the new white image, not the cached old one
+
 
 def test_images_of_different_sides_are_decoded_in_parallel_at_the_run_size_and_a_bad_one_is_named(tmp_path):
     from PIL import Image
