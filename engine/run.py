@@ -173,14 +173,9 @@ def seed_everything(seed: int) -> None:
 def _check_resumable(config: RunConfig, run_dir: Path) -> None:
     """A killed run continues only with the settings it started with. A folder with nothing to resume (no last.pt:
     the attempt stopped before its first epoch's checkpoint, say on a mistyped --weights path) starts over with
-    the command as it is now; a best.pt that attempt may have left is not this run's (config.json and
-    metrics.csv are rewritten at the start anyway)."""
+    the command as it is now."""
     saved = results.read_json(run_dir / results.CONFIG)
-    if saved is None:
-        return
-    if not (run_dir / results.LAST).exists():
-        if distributed.current().is_main:
-            (run_dir / results.BEST).unlink(missing_ok=True)
+    if saved is None or not (run_dir / results.LAST).exists():
         return
     changed = config.differences(saved)
     if changed:
@@ -230,6 +225,8 @@ def train_run(config: RunConfig, index: DatasetIndex, force: bool = False) -> di
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob(".*.tmp-*"):  # a write a kill interrupted: never renamed, never to be read
             stale.unlink()
+        if not (run_dir / results.LAST).exists():  # starting over: a best.pt left by an attempt is not this run's
+            (run_dir / results.BEST).unlink(missing_ok=True)
     distributed.barrier()  # the folder is ready before any rank looks for last.pt in it
     with run_log(run_dir) if main else nullcontext():
         return _train(config, index, run_dir)
