@@ -130,7 +130,8 @@ def check_done_cells(cells: list[Cell], out: Path, train_flags: list[str], train
     mismatched = []
     for cell in (cell for cell in cells if cell_status(out, cell) == "done"):
         asked = asked_experiment(cell, train_flags, train_params)
-        found = finished_run_differences(cell.run_dir(out), asked, train_params["max_epochs"])
+        finished = read_json(cell.run_dir(out) / RESULT)
+        found = finished_run_differences(cell.run_dir(out), finished, asked, train_params["max_epochs"])
         if found:
             mismatched.append((cell, found))
     if mismatched:

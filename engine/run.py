@@ -183,13 +183,13 @@ def _check_resumable(config: RunConfig, run_dir: Path) -> None:
                              f"rerun with --force to start it over, or choose another --out")
 
 
-def finished_run_differences(run_dir: Path, experiment: dict, max_epochs: int | None) -> list[str]:
-    """How the finished run in run_dir differs from the experiment a command asks (RunConfig.EXPERIMENT settings,
-    or those of them the asker knows, and max_epochs judged by where the run stopped): a finished run is taken as
-    the answer only when this is empty. A run at another image size, or selected on another split, would otherwise
+def finished_run_differences(run_dir: Path, finished: dict, experiment: dict,
+                             max_epochs: int | None) -> list[str]:
+    """How the finished run in run_dir (`finished`: its result.json, which the caller has read) differs from the
+    experiment a command asks (RunConfig.EXPERIMENT settings, or those of them the asker knows, and max_epochs
+    judged by where the run stopped): a finished run is taken as the answer only when this is empty. A run at another image size, or selected on another split, would otherwise
     put a wrong number in the report."""
     saved = results.read_json(run_dir / results.CONFIG) or {}
-    finished = results.read_json(run_dir / results.RESULT)
     # a setting an older engine did not write into config.json is not held against its runs
     found = differences(saved, {key: value for key, value in experiment.items() if key in saved})
     if not _stops_where_it_stopped(max_epochs, finished):
@@ -209,7 +209,7 @@ def train_run(config: RunConfig, index: DatasetIndex, force: bool = False) -> di
     run_dir = config.run_dir()
     finished = results.read_json(run_dir / results.RESULT)
     if finished and not force:
-        found = finished_run_differences(run_dir, config.experiment(), config.max_epochs)
+        found = finished_run_differences(run_dir, finished, config.experiment(), config.max_epochs)
         if found:
             raise UserInputError(f"{run_dir} holds a finished run of another experiment ({'; '.join(found)}); "
                                  f"rerun with --force to train it again, or choose another --out")

@@ -150,9 +150,9 @@ def test_a_finished_run_answers_a_cap_that_would_have_stopped_it_where_it_stoppe
     from engine.results import write_json
     from engine.run import finished_run_differences
     write_json(tmp_path / "config.json", {"max_epochs": epochs if stopped == "max_epochs" else None, "patience": 10})
-    write_json(tmp_path / "result.json", {"status": "finished", "epochs": epochs, "stop_reason": stopped})
-    assert (finished_run_differences(tmp_path, {"patience": 10}, cap) == []) is same
-    assert finished_run_differences(tmp_path, {"patience": 5}, epochs) == ["patience 10 -> 5"]
+    finished = {"status": "finished", "epochs": epochs, "stop_reason": stopped}
+    assert (finished_run_differences(tmp_path, finished, {"patience": 10}, cap) == []) is same
+    assert finished_run_differences(tmp_path, finished, {"patience": 5}, epochs) == ["patience 10 -> 5"]
 
 
 def test_a_run_that_stopped_before_its_first_checkpoint_starts_over_with_the_corrected_command(
