@@ -6,7 +6,6 @@ offline machine knows exactly where to drop the file.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import urllib.error
@@ -16,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from engine.errors import UserInputError, WeightsUnavailableError
+from engine.results import CONFIG, read_json
 
 log = logging.getLogger("engine")
 
@@ -109,10 +109,10 @@ def _misfit(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], left_o
 
 
 def _saved_from(path: str | Path) -> str:
-    """Which backbone a run's best.pt was trained as, from the config.json beside it, when there is one."""
-    config = Path(path).with_name("config.json")
+    """Which backbone a run's best.pt was trained as, from the config.json beside it, when there is one (a file of
+    that name that is not a run's says nothing)."""
     try:
-        backbone = json.loads(config.read_text()).get("backbone")
+        backbone = (read_json(Path(path).with_name(CONFIG)) or {}).get("backbone")
     except (OSError, ValueError, AttributeError):
         return ""
     return f"; the config.json beside it says {backbone}" if backbone else ""
