@@ -8,6 +8,7 @@ import os
 # is set before anything imports one. A GPU run of the suite can export TRITON_INTERPRET=0 to compile them.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import logging
 import socket
 import subprocess
 import sys
@@ -90,3 +91,26 @@ def run_engine(*args: str, env_extra: dict | None = None, timeout: float = 600) 
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
+
+
+def run_main(capsys, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """`engine ARGS` in this process, answered as run_engine answers: exit code, stdout and stderr (the log
+    included). A fresh interpreter spends about 4 s importing torch; tests whose subject is the process itself
+    (a kill, a signal, torchrun, the environment it starts with) keep run_engine."""
+    from engine.cli import main
+    engine_log = logging.getLogger("engine")
+    handlers = engine_log.handlers[:]
+    engine_log.handlers.clear()  # so that main() logs to this capture, not to the stream of the test that came first
+    capsys.readouterr()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in (env_extra or {}).items():
+                patch.setenv(name, value)
+            main(list(args))
+        code = 0
+    except SystemExit as exited:
+        code = exited.code or 0
+    finally:
+        engine_log.handlers[:] = handlers
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["engine", *args], code, captured.out, captured.err)

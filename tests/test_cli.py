@@ -11,7 +11,7 @@ import pytest
 from engine.cli import main
 from engine.errors import UserInputError
 from engine.results import read_metrics
-from tests.conftest import make_dataset, run_engine
+from tests.conftest import make_dataset, run_engine, run_main
 
 FAST = ["--backbone", "mobilenet_v3_large", "--no-pretrained", "--image-size", "32", "--batch-size", "8"]
 
@@ -38,7 +38,7 @@ def test_train_writes_a_complete_run_folder_and_skips_a_finished_run(tiny_datase
     assert [row["epoch"] for row in rows] == ["1", "2"]
     assert set(rows[0]) >= {"phase", "lr", "train_loss", "train_acc", "eval_acc", "images_per_s", "epoch_s"}
 
-    again = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "2", "--out", str(out))
+    again = run_main(capsys, "train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "2", "--out", str(out))
     assert again.returncode == 0 and "is finished" in again.stderr and "epoch   1" not in again.stderr
     # how it is computed may change (a batch the autotuner picks on another machine): still the same run;
     # what it answers may not: another size, or a cap that would have let it train on (in this process: quicker)
@@ -50,26 +50,26 @@ def test_train_writes_a_complete_run_folder_and_skips_a_finished_run(tiny_datase
         refusal = capsys.readouterr().err
         assert exited.value.code == code and said in refusal
         assert ("holds a finished run of another experiment" in refusal and "--force" in refusal) == (code == 2)
-    forced = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--out", str(out),
-                        "--force")
+    forced = run_main(capsys, "train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--out", str(out),
+                      "--force")
     assert forced.returncode == 0, forced.stderr
     assert json.loads((folder / "result.json").read_text())["epochs"] == 1
 
 
-def test_bf16_autocast_trains_on_the_cpu(tiny_dataset, tmp_path):
+def test_bf16_autocast_trains_on_the_cpu(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "runs"
-    done = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--precision", "bf16",
-                      "--no-channels-last", "--out", str(out))
+    done = run_main(capsys, "train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--precision", "bf16",
+                    "--no-channels-last", "--out", str(out))
     assert done.returncode == 0, done.stderr
     config = json.loads((run_folder(out) / "config.json").read_text())
     assert config["precision"] == "bf16" and config["channels_last"] is False
     assert json.loads((run_folder(out) / "result.json").read_text())["status"] == "finished"
 
 
-def test_runs_trains_each_seed_and_summarises(tiny_dataset, tmp_path):
+def test_runs_trains_each_seed_and_summarises(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "runs"
-    done = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--runs", "2",
-                      "--fraction", "0.5", "--out", str(out))
+    done = run_main(capsys, "train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--runs", "2",
+                    "--fraction", "0.5", "--out", str(out))
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "mobilenet_v3_large" / "tiny" / "f0.5" / "summary.json").read_text())
     accuracies = [json.loads((run_folder(out, fraction="0.5", seed=s) / "result.json").read_text())["test_acc"]
@@ -81,22 +81,22 @@ def test_runs_trains_each_seed_and_summarises(tiny_dataset, tmp_path):
     assert files[0]["test"] == files[1]["test"]
 
 
-def test_fraction_run_uses_the_same_files_for_the_same_seed(tiny_dataset, tmp_path):
+def test_fraction_run_uses_the_same_files_for_the_same_seed(tiny_dataset, tmp_path, capsys):
     chosen = []
     for attempt in range(2):
         out = tmp_path / f"runs{attempt}"
-        done = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--fraction", "0.1",
-                          "--seed", "3", "--out", str(out))
+        done = run_main(capsys, "train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--fraction",
+                        "0.1", "--seed", "3", "--out", str(out))
         assert done.returncode == 0, done.stderr
         chosen.append(json.loads((run_folder(out, fraction="0.1", seed=3) / "files.json").read_text())["train"])
     assert chosen[0] == chosen[1]
     assert sorted(path.split("/")[1] for path in chosen[0]) == ["blue", "green", "red"]  # one per class
 
 
-def test_select_on_val_reports_the_test_accuracy_of_the_selected_epoch(tiny_dataset, tmp_path):
+def test_select_on_val_reports_the_test_accuracy_of_the_selected_epoch(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "runs"
-    done = run_engine("train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "2", "--select-on", "val",
-                      "--out", str(out))
+    done = run_main(capsys, "train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "2", "--select-on", "val",
+                    "--out", str(out))
     assert done.returncode == 0, done.stderr
     folder = run_folder(out)
     result = json.loads((folder / "result.json").read_text())
@@ -114,7 +114,7 @@ def wait_for(condition, timeout, process):
         time.sleep(0.05)
 
 
-def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path):
+def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path, capsys):
     data = make_dataset(tmp_path / "bigger", {"train": 60, "test": 10})
     out = tmp_path / "runs"
     args = ["train", *FAST, "--data", str(data), "--max-epochs", "4", "--out", str(out)]
@@ -131,7 +131,7 @@ def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path):
     assert len(rows_before) == 1, "the kill came too late to fall inside epoch 2"
     assert not (folder / "result.json").exists()
 
-    resumed = run_engine(*args)
+    resumed = run_main(capsys, *args)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after epoch 1 " in resumed.stderr and "epoch   1 " not in resumed.stderr
     rows = read_metrics(folder / "metrics.csv")

@@ -8,7 +8,7 @@ import torch
 from engine.loaders import PIPELINES, count_per_class, scan_dataset, select_samples
 from engine.loaders.dali_pipeline import _quiet_dali_aliases
 from engine.loaders.torch_pipeline import IMAGENET_MEAN, IMAGENET_STD
-from tests.conftest import CLASS_COLOURS, make_shaded_dataset, run_engine
+from tests.conftest import CLASS_COLOURS, make_shaded_dataset, run_main
 
 pytest.importorskip("nvidia.dali", reason="DALI is not installed (pip install 'engine[dali]')")
 
@@ -127,30 +127,30 @@ def test_training_drops_the_partial_batch_and_reshuffles(shaded_dataset):
     assert not torch.equal(epochs[0], epochs[1])
 
 
-def test_engine_trains_with_the_dali_loader(tiny_dataset, tmp_path):
+def test_engine_trains_with_the_dali_loader(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "runs"
-    done = run_engine("train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--no-pretrained",
-                      "--image-size", "32", "--batch-size", "8", "--max-epochs", "2", "--loader", "dali",
-                      "--out", str(out))
+    done = run_main(capsys, "train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--no-pretrained",
+                    "--image-size", "32", "--batch-size", "8", "--max-epochs", "2", "--loader", "dali",
+                    "--out", str(out))
     assert done.returncode == 0, done.stderr
     folder = out / "mobilenet_v3_large" / "tiny" / "f1" / "s0"
     assert json.loads((folder / "config.json").read_text())["loader"] == "dali"
     assert json.loads((folder / "result.json").read_text())["epochs"] == 2
-    auto = run_engine("train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--no-pretrained",
-                      "--image-size", "32", "--max-epochs", "1", "--out", str(tmp_path / "auto"))
+    auto = run_main(capsys, "train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--no-pretrained",
+                    "--image-size", "32", "--max-epochs", "1", "--out", str(tmp_path / "auto"))
     assert "loader: torch (auto: no GPU: the portable default" in auto.stderr
 
 
 @pytest.mark.parametrize("loader", ["dali", "torch"])
-def test_unreadable_images_are_named_or_skipped_and_counted(tiny_dataset, tmp_path, loader):
+def test_unreadable_images_are_named_or_skipped_and_counted(tiny_dataset, tmp_path, loader, capsys):
     bad = tiny_dataset / "train" / "red" / "red_003.png"
     bad.write_bytes(b"not a png")
     common = ["train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--no-pretrained",
               "--image-size", "32", "--batch-size", "8", "--max-epochs", "1", "--loader", loader]
-    failed = run_engine(*common, "--out", str(tmp_path / "stop"))
+    failed = run_main(capsys, *common, "--out", str(tmp_path / "stop"))
     assert failed.returncode == 2 and f"cannot read image {bad}" in failed.stderr.strip().splitlines()[-1]
     assert not list((tmp_path / "stop").rglob("result.json"))
-    skipped = run_engine(*common, "--skip-bad-images", "--out", str(tmp_path / "skip"))
+    skipped = run_main(capsys, *common, "--skip-bad-images", "--out", str(tmp_path / "skip"))
     assert skipped.returncode == 0, skipped.stderr
     config = json.loads(next((tmp_path / "skip").rglob("config.json")).read_text())
     assert config["skipped_images"] == ["train/red/red_003.png"] and config["counts"]["train"] == 35

@@ -21,7 +21,7 @@ from engine.loaders import (count_per_class, get_dataset_spec, prepare_dataset, 
 from engine.loaders import download as download_module
 from engine.loaders.datasets import SourceFile
 from engine.loaders.download import DownloadError, download
-from tests.conftest import run_engine
+from tests.conftest import run_main
 
 
 def image_bytes(colour, fmt="JPEG", side=8) -> bytes:
@@ -187,16 +187,17 @@ def test_prepare_is_idempotent_and_atomic(tmp_path):
     assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith(".uc_merced.tmp")]
 
 
-def test_cli_prepare_then_train_from_the_prepared_layout(tmp_path):
+def test_cli_prepare_then_train_from_the_prepared_layout(tmp_path, capsys):
     archive, _ = eurosat_zip(tmp_path)
     root = tmp_path / "data"
-    done = run_engine("data", "prepare", "eurosat", "--root", str(root), "--from", str(archive))
+    done = run_main(capsys, "data", "prepare", "eurosat", "--root", str(root), "--from", str(archive))
     assert done.returncode == 0, done.stderr
     assert "differs from the paper: train: 21 images, the paper has 18900" in done.stderr
-    listed = run_engine("datasets", "--data-root", str(root))
+    listed = run_main(capsys, "datasets", "--data-root", str(root))
     assert any(line.startswith("eurosat") and " 21/9 (differs) " in line for line in listed.stdout.splitlines())
-    trained = run_engine("train", "--backbone", "mobilenet_v3_large", "--data", "eurosat", "--data-root", str(root),
-                         "--no-pretrained", "--image-size", "32", "--max-epochs", "1", "--out", str(tmp_path / "r"))
+    trained = run_main(capsys, "train", "--backbone", "mobilenet_v3_large", "--data", "eurosat", "--data-root",
+                       str(root), "--no-pretrained", "--image-size", "32", "--max-epochs", "1", "--out",
+                       str(tmp_path / "r"))
     assert trained.returncode == 0, trained.stderr
     assert json.loads((tmp_path / "r/mobilenet_v3_large/eurosat/f1/s0/config.json").read_text())["counts"]["test"] == 9
 

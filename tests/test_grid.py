@@ -13,7 +13,7 @@ from engine.config import json_ready
 from engine.errors import UserInputError
 from engine.grid import cell_status, expand_cells
 from engine.results import read_metrics
-from tests.conftest import make_dataset, run_engine
+from tests.conftest import make_dataset, run_main
 
 FLAGS = ["--no-pretrained", "--image-size", "32", "--batch-size", "8"]
 
@@ -46,7 +46,7 @@ def train_processes(out: Path) -> list[int]:
     return pids
 
 
-def test_grid_survives_sigkill_and_finishes_every_cell_once(tmp_path):
+def test_grid_survives_sigkill_and_finishes_every_cell_once(tmp_path, capsys):
     data = make_dataset(tmp_path / "tiny", {"train": 12, "test": 4})
     out = tmp_path / "runs"
     args = ["grid", "--backbones", "mobilenet_v3_large,shufflenet_v2_x2_0", "--datasets", str(data), "--seeds", "0,1",
@@ -65,7 +65,7 @@ def test_grid_survives_sigkill_and_finishes_every_cell_once(tmp_path):
     first = next(out.rglob("result.json"))
     stamp = first.stat().st_mtime_ns
 
-    rerun = run_engine(*args)
+    rerun = run_main(capsys, *args)
     assert rerun.returncode == 0, rerun.stderr
     assert "already done" in rerun.stderr
     results = sorted(out.rglob("result.json"))
@@ -74,7 +74,7 @@ def test_grid_survives_sigkill_and_finishes_every_cell_once(tmp_path):
         assert [int(row["epoch"]) for row in read_metrics(result.parent / "metrics.csv")] == [1, 2]
 
     # the same grid at another size: its finished cells answer another experiment, and none is taken as done
-    other_size = run_engine(*["48" if arg == "32" else arg for arg in args])
+    other_size = run_main(capsys, *["48" if arg == "32" else arg for arg in args])
     assert other_size.returncode == 2 and first.stat().st_mtime_ns == stamp
     assert "4 finished cell(s)" in other_size.stderr and "image_size [32, 32] -> [48, 48]" in other_size.stderr
 
@@ -101,7 +101,7 @@ def test_the_grid_asks_of_a_cell_what_engine_train_resolves_from_the_same_flags(
     assert json_ready(asked) == {key: config.experiment()[key] for key in asked}
 
 
-def test_failed_cells_are_reported_and_retried(tmp_path):
+def test_failed_cells_are_reported_and_retried(tmp_path, capsys):
     good = make_dataset(tmp_path / "good", {"train": 6, "test": 2})
     bad = make_dataset(tmp_path / "bad", {"train": 6, "test": 2})
     broken = bad / "train" / "blue" / "blue_001.png"
@@ -109,7 +109,7 @@ def test_failed_cells_are_reported_and_retried(tmp_path):
     out = tmp_path / "runs"
     args = ["grid", "--backbones", "mobilenet_v3_large", "--datasets", f"{good},{bad}", "--seeds", "0",
             "--out", str(out), "--max-epochs", "1", *FLAGS]
-    failed = run_engine(*args)
+    failed = run_main(capsys, *args)
     assert failed.returncode == 1
     assert f"failed mobilenet_v3_large__bad__f1__s0: engine: error: cannot read image {broken}" in failed.stderr
     cells = expand_cells("mobilenet_v3_large", f"{good},{bad}", "0", "1")
@@ -117,21 +117,21 @@ def test_failed_cells_are_reported_and_retried(tmp_path):
     record = json.loads((out / ".grid" / "failed" / "mobilenet_v3_large__bad__f1__s0.json").read_text())
     assert record["exit_code"] == 2
 
-    again = run_engine(*args)  # without --retry-failed the failure stands
+    again = run_main(capsys, *args)  # without --retry-failed the failure stands
     assert again.returncode == 1 and [cell_status(out, cell) for cell in cells] == ["done", "failed"]
     make_dataset(tmp_path / "fixed", {"train": 6, "test": 2})
     broken.write_bytes((tmp_path / "fixed" / "train" / "blue" / "blue_001.png").read_bytes())
-    retried = run_engine(*args, "--retry-failed")
+    retried = run_main(capsys, *args, "--retry-failed")
     assert retried.returncode == 0, retried.stderr
     assert [cell_status(out, cell) for cell in cells] == ["done", "done"]
 
 
-def test_dry_run_lists_the_plan_and_estimates_it_from_the_profile_store(tmp_path, tiny_dataset):
+def test_dry_run_lists_the_plan_and_estimates_it_from_the_profile_store(tmp_path, tiny_dataset, capsys):
     from engine.scheduler import profile_key, save_profile
     store = tmp_path / "profiles.json"
     args = ("grid", "--backbones", "resnet50", "--datasets", f"eurosat,cifar10,{tiny_dataset}", "--seeds", "0,1",
             "--fractions", "1,0.1", "--out", str(tmp_path / "runs"), "--dry-run")
-    done = run_engine(*args, env_extra={"ENGINE_PROFILES": str(store)})
+    done = run_main(capsys, *args, env_extra={"ENGINE_PROFILES": str(store)})
     assert done.returncode == 0
     lines = done.stdout.splitlines()
     assert sum(line.startswith("pending") for line in lines) == 12
@@ -140,7 +140,7 @@ def test_dry_run_lists_the_plan_and_estimates_it_from_the_profile_store(tmp_path
 
     save_profile(profile_key("NVIDIA H100", "resnet50", (256, 256), "bf16", True, True),
                  {"batch_size": 256, "images_per_s": {"128": 900.0, "256": 1000.0}}, store)
-    done = run_engine(*args, env_extra={"ENGINE_PROFILES": str(store)})
+    done = run_main(capsys, *args, env_extra={"ENGINE_PROFILES": str(store)})
     # 2 seeds x (EuroSAT's 18900 + CIFAR-10's 50000 training images) x (1 + 0.1) x 40 epochs at 1000 img/s
     assert "estimate: 1.7 GPU-hours for the cells left" in done.stdout
     assert f"no estimate for the cells of {tiny_dataset}: not a built-in dataset" in done.stdout
@@ -148,8 +148,8 @@ def test_dry_run_lists_the_plan_and_estimates_it_from_the_profile_store(tmp_path
     assert "12 cells: 12 pending" in done.stdout
 
     # BreakHis trains at 448x672: with no rate measured at that size, the 256x256 rate is scaled by the pixels
-    breakhis = run_engine("grid", "--backbones", "resnet50", "--datasets", "breakhis_40x", "--out",
-                          str(tmp_path / "runs"), "--dry-run", env_extra={"ENGINE_PROFILES": str(store)})
+    breakhis = run_main(capsys, "grid", "--backbones", "resnet50", "--datasets", "breakhis_40x", "--out",
+                        str(tmp_path / "runs"), "--dry-run", env_extra={"ENGINE_PROFILES": str(store)})
     # 3 seeds x 1398 images x 40 epochs / (1000 img/s x 256*256 / (448*672)): 0.21 h (unscaled it would be 0.05)
     assert "estimate: 0.2 GPU-hours" in breakhis.stdout
 
@@ -191,7 +191,7 @@ def test_the_grid_fetches_each_backbones_weights_once_before_any_cell_starts(tmp
     assert len(fetched) == 2
 
 
-def test_the_submitit_path_runs_a_job_array_locally(tmp_path):
+def test_the_submitit_path_runs_a_job_array_locally(tmp_path, capsys):
     pytest.importorskip("submitit")
     good = make_dataset(tmp_path / "good", {"train": 6, "test": 2})
     bad = make_dataset(tmp_path / "bad", {"train": 6, "test": 2})
@@ -199,13 +199,13 @@ def test_the_submitit_path_runs_a_job_array_locally(tmp_path):
     out = tmp_path / "runs"
     args = ["grid", "--backbones", "mobilenet_v3_large", "--datasets", f"{good},{bad}", "--seeds", "0",
             "--out", str(out), "--launcher", "submitit-local", "--max-epochs", "1", *FLAGS]
-    done = run_engine(*args)
+    done = run_main(capsys, *args)
     assert done.returncode == 1  # the broken dataset's cell failed; the other finished
     cells = expand_cells("mobilenet_v3_large", f"{good},{bad}", "0", "1")
     assert [cell_status(out, cell) for cell in cells] == ["done", "failed"]
     assert list((out / ".grid" / "submitit").iterdir())  # submitit's own job folders
     stamp = next(out.rglob("result.json")).stat().st_mtime_ns
-    again = run_engine(*args)
+    again = run_main(capsys, *args)
     assert "0 to submit" in again.stderr and next(out.rglob("result.json")).stat().st_mtime_ns == stamp
 
 

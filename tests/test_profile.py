@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import run_engine
+from tests.conftest import run_main
 
 FIELDS = {"backbone", "device", "image_size", "precision", "compile", "compile_mode", "cuda_graph_skips",
           "channels_last", "batch_size", "batch_size_reason", "first_step_s", "model_images_per_s", "step_ms",
@@ -12,9 +12,9 @@ FIELDS = {"backbone", "device", "image_size", "precision", "compile", "compile_m
           "verdict"}
 
 
-def test_profile_json_reports_the_whole_pipeline(tiny_dataset):
-    done = run_engine("profile", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--image-size", "32",
-                      "--batch-size", "8", "--steps", "2", "--json")
+def test_profile_json_reports_the_whole_pipeline(tiny_dataset, capsys):
+    done = run_main(capsys, "profile", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--image-size",
+                    "32", "--batch-size", "8", "--steps", "2", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert set(report) == FIELDS
@@ -92,13 +92,14 @@ def test_where_the_input_side_limits_a_dataset_that_fits_is_pointed_to_the_resid
     assert _resident_hint({"verdict": "input-bound: ..."}, resident, scan_dataset(tiny_dataset)) == ""
 
 
-def test_profile_without_data_measures_the_model_alone():
-    done = run_engine("profile", "--backbone", "shufflenet_v2_x2_0", "--image-size", "32", "--steps", "1", "--json")
+def test_profile_without_data_measures_the_model_alone(capsys):
+    done = run_main(capsys, "profile", "--backbone", "shufflenet_v2_x2_0", "--image-size", "32", "--steps", "1",
+                    "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["loader"] is None and report["batch_size"] == 32 and "CPU default" in report["batch_size_reason"]
     assert report["verdict"].startswith("model only")
-    bad = run_engine("profile", "--backbone", "wavemix", "--image-size", "48")
+    bad = run_main(capsys, "profile", "--backbone", "wavemix", "--image-size", "48")
     assert bad.returncode == 2 and "divisible by 32" in bad.stderr
 
 

@@ -6,7 +6,7 @@ import torch
 
 from engine.errors import UserInputError
 from engine.loaders import PIPELINES, has_small_images, scan_dataset
-from tests.conftest import CLASS_COLOURS, make_dataset, run_engine
+from tests.conftest import CLASS_COLOURS, make_dataset, run_main
 
 
 def batches(kind, index, samples, train, augment=False, size=(32, 32), seed=0, batch_size=5):
@@ -123,10 +123,10 @@ def test_without_dali_auto_keeps_larger_images_resident_where_they_fit(tmp_path,
     assert resolve_loader("auto", "cpu", index, (32, 32)) == "torch"  # without a GPU, always
 
 
-def test_engine_trains_with_the_resident_loader(tiny_dataset, tmp_path):
-    done = run_engine("train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--no-pretrained",
-                      "--image-size", "32", "--batch-size", "8", "--max-epochs", "1", "--loader", "resident",
-                      "--out", str(tmp_path / "r"))
+def test_engine_trains_with_the_resident_loader(tiny_dataset, tmp_path, capsys):
+    done = run_main(capsys, "train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--no-pretrained",
+                    "--image-size", "32", "--batch-size", "8", "--max-epochs", "1", "--loader", "resident",
+                    "--out", str(tmp_path / "r"))
     assert done.returncode == 0, done.stderr
     config = json.loads(next((tmp_path / "r").rglob("config.json")).read_text())
     assert config["loader"] == "resident" and len(CLASS_COLOURS) == config["num_classes"]

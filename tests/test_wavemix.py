@@ -7,7 +7,7 @@ import torch
 from engine.bench.layouts import convolution_backward_tensors
 from engine.models import build_backbone, hub_cache_path, get_backbone_spec
 from engine.models.wavemix import wavemix_192_16
-from tests.conftest import run_engine
+from tests.conftest import run_main
 from tests.oracles import reference_wavemix
 
 
@@ -132,12 +132,12 @@ def test_image_sides_must_be_multiples_of_32():
         wavemix_192_16(3)(torch.randn(1, 3, 48, 48))
 
 
-def test_engine_trains_wavemix_end_to_end(tiny_dataset, tmp_path):
+def test_engine_trains_wavemix_end_to_end(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "runs"
-    done = run_engine("train", "--backbone", "wavemix", "--data", str(tiny_dataset), "--no-pretrained",
-                      "--image-size", "32", "--batch-size", "8", "--max-epochs", "1", "--out", str(out))
+    done = run_main(capsys, "train", "--backbone", "wavemix", "--data", str(tiny_dataset), "--no-pretrained",
+                    "--image-size", "32", "--batch-size", "8", "--max-epochs", "1", "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "wavemix" / "tiny" / "f1" / "s0" / "result.json").read_text())["epochs"] == 1
-    refused = run_engine("train", "--backbone", "wavemix", "--data", str(tiny_dataset), "--no-pretrained",
-                         "--image-size", "48", "--out", str(out))
+    refused = run_main(capsys, "train", "--backbone", "wavemix", "--data", str(tiny_dataset), "--no-pretrained",
+                       "--image-size", "48", "--out", str(out))
     assert refused.returncode == 2 and "wavemix needs image sides divisible by 32" in refused.stderr
