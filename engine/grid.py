@@ -54,15 +54,16 @@ class Cell:
         given = _flag_value(train_flags, "--image-size")
         if given is not None:
             return parse_image_size(given)
-        spec = registry().get(self.data)
-        return spec.image_size if spec is not None else CUSTOM_DEFAULT_SIZE
+        return self._dataset_default("image_size", CUSTOM_DEFAULT_SIZE)
 
     def augment(self, asked: bool | None) -> bool:
         """Whether the cell augments: the grid's --augment/--no-augment, else its dataset's default."""
-        if asked is not None:
-            return asked
+        return asked if asked is not None else self._dataset_default("augment", CUSTOM_DEFAULT_AUGMENT)
+
+    def _dataset_default(self, setting: str, for_a_folder):
+        """A built-in dataset's own value of `setting`; `for_a_folder` for a folder of the user's."""
         spec = registry().get(self.data)
-        return spec.augment if spec is not None else CUSTOM_DEFAULT_AUGMENT
+        return getattr(spec, setting) if spec is not None else for_a_folder
 
     def command(self, out: Path, train_flags: list[str]) -> list[str]:
         return [sys.executable, "-m", "engine", "train", "--backbone", self.backbone, "--data", self.data,
