@@ -182,8 +182,8 @@ def prepare(name: str, root: str | None, source: str | None, force: bool, split_
                    "fits 5 % of the card per split, else dali when installed, else resident where its copy fits; "
                    "torch otherwise.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Loader processes (DALI: threads) [default: cores - 1, at most 8, with a GPU; 0 (main process) "
-                   "on the CPU].")
+              help="Loader processes (DALI: threads, at least 1; resident: unused, its one decode uses every core) "
+                   "[default: cores - 1, at most 8, with a GPU; 0 (main process) on the CPU].")
 @click.option("--skip-bad-images", is_flag=True,
               help="Leave unreadable images out (counted and listed in config.json) instead of stopping.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)

@@ -253,10 +253,10 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
     # with selection on the test set (the paper's), the selection files are the test files: say so once
     selection = "" if config.select_on == "test" else f"{counts['selection']} {config.select_on} / "
     log.info("%s on %s: %d classes, %d train / %s%d test images (epochs selected on %s), %dx%d, augment %s, "
-             "batch %d%s, %s, %s%s, loader %s (%d workers) -> %s", config.backbone, config.dataset,
+             "batch %d%s, %s, %s%s, loader %s (%s) -> %s", config.backbone, config.dataset,
              index.num_classes, counts["train"], selection, counts["test"], config.select_on, *config.image_size,
              "on" if config.augment else "off", config.batch_size, processes, config.device, config.precision,
-             compile_note(config), config.loader, config.workers, run_dir)
+             compile_note(config), config.loader, PIPELINES[config.loader].parallelism(config.workers), run_dir)
 
     seed_everything(config.seed)
     device = distributed.training_device(config.device)

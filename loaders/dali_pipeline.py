@@ -87,9 +87,14 @@ def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment:
     device_id = (device.index or 0) if on_gpu else None  # None: a CPU-only pipeline
     # three batches in flight, as ANCHORS.md's DALI measurement (27k img/s on an H200) ran: a late batch (a large
     # JPEG, a busy thread) is absorbed instead of reaching the training step; one batch more of device memory
-    return _quiet_dali_aliases(lambda: pipeline(batch_size=batch_size, num_threads=max(1, workers),
+    return _quiet_dali_aliases(lambda: pipeline(batch_size=batch_size, num_threads=_threads(workers),
                                                 device_id=device_id, seed=seed,
                                                 prefetch_queue_depth=PREFETCH_BATCHES))
+
+
+def _threads(workers: int) -> int:
+    """DALI's CPU threads for --workers N: a pipeline needs one at least (--workers 0 is the CPU's default)."""
+    return max(1, workers)
 
 
 def _quiet_dali_aliases(build):
@@ -114,6 +119,10 @@ class DaliBatches(BatchCounts):
     """Batches of one split for the trainer, with the torch pipeline's interface."""
 
     queued_batches = 2 * PREFETCH_BATCHES  # DALI's CPU stage and its GPU stage each hold that many ahead
+
+    @staticmethod
+    def parallelism(workers: int) -> str:
+        return "DALI threads: %d" % _threads(workers)
 
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
                  batch_size: int, train: bool, device: torch.device, seed: int, workers: int, channels_last: bool,

@@ -136,6 +136,10 @@ def decoded_images(index: DatasetIndex, samples: list[Sample], side: tuple[int, 
 class ResidentBatches(BatchCounts):
     """Batches of one split, from a uint8 copy of the whole split held on the device."""
 
+    @staticmethod
+    def parallelism(workers: int) -> str:
+        return "decoded once, then gathered and augmented on the device"  # the decoding uses every core
+
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
                  batch_size: int, train: bool, device: torch.device, seed: int, workers: int, channels_last: bool,
                  dtype: torch.dtype = torch.float32, shard: Shard = SINGLE):

@@ -118,6 +118,10 @@ class TorchBatches(BatchCounts):
     started again per epoch.
     """
 
+    @staticmethod
+    def parallelism(workers: int) -> str:
+        return f"worker processes: {workers}" if workers else "decoding in the main process"
+
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
                  batch_size: int, train: bool, device: torch.device, seed: int, workers: int,
                  channels_last: bool, dtype: torch.dtype = torch.float32, shard: Shard = SINGLE):

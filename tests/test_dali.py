@@ -135,6 +135,7 @@ def test_engine_trains_with_the_dali_loader(tiny_dataset, tmp_path, capsys):
     assert done.returncode == 0, done.stderr
     folder = out / "mobilenet_v3_large" / "tiny" / "f1" / "s0"
     assert json.loads((folder / "config.json").read_text())["loader"] == "dali"
+    assert "loader dali (DALI threads: 1)" in done.stderr  # --workers 0, the CPU's default, is one DALI thread
     assert json.loads((folder / "result.json").read_text())["epochs"] == 2
     auto = run_main(capsys, "train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--no-pretrained",
                     "--image-size", "32", "--max-epochs", "1", "--out", str(tmp_path / "auto"))
