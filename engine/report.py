@@ -125,7 +125,9 @@ class Table:
 def _cell(entry: Entry | None) -> str:
     if entry is None:
         return ""
-    text = f"{entry.best:.2f}{RANK_MARKS.get(entry.place, '')} ({entry.mean:.2f}±{entry.std:.2f})"
+    # one seed has no spread: "±0.00" would claim seeds that agree
+    spread = f"{entry.mean:.2f}±{entry.std:.2f}" if len(entry.accuracies) > 1 else "1 seed"
+    text = f"{entry.best:.2f}{RANK_MARKS.get(entry.place, '')} ({spread})"
     if entry.paper is not None:
         text += f" [paper {entry.paper:.2f}, {entry.difference:+.2f}]"
     return text

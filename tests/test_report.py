@@ -102,6 +102,13 @@ def test_runs_selected_on_validation_are_never_pooled_with_the_papers_and_say_so
     assert "selected on" not in report(capsys, str(runs / "resnet50"))  # the paper's selection alone: as before
 
 
+def test_a_single_seed_shows_no_spread(tmp_path, capsys):
+    """One seed has no standard deviation: "±0.00" would read as seeds that agree."""
+    write_runs(tmp_path, {("dtd", 1.0, "resnet50"): (70.0,), ("dtd", 1.0, "convnext_tiny"): (69.0, 71.0)})
+    text = report(capsys, str(tmp_path))
+    assert "70.00² (1 seed)" in text and "71.00¹ (70.00±1.41)" in text and "±0.00" not in text
+
+
 def test_a_folder_without_runs_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["report", str(tmp_path)])
