@@ -64,6 +64,18 @@ def _unpack(paths: list[Path], work: Path) -> Path:
     return raw
 
 
+def _convert(spec, raw: Path, out: Path, files: list[Path] | None, split_by: str | None) -> dict:
+    """spec.convert, whose errors name the archives the user has rather than the temporary folder that held
+    them unpacked (and is gone when the message is read)."""
+    try:
+        return spec.convert(raw, out, **({"split_by": split_by} if split_by else {}))
+    except UserInputError as err:
+        if files is None:  # an unpacked folder of the user's: its own path is the right one
+            raise
+        unpacked = "the unpacked " + ", ".join(path.name for path in files)
+        raise UserInputError(str(err).replace(str(raw), unpacked)) from None
+
+
 def _count_warnings(spec, counts: dict[str, int], classes: int) -> list[str]:
     warnings = []
     for split in ("train", "test"):
@@ -104,7 +116,7 @@ def prepare_dataset(spec, root: Path, source: Path | None = None, force: bool = 
         raw = _unpack(files, work) if files is not None else source
         out = work / "out"
         log.info("converting %s into the train/test layout", spec.name)
-        split_rule = spec.convert(raw, out, **({"split_by": split_by} if split_by else {}))
+        split_rule = _convert(spec, raw, out, files, split_by)
         index = scan_dataset(out, spec.name)
         counts = {"train": len(index.train), "test": len(index.test)}
         warnings = _count_warnings(spec, counts, index.num_classes)

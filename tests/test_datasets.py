@@ -114,6 +114,17 @@ def eurosat_zip(tmp_path, per_class=10):
     return make_zip(tmp_path / "EuroSAT.zip", files), files
 
 
+def test_the_wrong_archive_is_named_as_the_user_gave_it(tmp_path, capsys):
+    """Not the temporary folder it was unpacked into, which is gone by the time the message is read."""
+    archive = make_zip(tmp_path / "holiday.zip", {"photos/beach/1.jpg": image_bytes((200, 200, 0))})
+    with pytest.raises(SystemExit) as exited:
+        main(["data", "prepare", "eurosat", "--root", str(tmp_path / "data"), "--from", str(archive)])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exited.value.code == 2 and ".tmp-" not in error
+    assert error == "engine: error: the folder of class folders not found in the unpacked holiday.zip (looked for " \
+                    "'2750'); is this the right archive or folder?"
+
+
 def test_eurosat_gets_a_seeded_stratified_70_30_split(tmp_path):
     archive, files = eurosat_zip(tmp_path)
     target, meta, index = prepared(tmp_path, "eurosat", archive)
