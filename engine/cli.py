@@ -334,8 +334,20 @@ def profile_command(steps: int, packing: bool, as_json: bool, **flags) -> None:
     if as_json:
         click.echo(json_module.dumps(report, indent=2))
         return
-    _print_table(("measure", "value"), [(key, str(value)) for key, value in report.items() if key != "verdict"])
+    _print_table(("measure", "value"), [(key, _readable(value)) for key, value in report.items() if key != "verdict"])
     click.echo(f"\nverdict: {report['verdict']}")
+
+
+def _readable(value) -> str:
+    """A profile value for people (--json keeps the values themselves): '-' for what was not measured, a size as
+    HxW, a breakdown as 'name value, ...'."""
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {_readable(part)}" for key, part in value.items())
+    if isinstance(value, list):
+        return "x".join(map(str, value))
+    return str(value)
 
 
 @cli.command("packed-copy", hidden=True)

@@ -99,6 +99,11 @@ def test_profile_without_data_measures_the_model_alone(capsys):
     report = json.loads(done.stdout)
     assert report["loader"] is None and report["batch_size"] == 32 and "CPU default" in report["batch_size_reason"]
     assert report["verdict"].startswith("model only")
+    table = run_main(capsys, "profile", "--backbone", "shufflenet_v2_x2_0", "--image-size", "32", "--steps", "1")
+    rows = dict(line.split(maxsplit=1) for line in table.stdout.splitlines()[1:] if line and " " in line)
+    assert rows["image_size"] == "32x32" and rows["loader"] == rows["peak_memory_gib"] == "-"  # not measured
+    assert rows["phase_ms"].startswith("forward ") and ", backward " in rows["phase_ms"]
+    assert table.stdout.rstrip().splitlines()[-1].startswith("verdict: model only")
     bad = run_main(capsys, "profile", "--backbone", "wavemix", "--image-size", "48")
     assert bad.returncode == 2 and "divisible by 32" in bad.stderr
 
