@@ -196,31 +196,60 @@ def record_epoch(state: ProtocolState, eval_acc: float, patience: int, max_epoch
 
 
 # --- One epoch -------------------------------------------------------------------------------------------------------
+# How an epoch shows its progress (one line per epoch is logged in every mode): "bar" on a terminal; "lines" where
+# the log goes to a file (a grid cell, Slurm, nohup), so that a long epoch is not silent for an hour; "off" on
+# the ranks of a distributed run other than the first.
+PROGRESS_MODES = ("bar", "lines", "off")
+
+
+def progress_mode(is_main: bool) -> str:
+    if not is_main:
+        return "off"
+    return "bar" if sys.stderr.isatty() else "lines"
+
+
 class EpochProgress:
-    """A progress bar with images/s and the running loss on a terminal; silent otherwise (one line per epoch
-    is logged either way). Reading the running loss syncs with the device, so it happens at most twice a second."""
+    """Steps done, images/s and the running loss, within an epoch. Reading the running loss syncs with the
+    device, so it happens at most twice a second on a bar, once a minute in lines."""
 
-    REFRESH_S = 0.5
+    REFRESH_S = {"bar": 0.5, "lines": 60.0}
 
-    def __init__(self, total_steps: int, description: str, enabled: bool):
+    def __init__(self, total_steps: int, description: str, mode: str):
+        if mode not in PROGRESS_MODES:
+            raise ValueError(f"unknown progress mode {mode!r}; choose from {', '.join(PROGRESS_MODES)}")
+        self.mode, self.total_steps, self.description = mode, total_steps, description
         self.bar = None
-        if enabled:
+        if mode == "bar":
             from tqdm import tqdm
             self.bar = tqdm(total=total_steps, desc=description, unit="step", leave=False, dynamic_ncols=True)
-        self.last_refresh = 0.0
+        self.steps = 0
+        self.last_refresh = time.perf_counter()
 
     def update(self, images: int, seconds: float, running_loss: Callable[[], float]) -> None:
-        if self.bar is None:
+        if self.mode == "off":
             return
-        self.bar.update(1)
+        self.steps += 1
+        if self.bar is not None:
+            self.bar.update(1)
         now = time.perf_counter()
-        if now - self.last_refresh >= self.REFRESH_S:
-            self.last_refresh = now
-            self.bar.set_postfix(loss=f"{running_loss():.4f}", img_s=f"{images / max(seconds, 1e-9):.0f}")
+        if now - self.last_refresh < self.REFRESH_S[self.mode]:
+            return
+        self.last_refresh = now
+        rate = images / max(seconds, 1e-9)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{running_loss():.4f}", img_s=f"{rate:.0f}")
+            return
+        left_s = seconds / self.steps * (self.total_steps - self.steps)
+        log.info("%s: step %d/%d, %.0f img/s, loss %.4f so far, about %s left", self.description, self.steps,
+                 self.total_steps, rate, running_loss(), _duration(left_s))
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def synchronize(device: torch.device) -> None:
@@ -229,13 +258,13 @@ def synchronize(device: torch.device) -> None:
 
 
 def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, precision: Precision,
-                    epoch: int, device: torch.device, show_progress: bool) -> dict:
+                    epoch: int, device: torch.device, progress: str) -> dict:
     """One pass over the training batches. Loss and accuracy accumulate on the device: no host sync per step."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    progress = EpochProgress(len(batches), f"epoch {epoch}", show_progress)
+    meter = EpochProgress(len(batches), f"epoch {epoch}", progress)
     start = time.perf_counter()
     for images, labels in batches.epoch(epoch):
         begin_step()
@@ -248,10 +277,10 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
         loss_sum += loss.detach().float() * labels.size(0)
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += labels.size(0)
-        progress.update(seen, time.perf_counter() - start, lambda: loss_sum.item() / seen)
+        meter.update(seen, time.perf_counter() - start, lambda: loss_sum.item() / seen)
     synchronize(device)
     seconds = time.perf_counter() - start
-    progress.close()
+    meter.close()
     # Over every rank of a distributed run (one collective per epoch); the rate is then the whole run's.
     totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, dtype=torch.float64, device=device)])
     loss_total, correct_total, seen = sum_across_ranks(totals).tolist()
@@ -345,17 +374,19 @@ def load_best(model: nn.Module, run_dir: Path) -> None:
 
 def fit(model: nn.Module, train_batches, eval_batches, config: RunConfig, run_dir: Path, *,
         evaluate_fn: Callable = evaluate, train_fn: Callable = train_one_epoch,
-        show_progress: bool | None = None) -> Fit:
+        progress: str | None = None) -> Fit:
     """Train `model` (already on the device, in its memory format) by the protocol, writing the run folder.
 
     Continues from `run_dir/last.pt` when it is there. Each finished epoch leaves best.pt (when it is a new
     best), last.pt and metrics.csv, each replaced atomically; the checkpoints are written by a background
     thread while the next epoch trains. In a distributed run rank 0 alone writes; every rank trains and takes
-    the same decisions from the same summed accuracies.
+    the same decisions from the same summed accuracies. `progress` is one of PROGRESS_MODES, by default a bar on
+    a terminal and a line a minute in a log file.
     """
     device = distributed.training_device(config.device)
     main = distributed.current().is_main
-    show_progress = main and (sys.stderr.isatty() if show_progress is None else show_progress)
+    if progress is None:
+        progress = progress_mode(main)
     precision = make_precision(config.precision, device.type)
     state, optimizer, history, wall_s = _resume(run_dir, model, precision)
     trained = distributed.wrap(model, device)
@@ -368,7 +399,7 @@ def fit(model: nn.Module, train_batches, eval_batches, config: RunConfig, run_di
         while state.stop_reason is None:
             started = time.perf_counter()
             row = {"epoch": state.epoch + 1, "phase": state.phase, "lr": optimizer.param_groups[0]["lr"]}
-            row |= train_fn(step_model, train_batches, optimizer, precision, state.epoch + 1, device, show_progress)
+            row |= train_fn(step_model, train_batches, optimizer, precision, state.epoch + 1, device, progress)
             eval_started = time.perf_counter()
             row["eval_acc"] = evaluate_fn(step_model, eval_batches, precision, device)
             row["eval_s"] = time.perf_counter() - eval_started

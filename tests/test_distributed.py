@@ -97,7 +97,7 @@ def one_epoch(dataset, batch_size: int, shard: Shard):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     index = scan_dataset(dataset)
     row = train_one_epoch(trained, pipeline("torch", index, index.train, True, shard, batch_size=batch_size),
-                          optimizer, make_precision("fp32", "cpu"), 1, device, show_progress=False)
+                          optimizer, make_precision("fp32", "cpu"), 1, device, progress="off")
     return model.state_dict(), row
 
 

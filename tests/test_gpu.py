@@ -309,7 +309,7 @@ def test_training_and_evaluation_replay_as_cuda_graphs_and_compute_what_the_eage
     rows = []
     for run_model, weights in ((graphed, model), (reference, reference)):
         optimizer = torch.optim.SGD(weights.parameters(), lr=0.1, momentum=0.9)
-        rows.append([train_one_epoch(run_model, batches, optimizer, precision, epoch, device, False)["train_loss"]
+        rows.append([train_one_epoch(run_model, batches, optimizer, precision, epoch, device, "off")["train_loss"]
                      for epoch in (1, 2, 3)] + [evaluate(run_model, batches, precision, device)])
     assert cuda_graph_skips() == skipped_before
     # inductor's fused BatchNorm sums in another order than cuDNN's: three epochs of SGD keep that near 1e-5

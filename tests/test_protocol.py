@@ -1,5 +1,6 @@
 """DualOpt's control flow, driven by scripted evaluation accuracies."""
 import copy
+import logging
 
 import pytest
 import torch
@@ -89,7 +90,7 @@ def test_fit_reloads_best_weights_into_a_fresh_sgd(tmp_path):
     evaluation = ScriptedEvaluation([10, 30, 20, 25, 28, 35, 31, 33])
     training = RecordingTraining()
     outcome = fit(model, batches, batches, config, tmp_path, evaluate_fn=evaluation, train_fn=training,
-                  show_progress=False)
+                  progress="off")
 
     # AdamW: best at epoch 2, epochs 3-4 bring nothing: switch after epoch 4. SGD: epoch 6 is a new best
     # (35), 7-8 are not: stop after 8.
@@ -159,10 +160,32 @@ def test_every_training_and_evaluation_step_tells_cuda_graphs_a_new_step_begins(
     precision = make_precision("fp32", "cpu")
     train_batches = TensorBatches(torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,)))
     train_one_epoch(model, train_batches, torch.optim.AdamW(model.parameters()), precision, 1, torch.device("cpu"),
-                    False)
+                    "off")
     assert len(marks) == 2  # two training batches
     evaluate(model, EvalBatches(), precision, torch.device("cpu"))
     assert len(marks) == 2 + 3  # and three evaluation batches
+
+
+def test_a_long_epoch_in_a_log_file_says_how_far_it_is(monkeypatch, caplog):
+    """Without a terminal (a grid cell's log, Slurm) a bar would be silent: a line every REFRESH_S["lines"]
+    seconds (a minute; here every step) names the step, the rate, the running loss and the time left."""
+    from engine import trainer
+
+    monkeypatch.setattr(trainer.EpochProgress, "REFRESH_S", {"bar": 0.5, "lines": 0.0})
+    monkeypatch.setattr(trainer.sys.stderr, "isatty", lambda: False, raising=False)
+    assert trainer.progress_mode(is_main=True) == "lines" and trainer.progress_mode(is_main=False) == "off"
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    batches = TensorBatches(torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,)))
+    precision, cpu = trainer.make_precision("fp32", "cpu"), torch.device("cpu")
+    with caplog.at_level(logging.INFO, logger="engine"):
+        row = trainer.train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), precision, 7,
+                                      cpu, "lines")
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line.split(",")[0] for line in lines] == ["epoch 7: step 1/2", "epoch 7: step 2/2"]
+    assert all(" img/s, loss " in line and line.endswith(" left") for line in lines)
+    caplog.clear()
+    trainer.train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), precision, 8, cpu, "off")
+    assert not caplog.records and row["train_loss"] > 0
 
 
 def test_a_cuda_graph_mode_that_inductor_skipped_is_said_after_the_first_epoch(tmp_path, monkeypatch, caplog):
@@ -176,7 +199,7 @@ def test_a_cuda_graph_mode_that_inductor_skipped_is_said_after_the_first_epoch(t
     no_compile = lambda module, mode="default": module  # noqa: E731  (the warning, not inductor, is under test)
     monkeypatch.setattr(trainer, "compiled", no_compile)
     with caplog.at_level("WARNING", logger="engine"):
-        fit(model, batches, batches, config, tmp_path, evaluate_fn=ScriptedEvaluation([10, 20]), show_progress=False)
+        fit(model, batches, batches, config, tmp_path, evaluate_fn=ScriptedEvaluation([10, 20]), progress="off")
     said = [r.getMessage() for r in caplog.records if "CUDA graphs" in r.getMessage()]
     assert said == ["--compile-mode reduce-overhead: 2 compiled graph(s) run without CUDA graphs "
                     "(TORCH_LOGS=cudagraphs says why)"]  # once, not every epoch
