@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
 import sys
 import tarfile
 import time
@@ -75,6 +76,9 @@ def download(url: str, destination: Path, md5: str | None = None, retries: int =
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
             if isinstance(err, urllib.error.HTTPError) and err.code == 416:  # asked past the end: it is complete
                 break
+            lasting = _lasting(err)
+            if lasting is not None:
+                raise DownloadError(f"cannot download {url}: {lasting}") from err
             if attempt == retries:
                 raise DownloadError(f"cannot download {url} after {retries} attempts ({err}); rerun to "
                                     f"resume") from err
@@ -92,6 +96,21 @@ def download(url: str, destination: Path, md5: str | None = None, retries: int =
 
 
 _backoff_scale = 1.0  # tests shrink the waits between retries
+
+# HTTP answers that a retry may change: a timeout, "too early", "too many requests", and every server error
+RETRIED_HTTP_CODES = {408, 425, 429}
+
+
+def _lasting(err: Exception) -> str | None:
+    """Why retrying cannot help, or None for a failure worth retrying (a dropped connection, a timeout, a busy
+    server): an offline machine would otherwise wait through every retry's backoff to be told the same thing."""
+    if isinstance(err, urllib.error.HTTPError):
+        if err.code < 500 and err.code not in RETRIED_HTTP_CODES:
+            return f"the server answered {err.code} {err.reason}"
+        return None
+    if isinstance(err, urllib.error.URLError) and isinstance(err.reason, socket.gaierror):
+        return f"its host name does not resolve (offline, or no DNS?): {err.reason}"
+    return None
 
 
 def extract(archive: Path, into: Path) -> Path:

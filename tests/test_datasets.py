@@ -305,6 +305,40 @@ def test_an_unreachable_source_names_the_command_that_takes_a_copy(tmp_path, mon
     assert not (tmp_path / "data" / "eurosat").exists()
 
 
+def test_a_failure_no_retry_can_mend_is_said_at_once(tmp_path, monkeypatch):
+    """A missing file (404) and a host name that does not resolve (an offline machine) stop at the first attempt,
+    without the retries' waits (no quick_retries here: a retry would sleep 2 s); a busy server (503) is retried."""
+    import socket
+    import urllib.error
+
+    def answering(code):
+        attempts = []
+
+        def urlopen(request, timeout):
+            attempts.append(request.full_url)
+            raise urllib.error.HTTPError(request.full_url, code, "Not Found" if code == 404 else "Busy", {}, None)
+        return attempts, urlopen
+
+    attempts, urlopen = answering(404)
+    monkeypatch.setattr(download_module.urllib.request, "urlopen", urlopen)
+    with pytest.raises(DownloadError, match=r"^cannot download http://h/f.zip: the server answered 404 Not Found$"):
+        download("http://h/f.zip", tmp_path / "f.zip")
+    assert len(attempts) == 1
+
+    def offline(request, timeout):
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+    monkeypatch.setattr(download_module.urllib.request, "urlopen", offline)
+    with pytest.raises(DownloadError, match="host name does not resolve"):
+        download("http://h/f.zip", tmp_path / "f.zip")
+
+    monkeypatch.setattr(download_module, "_backoff_scale", 0.0)
+    attempts, urlopen = answering(503)
+    monkeypatch.setattr(download_module.urllib.request, "urlopen", urlopen)
+    with pytest.raises(DownloadError, match="after 5 attempts"):
+        download("http://h/f.zip", tmp_path / "f.zip")
+    assert len(attempts) == 5
+
+
 # --- .mat, HDF5, DICOM and patient-split sources ----------------------------------------------------------------
 def test_flowers102_mat_lists(tmp_path):
     from scipy.io import savemat
