@@ -16,7 +16,7 @@ from engine.config import CUDA_GRAPH_MODES, RunConfig
 from engine.loaders import DatasetIndex, fits_budget
 from engine.models import build_backbone
 from engine.scheduler import synchronize, wait_for_copies
-from engine.run import make_batches
+from engine.run import make_batches, out_of_memory_advice
 from engine.trainer import (FIRST_PHASE, begin_step, compiled, cuda_graph_skips, input_dtype, make_optimizer,
                             make_precision, training_stream, tune_convolutions)
 
@@ -144,7 +144,8 @@ def synthetic_batch(config: RunConfig, num_classes: int, memory_format: torch.me
 
 
 def profile(config: RunConfig, index: DatasetIndex | None, steps: int, warmup: int) -> dict:
-    with training_stream(torch.device(config.device)):  # the stream `engine train` runs its steps on
+    # the stream `engine train` runs its steps on; a batch too large for the card as the one line training gives
+    with training_stream(torch.device(config.device)), out_of_memory_advice(config):
         report = _measure(config, index, steps, warmup)
     report["verdict"] = verdict(report)
     report["verdict"] += _launch_hint(report) + _resident_hint(report, config, index)

@@ -29,7 +29,7 @@ from engine.errors import UserInputError
 from engine.loaders import (PIPELINES, DatasetIndex, check_files, count_per_class, dali_available, fits_budget,
                             has_small_images, leave_out, resolve_dataset, scan_dataset, select_samples)
 from engine.models import build_backbone, check_image_size, get_backbone_spec
-from engine.scheduler import choose_batch_size, keep_to_memory_share
+from engine.scheduler import choose_batch_size, is_out_of_memory, keep_to_memory_share
 from engine.trainer import (evaluate, fit, input_dtype, load_best, make_precision, training_stream,
                             tune_convolutions)
 
@@ -270,7 +270,7 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
     model = model.to(device, memory_format=memory_format)
     tune_convolutions(device)
 
-    with training_stream(device):
+    with training_stream(device), out_of_memory_advice(config):
         outcome = fit(model, make_batches(config, index, samples.train, train=True, device=device),
                       make_batches(config, index, samples.selection, train=False, device=device), config, run_dir)
         state = outcome.state
@@ -294,6 +294,22 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
     log.info("finished: test accuracy %.2f %% (epoch %d, %s phase) after %d epochs in %.0f s -> %s",
              test_acc, state.best_epoch, state.best_phase, state.epoch, outcome.wall_s, run_dir / results.RESULT)
     return result
+
+
+@contextmanager
+def out_of_memory_advice(config: RunConfig):
+    """An out-of-memory error while training (a --batch-size or --image-size too large for the card) as one line
+    that says what to change, not a traceback; any other error passes as it is."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - cuDNN and cuBLAS report a full card as RuntimeErrors of their own
+        if not is_out_of_memory(error):
+            raise
+        said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserInputError(f"out of memory training {config.backbone} at batch {config.batch_size} and "
+                             f"{config.image_size[0]}x{config.image_size[1]} on {config.device} ({said[:240]}); "
+                             f"lower --batch-size or --image-size, or let --batch-size auto find the largest batch "
+                             f"that fits") from None
 
 
 def compile_note(config: RunConfig) -> str:

@@ -37,6 +37,10 @@ class BatchChoice:
     images_per_s: dict[int, float] = field(default_factory=dict)  # candidate -> measured rate
 
 
+class NothingFitsError(UserInputError):
+    """The batch search found that not even one image per step fits: the image size is too large for the card."""
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or says_out_of_memory(str(error))
 
@@ -112,7 +116,7 @@ def autotune(run_step: Callable[..., float | None], limit: int) -> BatchChoice:
     with cudnn_benchmark(False):
         largest = largest_fitting_batch(fits, limit)
     if largest == 0:
-        raise RuntimeError("not even one image per step fits in memory")
+        raise NothingFitsError("not even one image per step fits in memory")
     rates = {}
     for batch in candidates_below(largest):
         try:
@@ -253,6 +257,9 @@ def choose_batch_size(requested: int | str | None, *, device: str, default: int,
         log.info("autotuning the batch size for %s (once per GPU, model, size and precision)", backbone)
         choice = cached_or_tuned(key, training_step_rate(backbone, num_classes, image_size, precision, channels_last,
                                                           torch.device("cuda")), batch_limit(train_images))
+    except NothingFitsError:
+        raise NothingFitsError(f"not even one {backbone} training image at {image_size[0]}x{image_size[1]} fits in "
+                               f"{MEMORY_CAP * share:.0%} of the {gpu}'s memory; lower --image-size") from None
     finally:
         torch.cuda.set_per_process_memory_fraction(share)
         free_memory()

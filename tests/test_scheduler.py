@@ -47,6 +47,32 @@ def test_autotune_backs_off_and_picks_the_fastest_candidate(caplog):
     assert choice.batch_size == 72 and "largest fitting 100" in choice.reason
 
 
+def test_an_image_size_too_large_for_the_card_is_one_line_naming_it(monkeypatch, tiny_dataset, capsys):
+    """Not even one image fits: the autotuner says so in the terms a user changes (the size), and an out-of-memory
+    error mid-training (a --batch-size too large) ends in one line too, not a traceback."""
+    from engine import run
+    from tests.conftest import run_main
+    monkeypatch.setattr(scheduler.torch.cuda, "get_device_name", lambda *args: "NVIDIA H100")
+    monkeypatch.setattr(scheduler.torch.cuda, "set_per_process_memory_fraction", lambda *args: None)
+    monkeypatch.setattr(scheduler, "training_step_rate", lambda *args: FakeStep(capacity=0, best=1))
+    with pytest.raises(UserInputError, match=r"^not even one resnet50 training image at 4096x4096 fits in 90% of the "
+                                             r"NVIDIA H100's memory; lower --image-size$"):
+        choose_batch_size("auto", device="cuda", default=32, backbone="resnet50", num_classes=3,
+                          image_size=(4096, 4096), precision="bf16", compile_model=False, channels_last=True,
+                          train_images=1000)
+
+    def full_card(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has 1 GiB free.\nmore")
+    monkeypatch.setattr(run, "fit", full_card)
+    failed = run_main(capsys, "train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset),
+                      "--no-pretrained", "--image-size", "32", "--batch-size", "8", "--out", str(tiny_dataset.parent))
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("engine: error:")]
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr and errors == [
+        "engine: error: out of memory training mobilenet_v3_large at batch 8 and 32x32 on cpu (CUDA out of memory. "
+        "Tried to allocate 2.00 GiB. GPU 0 has 1 GiB free.); lower --batch-size or --image-size, or let "
+        "--batch-size auto find the largest batch that fits"]
+
+
 def test_the_memory_search_skips_cudnns_algorithm_search_and_the_candidates_are_timed_with_it(monkeypatch):
     """Which batches fit needs no timed choice of convolution algorithms (seconds at each of ~10 sizes); the
     rates that pick the batch must be measured with the algorithms training uses."""
