@@ -26,6 +26,7 @@ from engine.models import get_backbone_spec, hub_cache_path, list_backbones, loa
 from engine.results import RESULT, last_line, read_json, write_json
 from engine.run import finished_run_differences
 from engine.scheduler import packing_key, read_profiles, share_environment
+from engine.trainer import readable_duration
 
 log = logging.getLogger("engine")
 GRID_FOLDER = ".grid"  # under --out: per-cell logs and failure records
@@ -229,6 +230,7 @@ def run_grid(cells: list[Cell], out: Path, train_flags: list[str], retry_failed:
                 process = subprocess.Popen(cell.command(out, train_flags), stdout=handle, stderr=subprocess.STDOUT,
                                            env={**os.environ, **slot}, preexec_fn=die_with_parent)
             running[process] = (cell, slot, time.time())
+            log.info("grid: started %s (its log: %s)", cell.name, logs / f"{cell.name}.log")
         time.sleep(0.2)
         for process in [p for p in running if p.poll() is not None]:
             cell, slot, began = running.pop(process)
@@ -251,8 +253,8 @@ def _log_progress(cells, out, running: int, queue: list, finished_s: list[float]
     statuses = [cell_status(out, cell) for cell in cells]
     average = sum(finished_s) / len(finished_s)
     eta = average * (len(queue) + running) / max(slots, 1)
-    log.info("grid: %d done, %d running, %d failed, %d left; ETA %.0f min", statuses.count("done"), running,
-             statuses.count("failed"), len(queue), eta / 60)
+    log.info("grid: %d done, %d running, %d failed, %d left; ETA %s", statuses.count("done"), running,
+             statuses.count("failed"), len(queue), readable_duration(eta))
 
 
 ASSUMED_EPOCHS = 40  # a typical DualOpt run: the best epoch, two patience windows, and the SGD phase's gains

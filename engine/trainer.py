@@ -241,15 +241,18 @@ class EpochProgress:
             return
         left_s = seconds / self.steps * (self.total_steps - self.steps)
         log.info("%s: step %d/%d, %.0f img/s, loss %.4f so far, about %s left", self.description, self.steps,
-                 self.total_steps, rate, running_loss(), _duration(left_s))
+                 self.total_steps, rate, running_loss(), readable_duration(left_s))
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+def readable_duration(seconds: float) -> str:
+    """45 s, 12 min, 3.5 h: the unit a person reads an estimate in."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
 
 
 def synchronize(device: torch.device) -> None:

@@ -183,6 +183,7 @@ def test_a_long_epoch_in_a_log_file_says_how_far_it_is(monkeypatch, caplog):
     lines = [record.getMessage() for record in caplog.records]
     assert [line.split(",")[0] for line in lines] == ["epoch 7: step 1/2", "epoch 7: step 2/2"]
     assert all(" img/s, loss " in line and line.endswith(" left") for line in lines)
+    assert [trainer.readable_duration(s) for s in (45, 720, 3.5 * 3600)] == ["45 s", "12 min", "3.5 h"]
     caplog.clear()
     trainer.train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), precision, 8, cpu, "off")
     assert not caplog.records and row["train_loss"] > 0
