@@ -23,7 +23,7 @@ from pathlib import Path
 from engine.errors import UserInputError
 from engine.loaders import registry
 from engine.models import list_backbones
-from engine.results import RESULT, read_json
+from engine.results import CONFIG, RESULT, read_json
 
 log = logging.getLogger("engine")
 
@@ -76,6 +76,7 @@ def collect(folder: Path) -> list[Entry]:
             continue
         key = (result["dataset"], float(result["fraction"]), result["backbone"], result.get("select_on", "test"))
         groups.setdefault(key, Entry(*key)).accuracies.append(float(result["test_acc"]))
+    _say_unfinished(folder)
     if not groups:
         raise UserInputError(f"no finished runs (result.json) under {folder}")
     paper = paper_values()
@@ -88,6 +89,15 @@ def collect(folder: Path) -> list[Entry]:
         _rank(entries)
     return sorted(groups.values(), key=lambda e: (e.select_on != "test", _order(e.dataset), -e.fraction,
                                                   _backbone_order(e.backbone)))
+
+
+def _say_unfinished(folder: Path) -> None:
+    """Runs started but not finished (a grid still running, a killed run) are left out of the tables: say so, or
+    a report made mid-grid reads as complete."""
+    unfinished = [path.parent for path in sorted(folder.rglob(CONFIG)) if not (path.parent / RESULT).exists()]
+    if unfinished:
+        log.warning("report: %d run(s) under %s are not finished (no %s) and not counted, e.g. %s",
+                    len(unfinished), folder, RESULT, unfinished[0])
 
 
 def _rank(entries: list[Entry]) -> None:

@@ -29,7 +29,7 @@ def write_runs(folder, runs, select_on="test"):
 @pytest.fixture
 def runs(tmp_path):
     write_runs(tmp_path, RUNS)
-    (tmp_path / "resnet50" / "dtd" / "f1" / "s9").mkdir()  # an unfinished run: no result.json, not counted
+    write_json(tmp_path / "resnet50" / "dtd" / "f1" / "s9" / "config.json", {})  # unfinished: no result.json
     return tmp_path
 
 
@@ -55,8 +55,10 @@ def test_csv_rows_hold_best_mean_rank_and_the_papers_number(runs, capsys):
     assert ranks[("dtd", "1", "resnet50")] == "1" and ranks[("dtd", "1", "convnext_tiny")] == "2"
 
 
-def test_markdown_tables_group_by_domain_and_mark_the_top_three(runs, capsys):
+def test_markdown_tables_group_by_domain_and_mark_the_top_three(runs, capsys, caplog):
     text = report(capsys, str(runs))
+    assert f"1 run(s) under {runs} are not finished (no result.json) and not counted, e.g. " \
+           f"{runs / 'resnet50' / 'dtd' / 'f1' / 's9'}" in caplog.text
     assert "full training sets, natural" in text and "full training sets, texture" in text
     paper = paper_values()
     assert f"97.00¹ (96.50±0.71) [paper {paper[('cifar10', 1.0, 'convnext_tiny')]:.2f}" in text
