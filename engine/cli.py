@@ -129,16 +129,32 @@ def prepare(name: str, root: str | None, source: str | None, force: bool, split_
     if name == "all":
         if source:
             raise click.UsageError("--from takes one dataset's source, not `all`")
-        for spec in registry().values():
-            if spec.obtain == "auto":
-                prepare_dataset(spec, root_path, force=force)
-            elif spec.obtain != "generated":
-                log.info("skipping %s (%s)", spec.name, spec.obtain)
+        _prepare_every_downloadable(registry().values(), root_path, force)
         return
     spec = get_dataset_spec(name)
     if spec.obtain == "generated":
         raise click.UsageError(f"{name} is generated on first use; nothing to prepare")
     prepare_dataset(spec, root_path, Path(source) if source else None, force=force, split_by=split_by)
+
+
+def _prepare_every_downloadable(specs, root, force: bool) -> None:
+    """`engine data prepare all`: each downloadable dataset in turn; one that fails (a dead link, a server down)
+    does not keep the others from being prepared, and the command ends naming every one that failed."""
+    from engine.loaders import prepare_dataset
+
+    specs, failed = list(specs), []
+    for spec in (spec for spec in specs if spec.obtain == "auto"):
+        try:
+            prepare_dataset(spec, root, force=force)
+        except UserInputError as err:
+            log.warning("%s not prepared: %s", spec.name, err)
+            failed.append(spec.name)
+    manual = [spec.name for spec in specs if spec.obtain == "manual"]
+    log.info("not downloadable (engine data prepare NAME says what to fetch, then --from PATH): %s",
+             ", ".join(manual))
+    if failed:
+        raise UserInputError(f"{len(failed)} downloadable dataset(s) not prepared: {', '.join(failed)} (each one's "
+                             f"reason is above); rerun to continue them")
 
 
 @cli.command()

@@ -339,6 +339,25 @@ def test_a_failure_no_retry_can_mend_is_said_at_once(tmp_path, monkeypatch):
     assert len(attempts) == 5
 
 
+def test_prepare_all_goes_on_past_a_dataset_that_fails_and_names_it(tmp_path, monkeypatch, quick_retries, capsys):
+    import engine.loaders
+    archive, _ = eurosat_zip(tmp_path)
+    server = FlakyServer(archive.read_bytes())
+    eurosat, dtd = get_dataset_spec("eurosat"), get_dataset_spec("dtd")
+    dead = dataclasses.replace(dtd, files=(SourceFile("http://127.0.0.1:9/dtd.tar.gz", "dtd.tar.gz", None),))
+    served = dataclasses.replace(eurosat, files=(SourceFile(server.url, "EuroSAT.zip", None),))
+    specs = {"dtd": dead, "eurosat": served, "neu": get_dataset_spec("neu")}  # dtd first: its failure stops nothing
+    monkeypatch.setattr(engine.loaders, "registry", lambda: specs)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main(["data", "prepare", "all", "--root", str(tmp_path / "data")])
+    finally:
+        server.close()
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exited.value.code == 2 and error.startswith("engine: error: 1 downloadable dataset(s) not prepared: dtd ")
+    assert (tmp_path / "data" / "eurosat" / "meta.json").exists() and not (tmp_path / "data" / "dtd").exists()
+
+
 # --- .mat, HDF5, DICOM and patient-split sources ----------------------------------------------------------------
 def test_flowers102_mat_lists(tmp_path):
     from scipy.io import savemat
