@@ -291,8 +291,9 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
     if distributed.current().is_main:
         results.write_json(run_dir / results.RESULT, result)
         (run_dir / results.LAST).unlink(missing_ok=True)  # finished: nothing to resume, and the largest file
-    log.info("finished: test accuracy %.2f %% (epoch %d, %s phase) after %d epochs in %.0f s -> %s",
-             test_acc, state.best_epoch, state.best_phase, state.epoch, outcome.wall_s, run_dir / results.RESULT)
+    log.info("finished: test accuracy %.2f %% (epoch %d, %s phase) after %d epoch%s in %.0f s -> %s", test_acc,
+             state.best_epoch, state.best_phase, state.epoch, "" if state.epoch == 1 else "s", outcome.wall_s,
+             run_dir / results.RESULT)
     return result
 
 
