@@ -96,10 +96,15 @@ def _cache_folder(index: DatasetIndex) -> Path:
     return fallback
 
 
+# How images are decoded into the copy. Raised whenever that changes, so a copy made the old way is never read:
+# 2 reads 16-bit greyscale by its high byte (torch_pipeline.eight_bit_grey); 1 clipped it to white.
+DECODING_VERSION = 2
+
+
 def _content_key(index: DatasetIndex, samples: list[Sample]) -> str:
     """Names the decoded copy of these files as they are now: an image replaced under the same name (a corrupt
     one fixed, a dataset prepared again) changes its size or modification time, so a stale copy is never read."""
-    stamps = []
+    stamps = [f"decoding {DECODING_VERSION}"]
     for relative, _ in samples:
         stat = (index.root / relative).stat()
         stamps.append(f"{relative}\t{stat.st_size}\t{stat.st_mtime_ns}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -36,9 +37,23 @@ def read_rgb(path) -> Image.Image:
     """The image as RGB, fully decoded now so a corrupt file fails here with its name."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return (eight_bit_grey(image) if image.mode in WIDE_GREY_MODES else image).convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise UnreadableImageError(f"cannot read image {path}: {err}") from err
+
+
+# Greyscale wider than 8 bits, as PIL opens 16-bit PNGs and TIFFs (medical and microscopy images): its convert("RGB")
+# clips each value to 255, so nearly every pixel would come out white.
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def eight_bit_grey(image: Image.Image) -> Image.Image:
+    """16-bit greyscale as 8-bit by its high byte, as DALI's decoder reads the same file, so every loader sees the
+    same picture. Mode "I" (32-bit) holds 8-bit values in some files: those are kept as they are."""
+    values = np.asarray(image).astype(np.uint32)
+    if image.mode != "I" or values.max(initial=0) > 255:
+        values = values >> 8
+    return Image.fromarray(np.minimum(values, 255).astype(np.uint8), "L")
 
 
 def draw_seed(seed: int, epoch: int, position: int = 0) -> int:

@@ -2,8 +2,10 @@
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from engine.loaders import PIPELINES, count_per_class, scan_dataset, select_samples
 from engine.loaders.dali_pipeline import _quiet_dali_aliases
@@ -62,6 +64,37 @@ def test_without_augmentation_the_tensors_nearly_equal_the_torch_loaders(shaded_
     dali_images = torch.cat([x for x, _ in batches("dali", index, index.test, train=False).epoch(0)])
     assert (torch_images - dali_images).abs().max() < 0.1
     assert torch.allclose(pixel_means(torch_images), pixel_means(dali_images), atol=1.0)
+
+
+def image_in_mode(rgb: np.ndarray, mode: str) -> Image.Image:
+    """The picture `rgb` as a file of `mode` would hold it; 16-bit greyscale (medical and microscopy PNGs) holds
+    each grey level g as g * 257, the full 16-bit range."""
+    if mode == "I;16":
+        grey = np.asarray(Image.fromarray(rgb).convert("L")).astype(np.uint16) * 257
+        return Image.fromarray(grey)
+    return Image.fromarray(rgb).convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "L", "P", "LA", "RGBA"])
+def test_every_loader_reads_each_image_mode_as_the_same_picture(tmp_path, mode):
+    """PIL's convert("RGB") clips 16-bit greyscale to white; DALI reads it by its high byte. The torch and resident
+    loaders read it as DALI does. Tolerances as above (the resize differs; the decoded pixels do not)."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name, colour in CLASS_COLOURS.items():
+            for n in range(2):
+                rgb = np.clip(np.array(colour) * (0.5 + 0.2 * n) + rng.normal(0, 8, (32, 32, 3)), 0, 255)
+                folder = tmp_path / "d" / split / name
+                folder.mkdir(parents=True, exist_ok=True)
+                image_in_mode(rgb.astype(np.uint8), mode).save(folder / f"{n}.png")
+    index = scan_dataset(tmp_path / "d")
+    decoded = {kind: torch.cat([x for x, _ in batches(kind, index, index.test, train=False).epoch(0)])
+               for kind in ("torch", "dali", "resident")}
+    assert Image.open(tmp_path / "d" / "test" / "red" / "0.png").mode == mode
+    assert pixel_means(decoded["dali"]).max() < 200  # none of these pictures is near white
+    for kind in ("torch", "resident"):
+        assert (decoded[kind] - decoded["dali"]).abs().max() < 0.1, kind
+        assert torch.allclose(pixel_means(decoded[kind]), pixel_means(decoded["dali"]), atol=1.0), kind
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
