@@ -70,7 +70,10 @@ def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment:
     def pipeline():
         encoded, label = fn.readers.file(files=files, labels=labels, name=READER, shuffle_after_epoch=train,
                                          shard_id=shard_id, num_shards=num_shards, pad_last_batch=not train)
-        decoder = {"device": "mixed" if on_gpu else "cpu"}
+        # adjust_orientation off: the pixels as stored, as PIL (the torch and resident loaders, and the authors'
+        # ImageFolder) reads them; DALI would otherwise turn photos by their EXIF orientation tag, and no other
+        # loader would
+        decoder = {"device": "mixed" if on_gpu else "cpu", "adjust_orientation": False}
         if on_gpu:
             decoder["hw_decoder_load"] = hw_decoder_load
         images = fn.decoders.image(encoded, output_type=types.RGB, **decoder)

@@ -75,6 +75,26 @@ def image_in_mode(rgb: np.ndarray, mode: str) -> Image.Image:
     return Image.fromarray(rgb).convert(mode)
 
 
+def test_a_photo_with_an_exif_orientation_is_read_as_stored_by_every_loader(tmp_path):
+    """A photo tagged "turn 90 degrees" (EXIF orientation 6): DALI's decoder turns it by default, PIL does not; the
+    engine's DALI pipeline keeps it as stored, as the other loaders and the authors' ImageFolder read it."""
+    half_red = np.zeros((16, 32, 3), np.uint8)
+    half_red[:, :16], half_red[:, 16:] = (220, 20, 20), (20, 20, 220)  # red left, blue right, as stored
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            photo, exif = Image.fromarray(half_red), Image.Exif()
+            exif[0x0112] = 6
+            (tmp_path / "d" / split / name).mkdir(parents=True)
+            photo.save(tmp_path / "d" / split / name / "photo.jpg", exif=exif.tobytes(), quality=95)
+    index = scan_dataset(tmp_path / "d")
+    images = {kind: next(iter(batches(kind, index, index.test, train=False).epoch(0)))[0][0]
+              for kind in ("torch", "dali")}
+    for image in images.values():
+        left, right = pixel_means(image[None, :, :, :8])[0], pixel_means(image[None, :, :, 8:])[0]
+        assert left[0] > 150 > left[2] and right[2] > 150 > right[0]  # red left, blue right: not turned
+    assert (images["torch"] - images["dali"]).abs().max() < 0.2  # JPEG decoders differ by a few levels
+
+
 @pytest.mark.parametrize("mode", ["I;16", "L", "P", "LA", "RGBA"])
 def test_every_loader_reads_each_image_mode_as_the_same_picture(tmp_path, mode):
     """PIL's convert("RGB") clips 16-bit greyscale to white; DALI reads it by its high byte. The torch and resident
