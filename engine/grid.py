@@ -21,10 +21,10 @@ import torch
 from engine.config import parse_image_size, run_folder
 from engine.distributed import die_with_parent
 from engine.errors import UserInputError
-from engine.loaders import CUSTOM_DEFAULT_AUGMENT, CUSTOM_DEFAULT_SIZE, registry, resolve_dataset
+from engine.loaders import CUSTOM_DEFAULT_AUGMENT, CUSTOM_DEFAULT_SIZE, registry, resolve_dataset, scan_dataset
 from engine.models import get_backbone_spec, hub_cache_path, list_backbones, load_pretrained_state
 from engine.results import RESULT, last_line, read_json, write_json
-from engine.run import finished_run_differences
+from engine.run import file_differences, finished_run_differences
 from engine.scheduler import packing_key, read_profiles, share_environment
 from engine.trainer import readable_duration
 
@@ -91,6 +91,7 @@ def expand_cells(backbones: str, datasets: str, seeds: str, fractions: str) -> l
     for data in dataset_names:  # a folder that is not there fails here, once, not in every cell of its row
         if data not in registry():
             resolve_dataset(data)
+    _refuse_shared_names(dataset_names)
     try:
         seed_values = [int(seed) for seed in seeds.split(",")]
         fraction_values = [float(fraction) for fraction in fractions.split(",")]
@@ -100,6 +101,17 @@ def expand_cells(backbones: str, datasets: str, seeds: str, fractions: str) -> l
         raise UserInputError(f"fractions must be in (0, 1], got {fractions}")
     return [Cell(backbone, data, seed, fraction) for data in dataset_names for fraction in fraction_values
             for backbone in backbone_names for seed in seed_values]
+
+
+def _refuse_shared_names(dataset_names: list[str]) -> None:
+    """Two folders of one name (/a/images, /b/images) would train into the same run folders."""
+    by_name: dict[str, list[str]] = {}
+    for data in dataset_names:
+        by_name.setdefault(Cell("", data, 0, 1.0).dataset, []).append(data)
+    for name, datas in by_name.items():
+        if len(datas) > 1:
+            raise UserInputError(f"datasets {', '.join(datas)} share the name {name!r}, so their runs would share "
+                                 f"folders; rename one folder, or run them as two grids with two --out")
 
 
 def _failure_path(out: Path, cell: Cell) -> Path:
@@ -129,11 +141,16 @@ def check_done_cells(cells: list[Cell], out: Path, train_flags: list[str], train
     """Refuse a grid whose finished cells ran another experiment than it asks (another --image-size, --select-on,
     --max-epochs...): skipping them as done would report their numbers as this grid's."""
     out = Path(out)
-    mismatched = []
+    mismatched, indexes = [], {}
     for cell in (cell for cell in cells if cell_status(out, cell) == "done"):
         asked = asked_experiment(cell, train_flags, train_params)
         finished = read_json(cell.run_dir(out) / RESULT)
         found = finished_run_differences(cell.run_dir(out), finished, asked, train_params["max_epochs"])
+        if cell.data not in indexes:  # each dataset scanned once, for all its done cells
+            dataset = resolve_dataset(cell.data, train_params["data_root"], download=False)
+            indexes[cell.data] = scan_dataset(dataset.path, cell.dataset, train_params["test_split"])
+        found += file_differences(cell.run_dir(out), indexes[cell.data], cell.fraction, cell.seed,
+                                  train_params["select_on"])
         if found:
             mismatched.append((cell, found))
     if mismatched:

@@ -170,25 +170,55 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _check_resumable(config: RunConfig, run_dir: Path) -> None:
-    """A killed run continues only with the settings it started with. A folder with nothing to resume (no last.pt:
-    the attempt stopped before its first epoch's checkpoint, say on a mistyped --weights path) starts over with
-    the command as it is now."""
+def _check_resumable(config: RunConfig, index: DatasetIndex, run_dir: Path) -> None:
+    """A killed run continues only with the settings and files it started with. A folder with nothing to resume
+    (no last.pt: the attempt stopped before its first epoch's checkpoint, say on a mistyped --weights path) starts
+    over with the command as it is now."""
     saved = results.read_json(run_dir / results.CONFIG)
     if saved is None or not (run_dir / results.LAST).exists():
         return
-    changed = config.differences(saved)
+    changed = config.differences(saved) + _file_differences(run_dir, config, index)
     if changed:
         raise UserInputError(f"{run_dir} holds an unfinished run with other settings ({'; '.join(changed)}); "
                              f"rerun with --force to start it over, or choose another --out")
+
+
+def file_differences(run_dir: Path, index: DatasetIndex, fraction: float, seed: int, select_on: str) -> list[str]:
+    """How the files the run in run_dir trained on (its files.json, less the unreadable images it left out) differ
+    from those this command would: two folders of one name (/a/images and /b/images) share a run folder, and a
+    dataset's images may have changed since. The data's path alone may change (a dataset moved)."""
+    saved = results.read_json(run_dir / results.FILES)
+    if saved is None:
+        return []
+    left_out = set((results.read_json(run_dir / results.CONFIG) or {}).get("skipped_images", []))
+    samples = select_samples(index, fraction, seed, select_on)
+    found = []
+    if saved.get("classes", index.classes) != index.classes:
+        found.append(f"classes {_examples(saved['classes'])} -> {_examples(index.classes)}")
+    for split in ("train", "selection", "test"):
+        if split not in saved:
+            continue
+        had, now = set(saved[split]), {path for path, _ in getattr(samples, split)} - left_out
+        if had != now:
+            found.append(f"{split} files: {len(had - now)} of the run's are not in {index.root}, {len(now - had)} "
+                         f"are new (e.g. {sorted(had ^ now)[0]})")
+    return found
+
+
+def _file_differences(run_dir: Path, config: RunConfig, index: DatasetIndex) -> list[str]:
+    return file_differences(run_dir, index, config.fraction, config.seed, config.select_on)
+
+
+def _examples(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names)})" if len(names) > shown else "")
 
 
 def finished_run_differences(run_dir: Path, finished: dict, experiment: dict,
                              max_epochs: int | None) -> list[str]:
     """How the finished run in run_dir (`finished`: its result.json, which the caller has read) differs from the
     experiment a command asks (RunConfig.EXPERIMENT settings, or those of them the asker knows, and max_epochs
-    judged by where the run stopped): a finished run is taken as the answer only when this is empty. A run at another image size, or selected on another split, would otherwise
-    put a wrong number in the report."""
+    judged by where the run stopped): a finished run is taken as the answer only when this is empty. A run at
+    another image size, or selected on another split, would otherwise put a wrong number in the report."""
     saved = results.read_json(run_dir / results.CONFIG) or {}
     # a setting an older engine did not write into config.json is not held against its runs
     found = differences(saved, {key: value for key, value in experiment.items() if key in saved})
@@ -210,6 +240,7 @@ def train_run(config: RunConfig, index: DatasetIndex, force: bool = False) -> di
     finished = results.read_json(run_dir / results.RESULT)
     if finished and not force:
         found = finished_run_differences(run_dir, finished, config.experiment(), config.max_epochs)
+        found += _file_differences(run_dir, config, index)
         if found:
             raise UserInputError(f"{run_dir} holds a finished run of another experiment ({'; '.join(found)}); "
                                  f"rerun with --force to train it again, or choose another --out")
@@ -217,7 +248,7 @@ def train_run(config: RunConfig, index: DatasetIndex, force: bool = False) -> di
                  run_dir, finished["test_acc"])
         return finished
     if not force:
-        _check_resumable(config, run_dir)  # on every rank: a refusal stops them all alike
+        _check_resumable(config, index, run_dir)  # on every rank: a refusal stops them all alike
     main = distributed.current().is_main
     if main:
         if force and run_dir.exists():

@@ -29,7 +29,8 @@ def find_one(raw: Path, pattern: str, what: str) -> Path:
     """The single path under `raw` matching `pattern` (glob, searched recursively), or a clear error."""
     matches = sorted(raw.rglob(pattern))
     if not matches:
-        raise UserInputError(f"{what} not found in {raw} (looked for {pattern!r}); is this the right archive or folder?")
+        raise UserInputError(f"{what} not found in {raw} (looked for {pattern!r}); is this the right archive or "
+                             f"folder?")
     return matches[0]
 
 

@@ -56,6 +56,24 @@ def test_train_writes_a_complete_run_folder_and_skips_a_finished_run(tiny_datase
     assert json.loads((folder / "result.json").read_text())["epochs"] == 1
 
 
+def test_a_finished_run_answers_only_for_the_files_it_trained_on(tmp_path, capsys):
+    """/a/tiny and /b/tiny share run folders (the folder's name names the dataset): the second is refused, not
+    skipped with the first's number. The same files moved elsewhere are the same run."""
+    out = tmp_path / "runs"
+    first = make_dataset(tmp_path / "a" / "tiny", {"train": 4, "test": 2})
+    args = ["train", *FAST, "--max-epochs", "1", "--out", str(out), "--data"]
+    assert run_main(capsys, *args, str(first)).returncode == 0
+    other = make_dataset(tmp_path / "b" / "tiny", {"train": 5, "test": 2})
+    refused = run_main(capsys, *args, str(other))
+    assert refused.returncode == 2 and "holds a finished run of another experiment (train files: 0 of the run's " \
+        f"are not in {other}, 3 are new (e.g. train/blue/blue_004.png))" in refused.stderr
+    moved = tmp_path / "c" / "tiny"
+    moved.parent.mkdir()
+    first.rename(moved)
+    skipped = run_main(capsys, *args, str(moved))
+    assert skipped.returncode == 0 and "is finished (test accuracy" in skipped.stderr
+
+
 def test_bf16_autocast_trains_on_the_cpu(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "runs"
     done = run_main(capsys, "train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--precision", "bf16",

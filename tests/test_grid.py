@@ -13,7 +13,7 @@ from engine.config import json_ready
 from engine.errors import UserInputError
 from engine.grid import cell_status, expand_cells
 from engine.results import read_metrics
-from tests.conftest import make_dataset, run_main
+from tests.conftest import make_dataset, run_main, write_image
 
 FLAGS = ["--no-pretrained", "--image-size", "32", "--batch-size", "8"]
 
@@ -77,6 +77,11 @@ def test_grid_survives_sigkill_and_finishes_every_cell_once(tmp_path, capsys):
     other_size = run_main(capsys, *["48" if arg == "32" else arg for arg in args])
     assert other_size.returncode == 2 and first.stat().st_mtime_ns == stamp
     assert "4 finished cell(s)" in other_size.stderr and "image_size [32, 32] -> [48, 48]" in other_size.stderr
+    # the same grid once the dataset has gained an image: its finished cells trained on other files
+    write_image(data / "train" / "red" / "red_new.png", (220, 30, 30))
+    grown = run_main(capsys, *args)
+    assert grown.returncode == 2 and first.stat().st_mtime_ns == stamp
+    assert "4 finished cell(s)" in grown.stderr and "train files: 0 of the run's are not in " in grown.stderr
 
 
 @pytest.mark.parametrize("flags", [[], ["--no-augment", "--patience", "3"], ["--image-size", "48x64"],
@@ -99,6 +104,13 @@ def test_the_grid_asks_of_a_cell_what_engine_train_resolves_from_the_same_flags(
     asked = asked_experiment(cell, flags, params)
     assert set(asked) <= set(config.EXPERIMENT)
     assert json_ready(asked) == {key: config.experiment()[key] for key in asked}
+
+
+def test_two_folders_of_one_name_are_refused_in_one_grid(tmp_path):
+    first = make_dataset(tmp_path / "a" / "images", {"train": 2, "test": 1})
+    second = make_dataset(tmp_path / "b" / "images", {"train": 2, "test": 1})
+    with pytest.raises(UserInputError, match=r"share the name 'images', so their runs would share folders"):
+        expand_cells("resnet50", f"{first},{second}", "0", "1")
 
 
 def test_failed_cells_are_reported_and_retried(tmp_path, capsys):
