@@ -147,10 +147,10 @@ def check_done_cells(cells: list[Cell], out: Path, train_flags: list[str], train
         finished = read_json(cell.run_dir(out) / RESULT)
         found = finished_run_differences(cell.run_dir(out), finished, asked, train_params["max_epochs"])
         if cell.data not in indexes:  # each dataset scanned once, for all its done cells
-            dataset = resolve_dataset(cell.data, train_params["data_root"], download=False)
-            indexes[cell.data] = scan_dataset(dataset.path, cell.dataset, train_params["test_split"])
-        found += file_differences(cell.run_dir(out), indexes[cell.data], cell.fraction, cell.seed,
-                                  train_params["select_on"])
+            indexes[cell.data] = _index_if_there(cell, train_params)
+        if indexes[cell.data] is not None:
+            found += file_differences(cell.run_dir(out), indexes[cell.data], cell.fraction, cell.seed,
+                                      train_params["select_on"])
         if found:
             mismatched.append((cell, found))
     if mismatched:
@@ -158,6 +158,16 @@ def check_done_cells(cells: list[Cell], out: Path, train_flags: list[str], train
         raise UserInputError(f"{len(mismatched)} finished cell(s) under {out} ran another experiment than this grid "
                              f"asks (e.g. {cell.run_dir(out)}: {'; '.join(found)}); choose another --out, or remove "
                              f"those cells' folders to train them again")
+
+
+def _index_if_there(cell: Cell, train_params: dict):
+    """The cell's dataset scanned, or None where it is gone (removed once its cells were done): its done cells
+    stand, as they did before their files were compared."""
+    try:
+        dataset = resolve_dataset(cell.data, train_params["data_root"], download=False)
+        return scan_dataset(dataset.path, cell.dataset, train_params["test_split"])
+    except UserInputError:
+        return None
 
 
 def fetch_pretrained_weights(cells: list[Cell], out: Path, train_params: dict) -> None:
