@@ -53,6 +53,8 @@ def _scan_split(root: Path, split_dir: Path, classes: list[str] | None) -> tuple
     if not class_dirs:
         raise UserInputError(f"{split_dir} has no class folders (expected {split_dir}/<class>/<image>)")
     names = classes if classes is not None else [d.name for d in class_dirs]
+    if len(names) < 2:  # one class: every prediction is right, and the run would report 100 %
+        raise UserInputError(f"{split_dir} has one class folder ({names[0]}); a classifier needs two or more")
     label_of = {name: label for label, name in enumerate(names)}
     samples: list[Sample] = []
     for class_dir in class_dirs:

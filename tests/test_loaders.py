@@ -44,7 +44,9 @@ def test_one_folder_is_split_by_a_stratified_seeded_test_split(tmp_path):
     (lambda root: None, "does not exist"),
     (lambda root: root.mkdir(), "is empty"),
     (lambda root: (root / "train" / "a").mkdir(parents=True), "has train/ but no test/"),
-    (lambda root: [(root / split / "a").mkdir(parents=True) for split in ("train", "test")], "has no images"),
+    (lambda root: [(root / split / c).mkdir(parents=True) for split in ("train", "test") for c in "ab"],
+     "has no images"),
+    (lambda root: write_image(root / "a" / "1.png", (9, 9, 9)), r"has one class folder \(a\); a classifier needs two"),
 ])
 def test_bad_dataset_folders_are_named(tmp_path, arrange, message):
     root = tmp_path / "data"
