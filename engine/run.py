@@ -284,9 +284,10 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
     # with selection on the test set (the paper's), the selection files are the test files: say so once
     selection = "" if config.select_on == "test" else f"{counts['selection']} {config.select_on} / "
     log.info("%s on %s: %d classes, %d train / %s%d test images (epochs selected on %s), %dx%d, augment %s, "
-             "batch %d%s, %s, %s%s, loader %s (%s) -> %s", config.backbone, config.dataset,
+             "batch %s%s, %s, %s%s, loader %s (%s) -> %s", config.backbone, config.dataset,
              index.num_classes, counts["train"], selection, counts["test"], config.select_on, *config.image_size,
-             "on" if config.augment else "off", config.batch_size, processes, config.device, config.precision,
+             "on" if config.augment else "off", _batch_note(config, counts["train"]), processes, config.device,
+             config.precision,
              compile_note(config), config.loader, PIPELINES[config.loader].parallelism(config.workers), run_dir)
 
     seed_everything(config.seed)
@@ -342,6 +343,14 @@ def out_of_memory_advice(config: RunConfig):
                              f"{config.image_size[0]}x{config.image_size[1]} on {config.device} ({said[:240]}); "
                              f"lower --batch-size or --image-size, or let --batch-size auto find the largest batch "
                              f"that fits") from None
+
+
+def _batch_note(config: RunConfig, train_images: int) -> str:
+    """The batch a step takes: the one asked, or the whole training set where that is smaller (a 1 % fraction)."""
+    per_process = train_images // config.world_size
+    if per_process >= config.batch_size:
+        return str(config.batch_size)
+    return f"{max(1, per_process)} (the whole training set; {config.batch_size} asked)"
 
 
 def compile_note(config: RunConfig) -> str:

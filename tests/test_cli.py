@@ -109,6 +109,7 @@ def test_fraction_run_uses_the_same_files_for_the_same_seed(tiny_dataset, tmp_pa
         chosen.append(json.loads((run_folder(out, fraction="0.1", seed=3) / "files.json").read_text())["train"])
     assert chosen[0] == chosen[1]
     assert sorted(path.split("/")[1] for path in chosen[0]) == ["blue", "green", "red"]  # one per class
+    assert "batch 3 (the whole training set; 8 asked)" in done.stderr  # what a step takes, not what was asked
 
 
 def test_select_on_val_reports_the_test_accuracy_of_the_selected_epoch(tiny_dataset, tmp_path, capsys):
