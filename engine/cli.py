@@ -271,7 +271,8 @@ def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fraction
     """Run the grid backbones x datasets x seeds x fractions, each cell an `engine train` in its own process.
 
     Any other `engine train` flag (e.g. --max-epochs 30 --no-pretrained --image-size 128) is passed to every
-    cell. Finished cells are skipped, killed ones resume, failed ones are listed with their reason.
+    cell. Finished cells are skipped (a finished cell that ran another experiment, or on other files, stops the
+    grid before any cell starts), killed ones resume, failed ones are listed with their reason.
     """
     from pathlib import Path
 
