@@ -287,8 +287,8 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
              "batch %s%s, %s, %s%s, loader %s (%s) -> %s", config.backbone, config.dataset,
              index.num_classes, counts["train"], selection, counts["test"], config.select_on, *config.image_size,
              "on" if config.augment else "off", _batch_note(config, counts["train"]), processes, config.device,
-             config.precision,
-             compile_note(config), config.loader, PIPELINES[config.loader].parallelism(config.workers), run_dir)
+             config.precision, compile_note(config), config.loader,
+             PIPELINES[config.loader].parallelism(config.workers), run_dir)
 
     seed_everything(config.seed)
     device = distributed.training_device(config.device)
