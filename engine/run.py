@@ -267,10 +267,10 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
     started = time.perf_counter()
     samples = select_samples(index, config.fraction, config.seed, config.select_on)
     skipped = []
-    # DALI aborts the process on an undecodable file, and the ranks of a distributed run cannot stop together on
-    # an error one of them meets mid-epoch: such runs check every file first (rank 0, the others take its
-    # answer); so does --skip-bad-images, which needs the list. The torch loader otherwise names a bad file when
-    # it meets it.
+    # DALI's pipeline is dead after an undecodable file (nothing can skip past it), and the ranks of a distributed
+    # run cannot stop together on an error one of them meets mid-epoch: such runs check every file's header first
+    # (rank 0, the others take its answer); so does --skip-bad-images, which needs the list. A file whose header
+    # passes but whose data does not decode (a truncated download) is named when a loader meets it.
     if config.loader == "dali" or config.skip_bad_images or config.world_size > 1:
         skipped = distributed.from_main(lambda: check_files(samples, index, config.skip_bad_images))
         leave_out(samples, skipped)

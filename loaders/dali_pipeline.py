@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import re
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from engine.distributed import SINGLE, Shard
+from engine.errors import UnreadableImageError
 from engine.loaders.batching import BatchCounts
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
@@ -47,6 +49,8 @@ DEFAULT_HANDOVER = "stream"
 # flags as deprecated aliases: two warnings per pipeline that name DALI's code, not ours, and that no user can act
 # on. DALI raises them under `simplefilter("default")` inside its own `catch_warnings`, so a filter cannot silence
 # them; `_quiet_dali_aliases` records the warnings of the pipeline's construction and passes on every other one.
+# How DALI's decoder reports a file it cannot decode (in a RuntimeError of many lines)
+UNDECODABLE = re.compile(r"Failed to decode sample #\d+ : (?P<path>.+)$", re.MULTILINE)
 DALI_ALIAS_NOTICE = re.compile(r"WARNING: `nvidia\.dali\.fn\.experimental\.\w+` is now deprecated")
 
 
@@ -111,6 +115,21 @@ def _quiet_dali_aliases(build):
     return built
 
 
+@contextmanager
+def _naming_undecodable_files():
+    """A file DALI's decoder fails on, named in one line. The check before a DALI run (loaders.check_files: PIL's
+    header check, seconds for 100k files) lets truncated image data through, and DALI then stops with a
+    RuntimeError of many lines, from the iterator's constructor (it reads the first batch) or any later batch."""
+    try:
+        yield
+    except RuntimeError as error:
+        failed = UNDECODABLE.search(str(error))
+        if failed is None:
+            raise
+        raise UnreadableImageError(f"cannot read image {failed['path'].strip()}: its header is sound but its data "
+                                   f"does not decode (a truncated or corrupt file); remove or replace it") from None
+
+
 def _bind_outputs_to_current_stream(pipe, device: torch.device) -> None:
     """The "stream" handover: DALI's iterator asks the pipeline for each batch with `share_outputs()`; this
     pipeline answers with the batch bound to torch's stream current at that moment."""
@@ -151,11 +170,17 @@ class DaliBatches(BatchCounts):
         if handover == "stream" and device.type == "cuda":
             _bind_outputs_to_current_stream(pipe, device)
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
-        self.iterator = DALIGenericIterator([pipe], ["images", "labels"], reader_name=READER,
-                                            last_batch_policy=policy, auto_reset=True)
+        with _naming_undecodable_files():
+            self.iterator = DALIGenericIterator([pipe], ["images", "labels"], reader_name=READER,
+                                                last_batch_policy=policy, auto_reset=True)
 
     def epoch(self, epoch: int):
-        for batch in self.iterator:
+        batches = iter(self.iterator)
+        while True:
+            with _naming_undecodable_files():
+                batch = next(batches, None)
+            if batch is None:
+                return
             images = batch[0]["images"].permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels_last, no copy
             if not self.channels_last:
                 images = images.contiguous()

@@ -10,7 +10,7 @@ from PIL import Image
 from engine.loaders import PIPELINES, count_per_class, scan_dataset, select_samples
 from engine.loaders.dali_pipeline import _quiet_dali_aliases
 from engine.loaders.torch_pipeline import IMAGENET_MEAN, IMAGENET_STD
-from tests.conftest import CLASS_COLOURS, make_shaded_dataset, run_main
+from tests.conftest import CLASS_COLOURS, make_dataset, make_shaded_dataset, run_main
 
 pytest.importorskip("nvidia.dali", reason="DALI is not installed (pip install 'engine[dali]')")
 
@@ -208,6 +208,23 @@ def test_unreadable_images_are_named_or_skipped_and_counted(tiny_dataset, tmp_pa
     assert skipped.returncode == 0, skipped.stderr
     config = json.loads(next((tmp_path / "skip").rglob("config.json")).read_text())
     assert config["skipped_images"] == ["train/red/red_003.png"] and config["counts"]["train"] == 35
+
+
+def test_a_truncated_image_that_passes_the_header_check_is_named_in_one_line(tmp_path, capsys):
+    """A download cut short keeps a sound JPEG header: the check before the run passes it, and DALI's decoder fails
+    on it mid-run with a RuntimeError of many lines. The run ends with one line naming the file, as the other
+    loaders' errors do."""
+    data = make_dataset(tmp_path / "jpegs", {"train": 4, "test": 2}, side=64, ext="jpg")
+    cut = data / "test" / "red" / "red_001.jpg"
+    cut.write_bytes(cut.read_bytes()[:len(cut.read_bytes()) // 2])
+    failed = run_main(capsys, "train", "--backbone", "mobilenet_v3_large", "--data", str(data), "--no-pretrained",
+                      "--image-size", "32", "--batch-size", "4", "--max-epochs", "1", "--loader", "dali", "--out",
+                      str(tmp_path / "runs"))
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("engine: error:")]
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert errors == [f"engine: error: cannot read image {cut}: its header is sound but its data does not decode "
+                      f"(a truncated or corrupt file); remove or replace it"]
+    assert not list((tmp_path / "runs").rglob("result.json"))
 
 
 def test_the_stream_handover_binds_every_batch_dalis_iterator_asks_for(shaded_dataset, monkeypatch):
