@@ -41,7 +41,7 @@ class Cell:
 
     @property
     def dataset(self) -> str:
-        return self.data if self.data in registry() else Path(self.data).expanduser().resolve().name
+        return dataset_name(self.data)
 
     @property
     def name(self) -> str:
@@ -69,6 +69,11 @@ class Cell:
     def command(self, out: Path, train_flags: list[str]) -> list[str]:
         return [sys.executable, "-m", "engine", "train", "--backbone", self.backbone, "--data", self.data,
                 "--seed", str(self.seed), "--fraction", f"{self.fraction:g}", "--out", str(out), *train_flags]
+
+
+def dataset_name(data: str) -> str:
+    """The name a dataset's runs are filed under: a built-in one's, or a folder's own name."""
+    return data if data in registry() else Path(data).expanduser().resolve().name
 
 
 def pick_names(requested: str, known: list[str], what: str) -> list[str]:
@@ -107,7 +112,7 @@ def _refuse_shared_names(dataset_names: list[str]) -> None:
     """Two folders of one name (/a/images, /b/images) would train into the same run folders."""
     by_name: dict[str, list[str]] = {}
     for data in dataset_names:
-        by_name.setdefault(Cell("", data, 0, 1.0).dataset, []).append(data)
+        by_name.setdefault(dataset_name(data), []).append(data)
     for name, datas in by_name.items():
         if len(datas) > 1:
             raise UserInputError(f"datasets {', '.join(datas)} share the name {name!r}, so their runs would share "
