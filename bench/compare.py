@@ -25,6 +25,7 @@ import time
 import torch
 
 from engine.bench.reference_loop import reference_epoch_rate
+from engine.bench.timing import TRAINING_STREAMS, step_stream
 from engine.errors import UserInputError
 from engine.grid import pick_names
 from engine.models import list_backbones
@@ -32,46 +33,60 @@ from engine.profile import (TrainStep, endless, first_step_seconds, host_step_ms
                             synthetic_rate)
 from engine.run import make_batches, prepare_config
 from engine.scheduler import free_memory
-from engine.trainer import training_stream
 
 # at least this many steps timed, epoch after epoch: 2048 files at an autotuned batch of 256 are 8 steps, half
 # a second of a compiled resnet50, where one late batch would move the ratio by several percent
 MIN_TIMED_STEPS = 30
 
 
-def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: str, batch_size, steps: int | None):
+def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: str, batch_size, steps: int | None,
+                 streams: tuple[str, ...] = ("engine",)):
     """The engine's epoch images/s over the files, its same (already compiled) step's rate on synthetic data on
     the device (their ratio says whether its loader keeps up), and the host's milliseconds to enqueue that step
     (near the step's own time, the host sets the pace, and the loader's host threads slow the step); and the
     seconds spent before the first timed step: the batch search and the first step (compilation), which say what
-    a comparison of more backbones will cost."""
+    a comparison of more backbones will cost. The step runs on `streams[0]` (bench.timing.TRAINING_STREAMS; the
+    engine's own by default); each further choice times the same step and loader again on that stream, which
+    costs seconds where another row would cost a compile."""
     started = time.perf_counter()
     config, index = prepare_config(backbone=backbone, data=data, image_size=image_size, device=device,
                                    batch_size=batch_size, pretrained=False)
     setup_s = time.perf_counter() - started  # on a GPU, mostly the batch autotune
     device = torch.device(config.device)
     step = TrainStep(config, index.num_classes)
-    with training_stream(device):  # the stream `engine train` runs its steps on
+    with step_stream(streams[0], device):  # by default the stream `engine train` runs its steps on
         pipeline = make_batches(config, index, index.train, train=True, device=device)
         steps = steps or max(len(pipeline), MIN_TIMED_STEPS)
         batches = endless(pipeline)
         first_step_s = first_step_seconds(step, next(batches), device)
-        epoch_rate = images_per_s(batches, steps, 3, step, device, drain=pipeline.queued_batches)
         synthetic = synthetic_batch(config, index.num_classes, step.memory_format)
-        synthetic_img_s = synthetic_rate(step, synthetic, steps, 3, device)
+        epoch_rate, synthetic_img_s = end_to_end(step, pipeline, batches, synthetic, steps, device)
         host_ms = host_step_ms(step, synthetic, device)
     rates = {"engine_img_s": round(epoch_rate, 1), "engine_synthetic_img_s": round(synthetic_img_s, 1),
              "engine_over_synthetic": round(epoch_rate / synthetic_img_s, 3),
              "engine_step_ms": round(config.batch_size / synthetic_img_s * 1e3, 2), "engine_host_step_ms": host_ms,
              "engine_setup_s": round(setup_s, 1), "engine_first_step_s": round(first_step_s, 1)}
+    if streams[0] != "engine":
+        rates["training_stream"] = streams[0]
+    for choice in streams[1:]:
+        with step_stream(choice, device):
+            epoch_rate, synthetic_img_s = end_to_end(step, pipeline, batches, synthetic, steps, device)
+        rates[f"{choice}_stream"] = {"img_s": round(epoch_rate, 1), "synthetic_img_s": round(synthetic_img_s, 1),
+                                     "over_synthetic": round(epoch_rate / synthetic_img_s, 3)}
     return rates, config, index
+
+
+def end_to_end(step, pipeline, batches, synthetic: tuple, steps: int, device: torch.device) -> tuple[float, float]:
+    """The step's images/s fed by the loader (`batches`, epoch after epoch), then fed `synthetic` on the device."""
+    epoch_rate = images_per_s(batches, steps, 3, step, device, drain=pipeline.queued_batches)
+    return epoch_rate, synthetic_rate(step, synthetic, steps, 3, device)
 
 
 def compare_backbone(backbone: str, args, size: tuple[int, int], batch: int, steps: int | None) -> dict:
     """One row: the engine and the authors' loop on the same files, and where the row's wall time went."""
     started = time.perf_counter()
     engine, config, index = engine_rates(args.data, backbone, size, args.device, batch if args.quick else None,
-                                         steps)
+                                         steps, args.training_streams)
     reference_started = time.perf_counter()
     reference_rate = reference_epoch_rate(str(index.root / "train"), backbone, size, batch,
                                           torch.device(config.device), max_steps=steps)
@@ -99,6 +114,14 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def stream_choices(text: str) -> tuple[str, ...]:
+    choices = tuple(text.split(","))
+    unknown = [choice for choice in choices if choice not in TRAINING_STREAMS]
+    if unknown or len(set(choices)) < len(choices):
+        raise argparse.ArgumentTypeError(f"{text!r}: each of {', '.join(TRAINING_STREAMS)} at most once")
+    return choices
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="dataset name or a folder with train/<class>/<image>")
@@ -111,6 +134,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--time-budget", type=positive_seconds, metavar="SECONDS",
                         help="start no backbone that would likely end past this many seconds from the start (the "
                              "longest row so far is the estimate); the backbones left are printed as not_run")
+    parser.add_argument("--training-streams", type=stream_choices, default=("engine",), metavar="CHOICES",
+                        help="where the engine's step runs, comma-separated from " + ", ".join(TRAINING_STREAMS)
+                             + " (bench.timing): the first gives the row, each further one times the same step "
+                               "and loader again (as <choice>_stream), e.g. engine,high: whether DALI's kernels "
+                               "cost the step less when the step's stream has the higher priority")
     args = parser.parse_args(argv)
     try:
         backbones = pick_names(args.backbones, list_backbones(), "backbone")

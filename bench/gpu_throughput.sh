@@ -13,15 +13,19 @@ python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 # gpu_wavemix.sh); each takes about 2 minutes (autotune, compile, an epoch of each loop), so 3 at most a call
 # unless COMPARE_BUDGET (below) bounds it;
 # BACKBONES=none skips the comparison (the train run and the packing alone: ~7 minutes)
-# (default: the next two not yet compared on a GPU, both with an authors'-loop anchor in ANCHORS.md; resnet50 and
-# mobilenet_v3_large were compared on the ninth session's H100)
-# COMPARE_BUDGET: seconds for the comparison (default 300, the default two backbones'); it starts no backbone that
+# (default: the seven not yet compared on a GPU, as many as COMPARE_BUDGET allows; resnet50 and mobilenet_v3_large
+# were compared on the ninth session's H100, convnext_tiny and regnet_y_3_2gf on the twenty-first's)
+# COMPARE_BUDGET: seconds for the comparison (default 300: two or three backbones); it starts no backbone that
 # would likely end past it and prints those left as not_run, so a long list (BACKBONES=all) measures what the
 # call's time allows and keeps every finished row. The hard limit gives the last backbone 120 s past its estimate.
-backbones=${BACKBONES:-convnext_tiny,regnet_y_3_2gf}
+# COMPARE_STREAMS: where the engine's step runs (bench.compare --training-streams; default engine): engine,high
+# times each row's compiled step and loader again with the step's stream at high priority (seconds a row), to see
+# whether DALI's kernels then cost the step less (end to end 0.92-0.95 of synthetic on the 21st session's H100)
+backbones=${BACKBONES:-shufflenet_v2_x2_0,swin_t,efficientnet_v2_s,resnext50_32x4d,densenet161,swin_v2_t,wavemix}
 budget=${COMPARE_BUDGET:-300}
 [ "$backbones" != none ] && timeout $((budget + 120)) python3 -m engine.bench.compare --data /tmp/jpgs \
-  --backbones "$backbones" --time-budget "$budget" 2>&1 | grep -v -i deprecat | tee "$out/compare.jsonl"
+  --backbones "$backbones" --time-budget "$budget" --training-streams "${COMPARE_STREAMS:-engine}" 2>&1 \
+  | grep -v -i deprecat | tee "$out/compare.jsonl"
 # GRAPHS=1: CUDA graphs (--compile-mode reduce-overhead) against the default mode where the host's launches
 # should show most: mobilenet_v3_large at batch 32 (a 1 % fraction's batch), model only, then at batch 256 with
 # DALI (its end to end reached 0.71 of its synthetic rate in the ninth session; bench.compare above now prints

@@ -17,41 +17,18 @@ import argparse
 import gc
 import json
 import statistics
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
-from engine.bench.timing import kernel_breakdown, kernel_count, or_error, stream_concurrency
+from engine.bench.timing import (TRAINING_STREAMS, kernel_breakdown, kernel_count, or_error, step_stream,
+                                 stream_concurrency)
 from engine.config import parse_image_size
 from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
-from engine.loaders.batching import HIGH_PRIORITY
 from engine.loaders.dali_pipeline import DEFAULT_HANDOVER, HANDOVERS, HW_DECODER_LOAD
 from engine.models import build_backbone
 from engine.profile import endless, images_per_s, synthetic_rate
-from engine.trainer import ordered_stream, training_stream, tune_convolutions
-
-
-# --training-stream: where the step runs. engine: on a stream of its own, as `engine train` does
-# (trainer.training_stream: non-blocking, normal priority); legacy: torch's default stream, CUDA's legacy one, which
-# waits for and holds up every blocking stream and synchronous CUDA call of the process (the engine until the tenth
-# session); high: a stream of its own at high priority (loaders.batching.HIGH_PRIORITY)
-TRAINING_STREAMS = ("engine", "legacy", "high")
-
-
-@contextmanager
-def step_stream(choice: str, device: torch.device):
-    """Run the block where `choice` says. Fetching the batches must happen inside it too: what the loaders enqueue
-    to hand a batch over (the resident path's wait for its side stream, a bf16 run's cast of DALI's float16) goes
-    on the current stream, and the step must be ordered after it."""
-    if choice == "legacy" or device.type != "cuda":
-        yield
-    elif choice == "engine":
-        with training_stream(device):
-            yield
-    else:  # after what the loader enqueued before (its first batch)
-        with ordered_stream(torch.cuda.Stream(device, priority=HIGH_PRIORITY), device):
-            yield
+from engine.trainer import tune_convolutions
 
 
 def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup, train_step,

@@ -4,11 +4,35 @@ from __future__ import annotations
 import argparse
 import re
 import time
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
 
-from engine.trainer import ordered_stream
+from engine.loaders.batching import HIGH_PRIORITY
+from engine.trainer import ordered_stream, training_stream
+
+
+# --training-stream: where the step runs. engine: on a stream of its own, as `engine train` does
+# (trainer.training_stream: non-blocking, normal priority); legacy: torch's default stream, CUDA's legacy one, which
+# waits for and holds up every blocking stream and synchronous CUDA call of the process (the engine until the tenth
+# session); high: a stream of its own at high priority (loaders.batching.HIGH_PRIORITY)
+TRAINING_STREAMS = ("engine", "legacy", "high")
+
+
+@contextmanager
+def step_stream(choice: str, device: torch.device):
+    """Run the block where `choice` says. Fetching the batches must happen inside it too: what the loaders enqueue
+    to hand a batch over (the resident path's wait for its side stream, a bf16 run's cast of DALI's float16) goes
+    on the current stream, and the step must be ordered after it."""
+    if choice == "legacy" or device.type != "cuda":
+        yield
+    elif choice == "engine":
+        with training_stream(device):
+            yield
+    else:  # after what the loader enqueued before (its first batch)
+        with ordered_stream(torch.cuda.Stream(device, priority=HIGH_PRIORITY), device):
+            yield
 
 
 def time_per_call(fn: Callable[[], object], device: torch.device, warmup: int, iterations: int) -> float:

@@ -87,7 +87,8 @@ def test_loader_benchmark_measures_the_named_loaders_alone():
 
 def test_compare_runs_the_engine_and_the_authors_loop_on_the_same_files():
     from engine.bench import compare
-    rows = compare.main(["--data", "demo", "--quick", "--device", "cpu", "--backbones", "mobilenet_v3_large,wavemix"])
+    rows = compare.main(["--data", "demo", "--quick", "--device", "cpu", "--backbones", "mobilenet_v3_large,wavemix",
+                         "--training-streams", "engine,high"])
     assert [row["backbone"] for row in rows] == ["mobilenet_v3_large", "wavemix"]  # WaveMix: not torchvision's
     with pytest.raises(SystemExit) as refused:  # one line naming the valid backbones (argparse's error)
         compare.main(["--data", "demo", "--quick", "--device", "cpu", "--backbones", "resnet50,nope"])
@@ -104,6 +105,11 @@ def test_compare_runs_the_engine_and_the_authors_loop_on_the_same_files():
         parts = [row["engine_setup_s"], row["engine_first_step_s"], row["reference_s"]]
         assert all(part >= 0 for part in parts) and row["reference_s"] > 0
         assert sum(parts) <= row["wall_s"] + 0.2  # each part rounded to 0.1 s
+        # the same step and loader timed again with the step's stream at high priority (the same stream on a CPU)
+        again = row["high_stream"]
+        assert again["img_s"] > 0 and again["over_synthetic"] == pytest.approx(
+            again["img_s"] / again["synthetic_img_s"], rel=0.02)
+        assert "training_stream" not in row  # the row itself ran on the engine's stream
 
 
 def test_compare_starts_no_backbone_past_its_time_budget_and_names_those_left(capsys):
@@ -115,9 +121,11 @@ def test_compare_starts_no_backbone_past_its_time_budget_and_names_those_left(ca
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {"not_run": ["mobilenet_v3_large", "resnet50"], "reason": "--time-budget 0.01 s"} in lines
     assert lines[-1]["backbones"] == 1
-    with pytest.raises(SystemExit) as refused:  # one line naming the option (argparse), exit 2
-        compare.main(["--data", "demo", "--quick", "--device", "cpu", "--time-budget", "0"])
-    assert refused.value.code == 2
+    for bad in (["--time-budget", "0"], ["--training-streams", "engine,fast"], ["--training-streams", "high,high"]):
+        with pytest.raises(SystemExit) as refused:  # one line naming the option (argparse), exit 2
+            compare.main(["--data", "demo", "--quick", "--device", "cpu", *bad])
+        assert refused.value.code == 2
+    assert "--training-streams: 'engine,fast': each of engine, legacy, high at most once" in capsys.readouterr().err
 
 
 def test_the_authors_loop_trains_wavemix_as_the_published_code_computes_it():
