@@ -110,9 +110,10 @@ def _rank(entries: list[Entry]) -> None:
         entry.place, entry.rank = ahead + 1, ahead + (tied + 1) / 2
 
 
-def _order(dataset: str) -> int:
+def _order(dataset: str) -> tuple[int, str]:
+    """The paper's datasets in its order, then the user's own by name (a table's columns follow this order)."""
     names = list(registry())
-    return names.index(dataset) if dataset in names else len(names)
+    return (names.index(dataset), "") if dataset in names else (len(names), dataset)
 
 
 def _backbone_order(backbone: str) -> int:

@@ -7,13 +7,17 @@ Labels are the class folders' positions in sorted order of the training classes.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from engine.errors import UserInputError
 from engine.loaders.splits import Sample, stratified_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+log = logging.getLogger("engine")
 
 # The seed of a split the dataset itself lacks (a one-folder dataset's test set). It is fixed, not the run's
 # seed, so the seeds of a "best of 3" are compared on one and the same test set.
@@ -65,7 +69,18 @@ def _scan_split(root: Path, split_dir: Path, classes: list[str] | None) -> tuple
             raise UserInputError(f"class folder {class_dir} has no images "
                                  f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
         samples += [(p.relative_to(root).as_posix(), label_of[class_dir.name]) for p in images]
+    if classes is not None:
+        _say_missing_classes(str(split_dir), tuple(sorted(set(classes) - {d.name for d in class_dirs})), len(classes))
     return names, samples
+
+
+@lru_cache(maxsize=None)  # once a process: a grid checks each finished cell's dataset again
+def _say_missing_classes(split_dir: str, missing: tuple[str, ...], total: int) -> None:
+    """A test or val folder without some training classes is legal (its accuracy is over the classes it has), but
+    rarely meant: a copy cut short, a class folder renamed."""
+    if missing:
+        log.warning("%s has no folder for %d of the %d training classes (%s): its accuracy leaves them out",
+                    split_dir, len(missing), total, ", ".join(missing))
 
 
 def scan_dataset(root: str | Path, name: str | None = None, test_split: float = 0.2) -> DatasetIndex:

@@ -67,6 +67,15 @@ def test_test_class_unknown_to_train_is_refused(tiny_dataset):
         scan_dataset(tiny_dataset)
 
 
+def test_a_test_folder_without_some_training_classes_is_named_in_a_warning(tiny_dataset, caplog):
+    import shutil
+    shutil.rmtree(tiny_dataset / "test" / "green")
+    with caplog.at_level("WARNING", logger="engine"):
+        index = scan_dataset(tiny_dataset)
+    assert index.num_classes == 3  # the training classes decide the labels
+    assert "test has no folder for 1 of the 3 training classes (green): its accuracy leaves them out" in caplog.text
+
+
 def test_unknown_dataset_name(tmp_path):
     with pytest.raises(UserInputError, match="unknown dataset 'cifar11'"):
         resolve_dataset("cifar11", tmp_path)

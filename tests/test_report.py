@@ -111,6 +111,16 @@ def test_a_single_seed_shows_no_spread(tmp_path, capsys):
     assert "70.00² (1 seed)" in text and "71.00¹ (70.00±1.41)" in text and "±0.00" not in text
 
 
+def test_the_users_own_datasets_come_after_the_papers_in_order_of_name(tmp_path, capsys):
+    # resnet50 (listed before mobilenet_v3_large) ran only on "zebra": its column must still come after "apes"
+    write_runs(tmp_path, {("zebra", 1.0, "resnet50"): (80.0,), ("apes", 1.0, "mobilenet_v3_large"): (60.0,),
+                          ("dtd", 1.0, "resnet50"): (70.0,)})
+    text = report(capsys, str(tmp_path))
+    assert "| backbone | apes | zebra |" in text
+    lines = list(csv.DictReader(io.StringIO(report(capsys, str(tmp_path), "--format", "csv"))))
+    assert [row["dataset"] for row in lines] == ["dtd", "apes", "zebra"]
+
+
 def test_a_folder_without_runs_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["report", str(tmp_path)])
