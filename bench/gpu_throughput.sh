@@ -23,8 +23,9 @@ python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 # whether DALI's kernels then cost the step less (end to end 0.92-0.95 of synthetic on the 21st session's H100)
 backbones=${BACKBONES:-shufflenet_v2_x2_0,swin_t,efficientnet_v2_s,resnext50_32x4d,densenet161,swin_v2_t,wavemix}
 budget=${COMPARE_BUDGET:-300}
+streams=${COMPARE_STREAMS:-engine}
 [ "$backbones" != none ] && timeout $((budget + 120)) python3 -m engine.bench.compare --data /tmp/jpgs \
-  --backbones "$backbones" --time-budget "$budget" --training-streams "${COMPARE_STREAMS:-engine}" 2>&1 \
+  --backbones "$backbones" --time-budget "$budget" --training-streams "$streams" 2>&1 \
   | grep -v -i deprecat | tee "$out/compare.jsonl"
 # GRAPHS=1: CUDA graphs (--compile-mode reduce-overhead) against the default mode where the host's launches
 # should show most: mobilenet_v3_large at batch 32 (a 1 % fraction's batch), model only, then at batch 256 with
