@@ -284,9 +284,10 @@ def run_grid(cells: list[Cell], out: Path, train_flags: list[str], retry_failed:
 def _log_progress(cells, out, running: int, queue: list, finished_s: list[float], slots: int) -> None:
     statuses = [cell_status(out, cell) for cell in cells]
     average = sum(finished_s) / len(finished_s)
-    eta = average * (len(queue) + running) / max(slots, 1)
-    log.info("grid: %d done, %d running, %d failed, %d left; ETA %s", statuses.count("done"), running,
-             statuses.count("failed"), len(queue), readable_duration(eta))
+    outstanding = len(queue) + running
+    eta = f"; ETA {readable_duration(average * outstanding / max(slots, 1))}" if outstanding else ""
+    log.info("grid: %d done, %d running, %d failed, %d left%s", statuses.count("done"), running,
+             statuses.count("failed"), len(queue), eta)
 
 
 ASSUMED_EPOCHS = 40  # a typical DualOpt run: the best epoch, two patience windows, and the SGD phase's gains

@@ -127,6 +127,7 @@ def test_failed_cells_are_reported_and_retried(tmp_path, capsys):
     # each cell's start names its log, where its epochs are; the grid's own lines only count cells
     assert f"grid: started mobilenet_v3_large__good__f1__s0 (its log: {out / '.grid' / 'logs'}" in failed.stderr
     assert "1 done, 0 running, 0 failed, 1 left; ETA " in failed.stderr
+    assert "1 done, 0 running, 1 failed, 0 left\n" in failed.stderr  # nothing left: no ETA
     cells = expand_cells("mobilenet_v3_large", f"{good},{bad}", "0", "1")
     assert [cell_status(out, cell) for cell in cells] == ["done", "failed"]
     record = json.loads((out / ".grid" / "failed" / "mobilenet_v3_large__bad__f1__s0.json").read_text())
