@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable
@@ -154,6 +155,10 @@ def profile(config: RunConfig, index: DatasetIndex | None, steps: int, warmup: i
 
 def _measure(config: RunConfig, index: DatasetIndex | None, steps: int, warmup: int) -> dict:
     device = torch.device(config.device)
+    pipeline = None
+    if index is not None:
+        pipeline = make_batches(config, index, index.train, train=True, device=device)
+        config = _at_the_batch_taken(config, pipeline.batch_size)
     step = TrainStep(config, index.num_classes if index else 1000)
     batch = config.batch_size
     synthetic = synthetic_batch(config, index.num_classes if index else 1000, step.memory_format)
@@ -174,14 +179,22 @@ def _measure(config: RunConfig, index: DatasetIndex | None, steps: int, warmup: 
         "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
         "loader": None, "loader_images_per_s": None, "end_to_end_images_per_s": None,
     }
-    if index is not None:
-        pipeline = make_batches(config, index, index.train, train=True, device=device, batch_size=batch)
+    if pipeline is not None:
         report["loader"] = config.loader
         report["loader_images_per_s"] = round(images_per_s(endless(pipeline), steps, warmup,
                                                            lambda x, y: None, device), 1)
         report["end_to_end_images_per_s"] = round(images_per_s(endless(pipeline), steps, warmup, step, device,
                                                                drain=pipeline.queued_batches), 1)
     return report
+
+
+def _at_the_batch_taken(config: RunConfig, batch: int) -> RunConfig:
+    """A training set smaller than the batch asked makes each step take the whole set, as in training (a 1 %
+    fraction): the model alone is then measured at that batch too, so that its rate and the loader's compare."""
+    if batch == config.batch_size:
+        return config
+    return replace(config, batch_size=batch,
+                   batch_size_reason=f"the whole training set ({config.batch_size} asked: {config.batch_size_reason})")
 
 
 def _graph_skips(config: RunConfig, device: torch.device) -> int | None:

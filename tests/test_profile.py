@@ -27,6 +27,17 @@ def test_profile_json_reports_the_whole_pipeline(tiny_dataset, capsys):
     assert report["verdict"].startswith(("compute-bound", "input-bound", "contention"))
 
 
+def test_a_training_set_smaller_than_the_batch_is_profiled_at_the_batch_training_takes(tmp_path, capsys):
+    from tests.conftest import make_dataset
+    data = make_dataset(tmp_path / "small", {"train": 2, "test": 1})  # 6 training images, a batch of 8 asked
+    done = run_main(capsys, "profile", "--backbone", "mobilenet_v3_large", "--data", str(data), "--image-size", "32",
+                    "--batch-size", "8", "--steps", "2", "--json")
+    report = json.loads(done.stdout)
+    assert report["batch_size"] == 6  # the model alone at 8 would not compare with the loader's batches of 6
+    assert report["batch_size_reason"].startswith("the whole training set (8 asked: ")
+    assert report["step_ms"] == pytest.approx(6e3 / report["model_images_per_s"], rel=0.02)
+
+
 @pytest.mark.parametrize("loader_rate, end_to_end, expected", [
     (1000.0, 950.0, "compute-bound"),  # end to end within 90 % of the model: the model is the limit
     (400.0, 380.0, "input-bound"),     # the loader alone cannot keep up with the step
