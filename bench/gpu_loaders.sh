@@ -47,13 +47,18 @@ done
 # engine's (0.9, from the ninth session's loader-alone rows). Each row's of_synthetic is against the synthetic
 # rate measured just before and after it: that rate drifted by up to 1.8x between runs in the fourteenth session.
 # MOBILENET_EXPERIMENTS (|-separated, e.g. '--dali-handover host|--training-stream high') runs only those of them,
-# when device time is short.
+# when device time is short. EXPERIMENT_BACKBONES (comma-separated; default mobilenet_v3_large) runs them for other
+# backbones too: resnet50, GPU-bound, lost 7 % to DALI with the stream handover in the twenty-first session, where
+# a high-priority step should leave DALI's kernels only the step's gaps.
+experiment_backbones=${EXPERIMENT_BACKBONES:-mobilenet_v3_large}
+for backbone in ${experiment_backbones//,/ }; do
 for option in "--dali-handover host" "--training-stream high" "--training-stream legacy" \
     "--dali-hw-decoder-load 0.65"; do
   [ -n "${MOBILENET_EXPERIMENTS:-}" ] && [[ "|$MOBILENET_EXPERIMENTS|" != *"|$option|"* ]] && continue
-  timeout 45 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone mobilenet_v3_large --loaders dali \
+  timeout 45 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone "$backbone" --loaders dali \
     --image-size 256 --batch-size 128 --workers 15 --steps 15 $option 2>&1 | grep -v -i deprecat \
     | tee -a "$out/loaders.jsonl"
+done
 done
 [ "$all" = 1 ] || exit 0
 timeout 25 python3 -m engine.bench.augment --device cuda --size 64 --batch 256 2>&1 | tee -a "$out/augment.jsonl"
