@@ -30,9 +30,16 @@ for backbone in resnet50 mobilenet_v3_large; do
 done
 # DALI alone at the anchor's batch (256), then the anchor's own script beside it when carried (.anchors/, a copy
 # of ../shared/device/dali_anchor.py: same card, same call), on its own files
+# HW_LOADS (comma-separated, e.g. 0.9,1.0): DALI alone at each share of JPEGs sent to the hardware decoder (the
+# engine's 0.9 by default): on the twenty-first session's H100 the host ran the anchor 35 % slower than ANCHORS.md's
+# H200 host did, and the CPU threads decode the share the hardware decoder does not take
+hw_loads=${HW_LOADS:-0.9}
 for thread_count in $threads; do
+for hw_load in ${hw_loads//,/ }; do
   timeout 40 python3 -m engine.bench.loaders --data /tmp/jpgs --loaders dali --loader-only --image-size 256 \
-    --batch-size 256 --workers "$thread_count" --steps 24 2>&1 | grep -v -i deprecat | tee -a "$out/loaders.jsonl"
+    --batch-size 256 --workers "$thread_count" --steps 24 --dali-hw-decoder-load "$hw_load" 2>&1 \
+    | grep -v -i deprecat | tee -a "$out/loaders.jsonl"
+done
 done
 # from a file, not stdin: DALI's conditionals (its TrivialAugmentWide) read the pipeline function's source
 [ -f .anchors/dali_anchor.py ] && sed 's#/tmp/jpgs#/tmp/anchor_jpgs#' .anchors/dali_anchor.py > /tmp/dali_anchor.py \
