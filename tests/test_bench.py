@@ -304,7 +304,8 @@ def _script_commands(script):
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     values, loops = {}, {}
 
-    def expand(word):
+    def expand(word):  # $name, ${name}, and ${name//,/ } (a comma-separated list as a loop's words)
+        word = re.sub(r"\$\{(\w+)//,/ \}", lambda m: values[m[1]].replace(",", " "), word)
         return re.sub(r"\$\{?(\w+)\}?", lambda m: values[m[1]], word)
 
     for line in lines:
