@@ -200,8 +200,8 @@ def file_differences(run_dir: Path, index: DatasetIndex, fraction: float, seed: 
             continue
         had, now = set(saved[split]), {path for path, _ in getattr(samples, split)} - left_out
         if had != now:
-            found.append(f"{split} files: {len(had - now)} of the run's are not in {index.root}, {len(now - had)} "
-                         f"are new (e.g. {sorted(had ^ now)[0]})")
+            found.append(f"{split} files: {len(had - now)} of the run's are not among those this command takes from "
+                         f"{index.root}, {len(now - had)} are new (e.g. {sorted(had ^ now)[0]})")
     return found
 
 

@@ -66,7 +66,8 @@ def test_a_finished_run_answers_only_for_the_files_it_trained_on(tmp_path, capsy
     other = make_dataset(tmp_path / "b" / "tiny", {"train": 5, "test": 2})
     refused = run_main(capsys, *args, str(other))
     assert refused.returncode == 2 and "holds a finished run of another experiment (train files: 0 of the run's " \
-        f"are not in {other}, 3 are new (e.g. train/blue/blue_004.png))" in refused.stderr
+        f"are not among those this command takes from {other}, 3 are new (e.g. train/blue/blue_004.png))" \
+        in refused.stderr
     moved = tmp_path / "c" / "tiny"
     moved.parent.mkdir()
     first.rename(moved)
