@@ -31,7 +31,9 @@ has_part dwt && timeout 120 python3 -m engine.bench.dwt --dtype bf16 --channels-
 has_part step || exit 0
 # the reference first (the 4x target is against it), then ours from the most to the least important
 # (--kernels: where each variant's device time goes, by kernel and by kind, for the step's non-DWT share)
-variants=reference:fp32:eager,fused:amp:compiled
+# WAVEMIX_VARIANTS replaces the list, e.g. fused:amp:compiled,fused:amp:graphs: whether CUDA graphs take the host's
+# launches out of the fused step (its kernels added up to 68 of its 94 ms on the twenty-first session's H100)
+variants=${WAVEMIX_VARIANTS:-reference:fp32:eager,fused:amp:compiled}
 [ "${WAVEMIX_ALL:-0}" = 1 ] && variants=$variants,fused:amp:eager,plain:amp:compiled,fused:fp32:eager
 timeout 330 python3 -m engine.bench.wavemix_step --kernels 15 --stem --variants "$variants" \
   2>&1 | tee "$out/wavemix_step.jsonl"

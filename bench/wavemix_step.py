@@ -1,6 +1,6 @@
 """WaveMix-192/16 training step, side by side in one process: the reference formulation (the published stem and
-DWT), and the engine's model with the plain-torch Haar or the fused kernel, eager and compiled, AMP (bf16 +
-channels_last) and fp32. Images/s and peak memory.
+DWT), and the engine's model with the plain-torch Haar or the fused kernel, eager, compiled and as CUDA graphs, AMP
+(bf16 + channels_last) and fp32. Images/s, the host's time to enqueue a step, and peak memory.
 
     python -m engine.bench.wavemix_step                       # batch 128 at 256x256, on the GPU
     python -m engine.bench.wavemix_step --quick --device cpu  # smoke run
@@ -22,23 +22,30 @@ from engine.bench.references import dwt_implementations, reference_wavemix, use_
 from engine.bench.timing import (kernel_breakdown, kernel_count, or_error, peak_memory_gib, reset_peak_memory,
                                  time_per_call)
 from engine.models.wavemix import wavemix_192_16
-from engine.trainer import FIRST_PHASE, cudnn_benchmark, make_optimizer
+from engine.profile import host_step_ms
+from engine.trainer import FIRST_PHASE, begin_step, cudnn_benchmark, make_optimizer
 
-# (DWT, precision, compile): the reference only in fp32, the one way it runs (it crashes under autocast)
-VARIANTS = [("reference", "fp32", False),
-            ("plain", "fp32", False), ("plain", "amp", False), ("plain", "amp", True),
-            ("fused", "fp32", False), ("fused", "amp", False), ("fused", "fp32", True), ("fused", "amp", True)]
+# How the model runs: eager; compiled by inductor (its default mode: the host launches each kernel every step);
+# graphs: the same kernels replayed as CUDA graphs (mode reduce-overhead), which takes the host's launches away. On
+# the twenty-first session's H100 the fused compiled step's kernels added up to 68 of its 94 ms: whether the rest
+# is the host's launching is what graphs (and host_step_ms) tell.
+COMPILE_MODES = {"eager": None, "compiled": "default", "graphs": "reduce-overhead"}
+# (DWT, precision, how it runs): the reference only in fp32, the one way it runs (it crashes under autocast)
+VARIANTS = [("reference", "fp32", "eager"),
+            ("plain", "fp32", "eager"), ("plain", "amp", "eager"), ("plain", "amp", "compiled"),
+            ("fused", "fp32", "eager"), ("fused", "amp", "eager"), ("fused", "fp32", "compiled"),
+            ("fused", "amp", "compiled"), ("fused", "amp", "graphs")]
 
 
-def step_rate(dwt_name, dwt, precision, compile_it, batch, size, device, warmup, iterations, kernels=0) -> dict:
+def step_rate(dwt_name, dwt, precision, runs_as, batch, size, device, warmup, iterations, kernels=0) -> dict:
     """One variant's row. The reference runs as published (cuDNN's heuristic algorithms, torch's default AdamW, as
     ANCHORS.md measured it); the engine's model as the engine trains it (cuDNN's algorithm search on, the
     engine's optimizer)."""
     with cudnn_benchmark(dwt_name != "reference"):
-        return _step_rate(dwt_name, dwt, precision, compile_it, batch, size, device, warmup, iterations, kernels)
+        return _step_rate(dwt_name, dwt, precision, runs_as, batch, size, device, warmup, iterations, kernels)
 
 
-def _step_rate(dwt_name, dwt, precision, compile_it, batch, size, device, warmup, iterations, kernels) -> dict:
+def _step_rate(dwt_name, dwt, precision, runs_as, batch, size, device, warmup, iterations, kernels) -> dict:
     torch.manual_seed(0)
     amp = precision == "amp"
     memory_format = torch.channels_last if amp else torch.contiguous_format
@@ -49,11 +56,13 @@ def _step_rate(dwt_name, dwt, precision, compile_it, batch, size, device, warmup
     # every parameter, 7.5 of the 93 ms a step that plain AdamW took on the ninth session's H100)
     optimizer = (torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01) if dwt_name == "reference"
                  else make_optimizer(FIRST_PHASE, model))
-    forward = torch.compile(model) if compile_it else model
+    mode = COMPILE_MODES[runs_as]
+    forward = model if mode is None else torch.compile(model, mode=mode)
     images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
     labels = torch.randint(0, 10, (batch,), device=device)
 
     def step():
+        begin_step()  # as the trainer does: under CUDA graphs, the last step's outputs are not read again
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = F.cross_entropy(forward(images), labels)
         loss.backward()
@@ -65,8 +74,10 @@ def _step_rate(dwt_name, dwt, precision, compile_it, batch, size, device, warmup
     step()  # the first step compiles; kept apart to report its cost
     warmup_s = time.perf_counter() - started
     seconds = time_per_call(step, device, warmup, iterations)
-    row = {"dwt": dwt_name, "precision": "bf16 AMP + channels_last" if amp else "fp32", "compile": compile_it,
+    row = {"dwt": dwt_name, "precision": "bf16 AMP + channels_last" if amp else "fp32", "compile": runs_as,
            "images_per_s": round(batch / seconds, 1), "step_ms": round(seconds * 1e3, 2),
+           # the host's time to enqueue a step: near step_ms, the GPU waits for the host's launches
+           "host_step_ms": host_step_ms(step, (), device),
            "peak_gib": peak_memory_gib(device), "first_step_s": round(warmup_s, 1)}
     if kernels:  # after the timed steps: the profiler's own overhead stays out of images/s
         row["kernels"] = or_error(lambda: kernel_breakdown(step, device, steps=min(iterations, 3), top=kernels))
@@ -93,11 +104,11 @@ def stem_rates(batch, size, device, warmup, iterations) -> list[dict]:
     return rows
 
 
-def variant_name(dwt_name: str, precision: str, compile_it: bool) -> str:
-    return f"{dwt_name}:{precision}:{'compiled' if compile_it else 'eager'}"
+def variant_name(dwt_name: str, precision: str, runs_as: str) -> str:
+    return f"{dwt_name}:{precision}:{runs_as}"
 
 
-def chosen_variants(spec: str) -> list[tuple[str, str, bool]]:
+def chosen_variants(spec: str) -> list[tuple[str, str, str]]:
     """The variants matching --variants, a comma-separated list of names or shell patterns (`fused:*:eager`,
     `*:amp:*`), in the order named; all of them when none is named. A pattern matching nothing is an error."""
     if not spec:
@@ -140,12 +151,12 @@ def main(argv=None) -> list[dict]:
     if args.stem:
         for row in stem_rates(batch, size, device, warmup, iterations):
             print(json.dumps(row), flush=True)
-    for dwt_name, precision, compile_it in variants:
+    for dwt_name, precision, runs_as in variants:
         try:
-            row = step_rate(dwt_name, dwts[dwt_name], precision, compile_it, batch, size, device, warmup, iterations,
+            row = step_rate(dwt_name, dwts[dwt_name], precision, runs_as, batch, size, device, warmup, iterations,
                             args.kernels)
         except Exception as err:  # noqa: BLE001 - one failing variant must not hide the others' numbers
-            row = {"dwt": dwt_name, "precision": precision, "compile": compile_it, "error": repr(err)[:300]}
+            row = {"dwt": dwt_name, "precision": precision, "compile": runs_as, "error": repr(err)[:300]}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
