@@ -190,6 +190,28 @@ def test_wavemix_step_benchmark_says_where_the_step_time_goes():
     assert kernels["by_kind_ms"]["convolution/matmul"] > 0  # WaveMix is mostly convolutions
 
 
+def test_device_time_leaves_out_the_annotated_ranges_that_span_kernels():
+    """On a GPU a compiled graph's "## Call CompiledFxGraph ##" range is recorded on the device as well, spanning
+    the kernels inside it: counted, it doubles their time (a 94 ms step read as 219.5 ms). Host events never count
+    as device time; on the CPU every operator's own time is what there is."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+    from engine.bench.timing import timed_events
+
+    def event(key, device_type, microseconds, annotation=False):
+        return SimpleNamespace(key=key, device_type=device_type, self_device_time_total=microseconds,
+                               self_cpu_time_total=microseconds, is_user_annotation=annotation)
+
+    averages = [event("## Call CompiledFxGraph abc ##", DeviceType.CUDA, 900.0, annotation=True),
+                event("## Call CompiledFxGraph abc ##", DeviceType.CPU, 50.0),
+                event("sm90_xmma_fprop_implicit_gemm", DeviceType.CUDA, 500.0),
+                event("triton_poi_fused_gelu_1", DeviceType.CUDA, 300.0)]
+    assert timed_events(averages, on_gpu=True) == [("sm90_xmma_fprop_implicit_gemm", 500.0),
+                                                   ("triton_poi_fused_gelu_1", 300.0)]
+    assert len(timed_events(averages, on_gpu=False)) == 4
+
+
 def test_kernel_breakdown_names_the_operator_behind_a_layout_conversion():
     """An NCHW batch into a channels_last convolution is converted inside the convolution: the breakdown says
     which operator copied, and what shape, not only that a copy kernel ran."""
