@@ -237,11 +237,11 @@ class EpochProgress:
         self.last_refresh = now
         rate = images / max(seconds, 1e-9)
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{running_loss():.4f}", img_s=f"{rate:.0f}")
+            self.bar.set_postfix(loss=f"{running_loss():.4f}", img_s=readable_rate(rate))
             return
         left_s = seconds / self.steps * (self.total_steps - self.steps)
-        log.info("%s: step %d/%d, %.0f img/s, loss %.4f so far, about %s left", self.description, self.steps,
-                 self.total_steps, rate, running_loss(), readable_duration(left_s))
+        log.info("%s: step %d/%d, %s img/s, loss %.4f so far, about %s left", self.description, self.steps,
+                 self.total_steps, readable_rate(rate), running_loss(), readable_duration(left_s))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -253,6 +253,12 @@ def readable_duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
+
+
+def readable_rate(images_per_s: float) -> str:
+    """Images/s as a person reads them: whole above 10, two significant digits below (a tiny training set on a
+    CPU runs at under one image a second, which "0 img/s" would hide)."""
+    return f"{images_per_s:.0f}" if images_per_s >= 10 else f"{images_per_s:.2g}"
 
 
 def synchronize(device: torch.device) -> None:
@@ -447,6 +453,6 @@ def _log_epoch(row: dict, improved: bool, action: str, state: ProtocolState) -> 
     note = {"switch": f"; no new best for {state.epoch - state.best_epoch} epochs: reloaded epoch "
                       f"{state.best_epoch}, switching to SGD",
             "stop": f"; stopping ({state.stop_reason})"}.get(action, "")
-    log.info("epoch %3d %-5s loss %.4f train %.2f %% eval %.2f %%%s | %.0f img/s, %.1f s + eval %.1f s%s",
+    log.info("epoch %3d %-5s loss %.4f train %.2f %% eval %.2f %%%s | %s img/s, %.1f s + eval %.1f s%s",
              row["epoch"], row["phase"], row["train_loss"], row["train_acc"], row["eval_acc"],
-             " *" if improved else "", row["images_per_s"], row["epoch_s"], row["eval_s"], note)
+             " *" if improved else "", readable_rate(row["images_per_s"]), row["epoch_s"], row["eval_s"], note)
