@@ -276,8 +276,8 @@ def run_grid(cells: list[Cell], out: Path, train_flags: list[str], retry_failed:
     for cell in by_status["failed"]:
         log.warning("grid: failed %s: %s (rerun with --retry-failed)", cell.name,
                     read_json(_failure_path(out, cell))["reason"])
-    log.info("grid finished in %.0f s: %d done, %d failed", time.time() - started_at, len(by_status["done"]),
-             len(by_status["failed"]))
+    log.info("grid finished in %s: %d done, %d failed", readable_duration(time.time() - started_at),
+             len(by_status["done"]), len(by_status["failed"]))
     return by_status
 
 

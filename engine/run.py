@@ -30,8 +30,8 @@ from engine.loaders import (PIPELINES, DatasetIndex, check_files, count_per_clas
                             has_small_images, leave_out, resolve_dataset, scan_dataset, select_samples)
 from engine.models import build_backbone, check_image_size, get_backbone_spec
 from engine.scheduler import choose_batch_size, is_out_of_memory, keep_to_memory_share
-from engine.trainer import (evaluate, fit, input_dtype, load_best, make_precision, training_stream,
-                            tune_convolutions)
+from engine.trainer import (evaluate, fit, input_dtype, load_best, make_precision, readable_duration,
+                            training_stream, tune_convolutions)
 
 log = logging.getLogger("engine")
 
@@ -323,9 +323,9 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
     if distributed.current().is_main:
         results.write_json(run_dir / results.RESULT, result)
         (run_dir / results.LAST).unlink(missing_ok=True)  # finished: nothing to resume, and the largest file
-    log.info("finished: test accuracy %.2f %% (epoch %d, %s phase) after %d epoch%s in %.0f s -> %s", test_acc,
-             state.best_epoch, state.best_phase, state.epoch, "" if state.epoch == 1 else "s", outcome.wall_s,
-             run_dir / results.RESULT)
+    log.info("finished: test accuracy %.2f %% (epoch %d, %s phase) after %d epoch%s in %s -> %s", test_acc,
+             state.best_epoch, state.best_phase, state.epoch, "" if state.epoch == 1 else "s",
+             readable_duration(outcome.wall_s), run_dir / results.RESULT)
     return result
 
 

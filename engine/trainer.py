@@ -249,7 +249,9 @@ class EpochProgress:
 
 
 def readable_duration(seconds: float) -> str:
-    """45 s, 12 min, 3.5 h: the unit a person reads an estimate in."""
+    """0.3 s, 45 s, 12 min, 3.5 h: the unit a person reads an estimate in."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
