@@ -19,7 +19,7 @@ from engine.models import build_backbone
 from engine.scheduler import synchronize, wait_for_copies
 from engine.run import make_batches, out_of_memory_advice
 from engine.trainer import (FIRST_PHASE, begin_step, compiled, cuda_graph_skips, input_dtype, make_optimizer,
-                            make_precision, training_stream, tune_convolutions)
+                            make_precision, readable_rate, training_stream, tune_convolutions)
 
 INPUT_BOUND = 0.9  # end to end (or the loader alone) below this share of the model-only rate: the input side limits
 # the host's time to enqueue a step at this share of the step's time or more: the host, not the GPU, sets the pace
@@ -260,16 +260,19 @@ def verdict(report: dict) -> str:
     path's augmentation, or the handover waits)."""
     model = report["model_images_per_s"]
     end_to_end = report["end_to_end_images_per_s"]
+    rate = readable_rate
     if end_to_end is None:
         slowest = max(report["phase_ms"], key=report["phase_ms"].get)
-        return f"model only: {model:.0f} img/s; the {slowest} pass takes the most time (no --data: loader not measured)"
+        return (f"model only: {rate(model)} img/s; the {slowest} pass takes the most time (no --data: loader not "
+                f"measured)")
     share, loader = end_to_end / model, report["loader_images_per_s"]
     if share >= INPUT_BOUND:
-        return f"compute-bound: end to end {end_to_end:.0f} img/s is {share:.0%} of the model-only {model:.0f} img/s"
+        return (f"compute-bound: end to end {rate(end_to_end)} img/s is {share:.0%} of the model-only {rate(model)} "
+                f"img/s")
     if loader < model * INPUT_BOUND:
-        return (f"input-bound: the {report['loader']} loader delivers {loader:.0f} img/s alone, end to end "
-                f"{end_to_end:.0f} img/s is {share:.0%} of the model's {model:.0f}")
+        return (f"input-bound: the {report['loader']} loader delivers {rate(loader)} img/s alone, end to end "
+                f"{rate(end_to_end)} img/s is {share:.0%} of the model's {rate(model)}")
     shared = "CPU cores" if report["device"] == "cpu" else "GPU or host threads"
-    return (f"contention: the {report['loader']} loader alone delivers {loader:.0f} img/s, {loader / model:.1f}x the "
-            f"model's {model:.0f}, yet end to end reaches {end_to_end:.0f} ({share:.0%}): loader and step compete "
-            f"for the same {shared}, or the handover waits")
+    return (f"contention: the {report['loader']} loader alone delivers {rate(loader)} img/s, {loader / model:.1f}x "
+            f"the model's {rate(model)}, yet end to end reaches {rate(end_to_end)} ({share:.0%}): loader and step "
+            f"compete for the same {shared}, or the handover waits")

@@ -81,7 +81,8 @@ def test_grid_survives_sigkill_and_finishes_every_cell_once(tmp_path, capsys):
     write_image(data / "train" / "red" / "red_new.png", (220, 30, 30))
     grown = run_main(capsys, *args)
     assert grown.returncode == 2 and first.stat().st_mtime_ns == stamp
-    assert "4 finished cell(s)" in grown.stderr and "train files: 0 of the run's are not among those this command takes from " in grown.stderr
+    assert "4 finished cell(s)" in grown.stderr
+    assert "train files: 0 of the run's are not among those this command takes from " in grown.stderr
 
 
 @pytest.mark.parametrize("flags", [[], ["--no-augment", "--patience", "3"], ["--image-size", "48x64"],
