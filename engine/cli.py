@@ -3,12 +3,15 @@ line naming the problem and exit code 2."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 
 import click
 
 from engine.config import COMPILE_MODES, DEFAULT_BATCH_SIZE, DEFAULT_OUT, PATIENCE, parse_image_size
-from engine.errors import INTERRUPTED, INTERRUPTED_MESSAGE, USAGE_ERROR, UserInputError
+from engine.errors import (INTERRUPTED, INTERRUPTED_MESSAGE, TERMINATED, TERMINATED_MESSAGE, USAGE_ERROR, Terminated,
+                           UserInputError)
 
 log = logging.getLogger("engine")
 
@@ -409,6 +412,26 @@ def _configure_logging() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the command and turns errors a user can fix into one line and exit code 2."""
     _configure_logging()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated(os.getpid()))
+    try:
+        _run(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # run in-process (the tests), the caller's handler again
+
+
+def _raise_terminated(owner: int):
+    """SIGTERM as Terminated in this process. A process forked from it (a DataLoader worker) inherits the handler
+    but not the reason for it: there SIGTERM ends the process as it always did, without a traceback."""
+    def handler(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+    return handler
+
+
+def _run(argv: list[str] | None) -> None:
     try:
         # argv travels along for `train --gpus N`, which starts N copies of this same command.
         code = cli.main(args=argv, prog_name="engine", standalone_mode=False,
@@ -423,6 +446,9 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, click.Abort):
         click.echo(INTERRUPTED_MESSAGE, err=True)
         sys.exit(INTERRUPTED)
+    except Terminated:
+        click.echo(TERMINATED_MESSAGE, err=True)
+        sys.exit(TERMINATED)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -28,7 +28,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from engine.errors import INTERRUPTED, INTERRUPTED_MESSAGE, USAGE_ERROR, UserInputError
+from engine.errors import (INTERRUPTED, INTERRUPTED_MESSAGE, TERMINATED, TERMINATED_MESSAGE, USAGE_ERROR,
+                           UserInputError)
 
 log = logging.getLogger("engine")
 LOG_DIR_PREFIX = "engine-torchrun-"  # + the launcher's pid: torchrun's log folder for one launch, in $TMPDIR
@@ -96,7 +97,8 @@ def join(device: str) -> Shard:
         return SINGLE
     if not dist.is_initialized():
         die_with_parent()
-        signal.signal(signal.SIGINT, _leave_on_interrupt)
+        for stop in LEAVING:
+            signal.signal(stop, _leave_on_interrupt)
         if device == "cuda":
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         # Long enough for rank 0 to download a dataset or autotune the batch while the others wait in a
@@ -108,13 +110,18 @@ def join(device: str) -> Shard:
     return shard
 
 
+# what a rank says and exits with when stopped: Ctrl-C, or SIGTERM (torchrun stopping its ranks, kill, Slurm)
+LEAVING = {signal.SIGINT: (INTERRUPTED_MESSAGE, INTERRUPTED), signal.SIGTERM: (TERMINATED_MESSAGE, TERMINATED)}
+
+
 def _leave_on_interrupt(signum, frame) -> None:
-    """Ctrl-C reaches every rank at once. A rank that unwound normally would leave the others failing inside a
-    collective, with tracebacks; so each rank leaves at once, as after a kill (rank 0 says so), and the run
+    """Ctrl-C (or SIGTERM) reaches every rank at once. A rank that unwound normally would leave the others failing
+    inside a collective, with tracebacks; so each rank leaves at once, as after a kill (rank 0 says so), and the run
     resumes from its last finished epoch."""
+    message, code = LEAVING[signum]
     if rank() == 0:
-        print(INTERRUPTED_MESSAGE, file=sys.stderr, flush=True)
-    os._exit(INTERRUPTED)
+        print(message, file=sys.stderr, flush=True)
+    os._exit(code)
 
 
 def training_device(device: str) -> torch.device:
@@ -237,7 +244,7 @@ def launch(processes: int, device: str, argv: list[str]) -> int:
                                          log_dir.name, "--module", "engine", *argv])
     try:
         run(args)
-    except SignalException as err:  # Ctrl-C or a kill: torchrun stopped the ranks; rank 0 said so for SIGINT
+    except SignalException as err:  # Ctrl-C or SIGTERM: torchrun stopped the ranks; rank 0 said so
         return 128 + int(err.sigval)
     except ChildFailedError as err:
         if any(failure.exitcode == USAGE_ERROR for failure in err.failures.values()):

@@ -3,6 +3,14 @@
 USAGE_ERROR = 2  # the exit code of bad input, as click and argparse use it
 INTERRUPTED = 130  # the exit code of Ctrl-C, as shells report it (128 + SIGINT)
 INTERRUPTED_MESSAGE = "engine: interrupted; rerun the same command to continue"
+# SIGTERM: `kill`, `scancel`, a Slurm job's time limit (before its SIGKILL), torchrun stopping its ranks
+TERMINATED = 143  # 128 + SIGTERM, as shells report it
+TERMINATED_MESSAGE = "engine: stopped (SIGTERM); rerun the same command to continue"
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is, so that it unwinds as after Ctrl-C (a BaseException, as
+    KeyboardInterrupt is: no `except Exception` catches it) instead of vanishing without a word."""
 
 
 class UserInputError(Exception):

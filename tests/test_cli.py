@@ -134,7 +134,12 @@ def wait_for(condition, timeout, process):
         time.sleep(0.05)
 
 
-def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path, capsys):
+@pytest.mark.parametrize("stop, exit_code, says", [
+    (signal.SIGKILL, -signal.SIGKILL, ""),
+    # kill, scancel, a Slurm time limit: unwound as after Ctrl-C, in one line, not a silent death
+    (signal.SIGTERM, 143, "engine: stopped (SIGTERM); rerun the same command to continue"),
+])
+def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path, capsys, stop, exit_code, says):
     data = make_dataset(tmp_path / "bigger", {"train": 60, "test": 10})
     out = tmp_path / "runs"
     args = ["train", *FAST, "--data", str(data), "--max-epochs", "4", "--out", str(out)]
@@ -145,8 +150,10 @@ def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path, capsys):
     wait_for(lambda: (folder / "metrics.csv").exists() and len(read_metrics(folder / "metrics.csv")) == 1,
              300, process)
     time.sleep(0.5)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    os.kill(process.pid, stop)
+    stderr = process.communicate(timeout=60)[1]
+    assert process.returncode == exit_code and stderr.strip().splitlines()[-1].endswith(says), stderr
+    assert "Traceback" not in stderr
     rows_before = read_metrics(folder / "metrics.csv")
     assert len(rows_before) == 1, "the kill came too late to fall inside epoch 2"
     assert not (folder / "result.json").exists()

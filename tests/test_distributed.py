@@ -262,7 +262,11 @@ def test_a_corrupt_image_stops_every_rank_with_one_line_or_is_skipped(tiny_datas
     assert config["skipped_images"] == ["train/red/red_011.png"] and config["counts"]["train"] == 35
 
 
-def test_ctrl_c_stops_every_rank_with_one_message(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("stop, exit_code, says", [
+    (signal.SIGINT, 130, "engine: interrupted"),  # what Ctrl-C in the terminal does
+    (signal.SIGTERM, 143, "engine: stopped (SIGTERM)"),  # scancel, or a Slurm job's time limit, to every process
+])
+def test_ctrl_c_stops_every_rank_with_one_message(tiny_dataset, tmp_path, stop, exit_code, says):
     out = tmp_path / "runs"
     metrics = out / "mobilenet_v3_large" / "tiny" / "f1" / "s0" / "metrics.csv"
     tmpdir, env = own_tmpdir(tmp_path)
@@ -275,7 +279,7 @@ def test_ctrl_c_stops_every_rank_with_one_message(tiny_dataset, tmp_path):
             run.kill()
             pytest.fail(f"no first epoch: {run.communicate()[1]}")
         time.sleep(0.2)
-    os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the launcher and both ranks get it
+    os.killpg(run.pid, stop)  # the launcher and both ranks get it
     stderr = run.communicate(timeout=60)[1]
-    assert run.returncode == 130 and stderr.count("engine: interrupted") == 1 and "Traceback" not in stderr, stderr
+    assert run.returncode == exit_code and stderr.count(says) == 1 and "Traceback" not in stderr, stderr
     assert torchrun_leftovers(tmpdir) == []
