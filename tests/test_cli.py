@@ -134,6 +134,29 @@ def wait_for(condition, timeout, process):
         time.sleep(0.05)
 
 
+def test_a_process_forked_from_the_engine_dies_of_sigterm_as_before():
+    """A DataLoader worker inherits the engine's SIGTERM handler when it is forked: there SIGTERM must end the
+    process as it always did (killed by the signal), not raise the engine's Terminated with a traceback."""
+    from engine.cli import _raise_terminated
+    from engine.errors import Terminated
+    previous = signal.signal(signal.SIGTERM, _raise_terminated(os.getpid()))
+    try:
+        child = os.fork()
+        if child == 0:  # the forked process: SIGTERM to itself; if the handler raised, it would exit with 1
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            finally:
+                os._exit(1)
+        _, status = os.waitpid(child, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+        with pytest.raises(Terminated):  # in the engine's own process it unwinds
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.mark.parametrize("stop, exit_code, says", [
     (signal.SIGKILL, -signal.SIGKILL, ""),
     # kill, scancel, a Slurm time limit: unwound as after Ctrl-C, in one line, not a silent death
