@@ -98,7 +98,7 @@ def join(device: str) -> Shard:
     if not dist.is_initialized():
         die_with_parent()
         for stop in LEAVING:
-            signal.signal(stop, _leave_on_interrupt)
+            signal.signal(stop, _leave_when_stopped)
         if device == "cuda":
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         # Long enough for rank 0 to download a dataset or autotune the batch while the others wait in a
@@ -114,7 +114,7 @@ def join(device: str) -> Shard:
 LEAVING = {signal.SIGINT: (INTERRUPTED_MESSAGE, INTERRUPTED), signal.SIGTERM: (TERMINATED_MESSAGE, TERMINATED)}
 
 
-def _leave_on_interrupt(signum, frame) -> None:
+def _leave_when_stopped(signum, frame) -> None:
     """Ctrl-C (or SIGTERM) reaches every rank at once. A rank that unwound normally would leave the others failing
     inside a collective, with tracebacks; so each rank leaves at once, as after a kill (rank 0 says so), and the run
     resumes from its last finished epoch."""
