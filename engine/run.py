@@ -28,6 +28,7 @@ from engine.config import (DEFAULT_BATCH_SIZE, RunConfig, default_workers, diffe
 from engine.errors import UserInputError
 from engine.loaders import (PIPELINES, DatasetIndex, check_files, count_per_class, dali_available, fits_budget,
                             has_small_images, leave_out, resolve_dataset, scan_dataset, select_samples)
+from engine.loaders.batching import batch_taken
 from engine.models import build_backbone, check_image_size, get_backbone_spec
 from engine.scheduler import choose_batch_size, is_out_of_memory, keep_to_memory_share
 from engine.trainer import (evaluate, fit, input_dtype, load_best, make_precision, readable_duration,
@@ -347,10 +348,10 @@ def out_of_memory_advice(config: RunConfig):
 
 def _batch_note(config: RunConfig, train_images: int) -> str:
     """The batch a step takes: the one asked, or the whole training set where that is smaller (a 1 % fraction)."""
-    per_process = train_images // config.world_size
-    if per_process >= config.batch_size:
-        return str(config.batch_size)
-    return f"{max(1, per_process)} (the whole training set; {config.batch_size} asked)"
+    taken = batch_taken(config.batch_size, train_images // config.world_size)
+    if taken == config.batch_size:
+        return str(taken)
+    return f"{taken} (the whole training set; {config.batch_size} asked)"
 
 
 def compile_note(config: RunConfig) -> str:

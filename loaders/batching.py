@@ -77,6 +77,11 @@ def _handed_over(tensors: tuple[torch.Tensor, ...], ready: torch.cuda.Event) -> 
     return tensors
 
 
+def batch_taken(batch_size: int, images: int) -> int:
+    """The batch a step takes: the one asked, or all the images where they are fewer (a 1 % fraction)."""
+    return max(1, min(batch_size, images))
+
+
 class BatchCounts:
     """Training drops the last partial batch when there is more than one batch: a fixed batch shape keeps
     compiled graphs and BatchNorm statistics well-formed (a last batch of one image breaks BatchNorm), and the
@@ -89,7 +94,7 @@ class BatchCounts:
     def _set_counts(self, size: int, batch_size: int, train: bool, shard: Shard) -> None:
         self.shard = shard
         self.size = shard.size(size, train)
-        self.batch_size = max(1, min(batch_size, self.size))
+        self.batch_size = batch_taken(batch_size, self.size)
         self.drop_last = train and self.size > self.batch_size
 
     @property
