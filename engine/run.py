@@ -270,10 +270,11 @@ def _train(config: RunConfig, index: DatasetIndex, run_dir: Path) -> dict:
     skipped = []
     # DALI's pipeline is dead after an undecodable file (nothing can skip past it), and the ranks of a distributed
     # run cannot stop together on an error one of them meets mid-epoch: such runs check every file's header first
-    # (rank 0, the others take its answer); so does --skip-bad-images, which needs the list. A file whose header
-    # passes but whose data does not decode (a truncated download) is named when a loader meets it.
+    # (rank 0, the others take its answer), a DALI run for the images its decoder misreads too (dali_misread); so
+    # does --skip-bad-images, which needs the list. A file whose header passes but whose data does not decode (a
+    # truncated download) is named when a loader meets it.
     if config.loader == "dali" or config.skip_bad_images or config.world_size > 1:
-        skipped = distributed.from_main(lambda: check_files(samples, index, config.skip_bad_images))
+        skipped = distributed.from_main(lambda: check_files(samples, index, config.skip_bad_images, config.loader))
         leave_out(samples, skipped)
         if skipped:
             log.warning("left out %d unreadable images (--skip-bad-images): %s", len(skipped), ", ".join(skipped[:5]))

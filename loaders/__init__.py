@@ -35,15 +35,16 @@ class RunSamples:
     select_on: str  # "test" or "val"
 
 
-def check_files(run: RunSamples, index: DatasetIndex, skip: bool) -> list[str]:
-    """Check every file of the run. Broken ones are an error naming the first, or with `skip` are returned, for
-    `leave_out` (the run's config.json lists them)."""
+def check_files(run: RunSamples, index: DatasetIndex, skip: bool, loader: str) -> list[str]:
+    """Check every file of the run: broken, or one that `loader` would misread. Such files are an error naming the
+    first, or with `skip` are returned, for `leave_out` (the run's config.json lists them)."""
     files = sorted(set(run.train) | set(run.selection) | set(run.test))
-    bad = unreadable_files(index, files)
+    bad = unreadable_files(index, files, PIPELINES[loader].misread)
     if bad and not skip:
-        raise UnreadableImageError(f"cannot read image {index.root / bad[0]}" + (
+        first, why = next(iter(bad.items()))
+        raise UnreadableImageError(f"cannot read image {index.root / first}" + (f": {why}" if why else "") + (
             f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") + "; --skip-bad-images leaves them out")
-    return bad
+    return list(bad)
 
 
 def leave_out(run: RunSamples, bad: list[str]) -> None:

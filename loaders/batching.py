@@ -91,6 +91,12 @@ class BatchCounts:
     # none where each batch is made when asked.
     queued_batches = 0
 
+    @staticmethod
+    def misread(image) -> str | None:
+        """Why this loader would not read the image whose header PIL opened as `image` as PIL reads it (the torch
+        and resident loaders read with PIL); None where it would."""
+        return None
+
     def _set_counts(self, size: int, batch_size: int, train: bool, shard: Shard) -> None:
         self.shard = shard
         self.size = shard.size(size, train)

@@ -49,8 +49,20 @@ DEFAULT_HANDOVER = "stream"
 # flags as deprecated aliases: two warnings per pipeline that name DALI's code, not ours, and that no user can act
 # on. DALI raises them under `simplefilter("default")` inside its own `catch_warnings`, so a filter cannot silence
 # them; `_quiet_dali_aliases` records the warnings of the pipeline's construction and passes on every other one.
-# How DALI's decoder reports a file it cannot decode (in a RuntimeError of many lines)
+# How DALI's decoder reports a file it cannot decode (in a RuntimeError of many lines), and a failure it does not
+# pin on a file (the line after "encountered:" says what failed)
 UNDECODABLE = re.compile(r"Failed to decode sample #\d+ : (?P<path>.+)$", re.MULTILINE)
+DECODER_FAILURE = re.compile(r"operator `nvidia\.dali\.fn\.decoders\.image`.*?encountered:\s*(?P<why>[^\n]+)",
+                             re.DOTALL)
+# Images PIL reads whose (format, mode) DALI's decoder (2.4, nvImageCodec) fails on, or reads as another picture
+# than PIL: found by decoding one file of each PIL mode in TIFF, PNG, JPEG, WebP and BMP with both (bench/NOTES.md,
+# twenty-second session). Every other pair tried decodes within a few grey levels of PIL (loaders.torch_pipeline).
+DALI_MISREADS = {
+    ("TIFF", "1"): "DALI's decoder fails on 1-bit TIFFs",
+    ("TIFF", "I"): "DALI's decoder fails on 32-bit integer TIFFs",
+    ("TIFF", "LA"): "DALI's decoder reads greyscale-with-alpha TIFFs as colour",
+    ("TIFF", "LAB"): "DALI's decoder turns CIELAB TIFFs into other colours than PIL does",
+}
 DALI_ALIAS_NOTICE = re.compile(r"WARNING: `nvidia\.dali\.fn\.experimental\.\w+` is now deprecated")
 
 
@@ -99,6 +111,13 @@ def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment:
                                                 prefetch_queue_depth=PREFETCH_BATCHES))
 
 
+def dali_misread(image) -> str | None:
+    """Why DALI's decoder would not read the image whose header PIL opened as `image` as PIL does (None: it would),
+    so that a DALI run refuses such a file up front, naming it, rather than failing or training on a wrong picture."""
+    why = DALI_MISREADS.get((image.format, image.mode))
+    return f"{why} (--loader torch reads it)" if why else None
+
+
 def _threads(workers: int) -> int:
     """DALI's CPU threads for --workers N: a pipeline needs one at least (--workers 0 is the CPU's default)."""
     return max(1, workers)
@@ -118,16 +137,21 @@ def _quiet_dali_aliases(build):
 @contextmanager
 def _naming_undecodable_files():
     """A file DALI's decoder fails on, named in one line. The check before a DALI run (loaders.check_files: PIL's
-    header check, seconds for 100k files) lets truncated image data through, and DALI then stops with a
-    RuntimeError of many lines, from the iterator's constructor (it reads the first batch) or any later batch."""
+    header check, seconds for 100k files, and `dali_misread`) lets truncated image data through, and DALI then stops
+    with a RuntimeError of many lines, from the iterator's constructor (it reads the first batch) or any later batch.
+    Where DALI does not name the file, the line says what failed and how to find the file."""
     try:
         yield
     except RuntimeError as error:
-        failed = UNDECODABLE.search(str(error))
-        if failed is None:
-            raise
-        raise UnreadableImageError(f"cannot read image {failed['path'].strip()}: its header is sound but its data "
-                                   f"does not decode (a truncated or corrupt file); remove or replace it") from None
+        failed, failure = UNDECODABLE.search(str(error)), DECODER_FAILURE.search(str(error))
+        if failed is not None:
+            raise UnreadableImageError(f"cannot read image {failed['path'].strip()}: its header is sound but its data "
+                                       f"does not decode (a truncated or corrupt file); remove or replace it") from None
+        if failure is not None:
+            raise UnreadableImageError(f"DALI's decoder failed on an image it does not name ({failure['why'].strip()}); "
+                                       f"--loader torch reads every image with PIL and names any it cannot read"
+                                       ) from None
+        raise
 
 
 def _bind_outputs_to_current_stream(pipe, device: torch.device) -> None:
@@ -141,6 +165,7 @@ class DaliBatches(BatchCounts):
     """Batches of one split for the trainer, with the torch pipeline's interface."""
 
     queued_batches = 2 * PREFETCH_BATCHES  # DALI's CPU stage and its GPU stage each hold that many ahead
+    misread = staticmethod(dali_misread)
 
     @staticmethod
     def parallelism(workers: int) -> str:

@@ -97,8 +97,9 @@ def _cache_folder(index: DatasetIndex) -> Path:
 
 
 # How images are decoded into the copy. Raised whenever that changes, so a copy made the old way is never read:
-# 2 reads 16-bit greyscale by its high byte (torch_pipeline.eight_bit_grey); 1 clipped it to white.
-DECODING_VERSION = 2
+# 3 reads floating-point greyscale as 0..1 (torch_pipeline.unit_float_grey), 2 and 1 as 0..255; 2 reads 16-bit
+# greyscale by its high byte (torch_pipeline.eight_bit_grey), 1 clipped it to white.
+DECODING_VERSION = 3
 
 
 def _content_key(index: DatasetIndex, samples: list[Sample]) -> str:

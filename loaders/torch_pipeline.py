@@ -7,6 +7,7 @@ arithmetic.
 from __future__ import annotations
 
 from functools import partial
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,14 +38,9 @@ def read_rgb(path) -> Image.Image:
     """The image as RGB, fully decoded now so a corrupt file fails here with its name."""
     try:
         with Image.open(path) as image:
-            return (eight_bit_grey(image) if image.mode in WIDE_GREY_MODES else image).convert("RGB")
+            return EIGHT_BIT_READERS.get(image.mode, lambda same: same)(image).convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise UnreadableImageError(f"cannot read image {path}: {err}") from err
-
-
-# Greyscale wider than 8 bits, as PIL opens 16-bit PNGs and TIFFs (medical and microscopy images): its convert("RGB")
-# clips each value to 255, so nearly every pixel would come out white.
-WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def eight_bit_grey(image: Image.Image) -> Image.Image:
@@ -54,6 +50,19 @@ def eight_bit_grey(image: Image.Image) -> Image.Image:
     if image.mode != "I" or values.max(initial=0) > 255:
         values = values >> 8
     return Image.fromarray(np.minimum(values, 255).astype(np.uint8), "L")
+
+
+def unit_float_grey(image: Image.Image) -> Image.Image:
+    """Floating-point greyscale (TIFFs from microscopy and remote sensing) as DALI's decoder reads it: 0..1 is black
+    to white, outside it clipped. PIL's convert("RGB") takes the values as 0..255, so 0..1 would come out black."""
+    values = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
+    return Image.fromarray(np.rint(values * 255).astype(np.uint8), "L")
+
+
+# The modes whose convert("RGB") in PIL is not the picture DALI decodes from the same file, read as DALI reads them.
+# Greyscale wider than 8 bits, as PIL opens 16-bit PNGs and TIFFs (medical and microscopy images): its convert("RGB")
+# clips each value to 255, so nearly every pixel would come out white.
+EIGHT_BIT_READERS = {**dict.fromkeys(("I;16", "I;16B", "I;16L", "I;16N", "I"), eight_bit_grey), "F": unit_float_grey}
 
 
 def draw_seed(seed: int, epoch: int, position: int = 0) -> int:
@@ -162,15 +171,20 @@ class TorchBatches(BatchCounts):
                               self.side_stream)
 
 
-def unreadable_files(index: DatasetIndex, samples: list[Sample]) -> list[str]:
+def unreadable_files(index: DatasetIndex, samples: list[Sample],
+                     misread: Callable[[Image.Image], str | None] = BatchCounts.misread) -> dict[str, str]:
     """Files among `samples` whose image header or structure is broken (PIL's verify: no full decode, so a
-    100k-image dataset takes seconds). Truncated image data can still pass; the torch loader then names the file
-    when it decodes it."""
-    bad = []
+    100k-image dataset takes seconds), or that the run's loader would misread (`misread`, on the header PIL
+    opened), each with why ("" where the file is broken). Truncated image data can still pass; the torch loader
+    then names the file when it decodes it."""
+    bad = {}
     for relative_path, _ in samples:
         try:
             with Image.open(index.root / relative_path) as image:
+                why = misread(image)
                 image.verify()
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-            bad.append(relative_path)
+            why = ""
+        if why is not None:
+            bad[relative_path] = why
     return bad

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from engine.loaders import PIPELINES, count_per_class, scan_dataset, select_samples
-from engine.loaders.dali_pipeline import _quiet_dali_aliases
+from engine.loaders.dali_pipeline import DALI_MISREADS, _quiet_dali_aliases
 from engine.loaders.torch_pipeline import IMAGENET_MEAN, IMAGENET_STD
 from tests.conftest import CLASS_COLOURS, make_dataset, make_shaded_dataset, run_main
 
@@ -69,9 +69,11 @@ def test_without_augmentation_the_tensors_nearly_equal_the_torch_loaders(shaded_
 def image_in_mode(rgb: np.ndarray, mode: str) -> Image.Image:
     """The picture `rgb` as a file of `mode` would hold it; 16-bit greyscale (medical and microscopy PNGs) holds
     each grey level g as g * 257, the full 16-bit range."""
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
     if mode == "I;16":
-        grey = np.asarray(Image.fromarray(rgb).convert("L")).astype(np.uint16) * 257
-        return Image.fromarray(grey)
+        return Image.fromarray(grey.astype(np.uint16) * 257)
+    if mode == "F":  # floating-point TIFFs (microscopy, remote sensing) hold 0..1
+        return Image.fromarray(grey.astype(np.float32) / 255)
     return Image.fromarray(rgb).convert(mode)
 
 
@@ -95,10 +97,11 @@ def test_a_photo_with_an_exif_orientation_is_read_as_stored_by_every_loader(tmp_
     assert (images["torch"] - images["dali"]).abs().max() < 0.2  # JPEG decoders differ by a few levels
 
 
-@pytest.mark.parametrize("mode", ["I;16", "L", "P", "LA", "RGBA"])
+@pytest.mark.parametrize("mode", ["I;16", "F", "L", "P", "LA", "RGBA"])
 def test_every_loader_reads_each_image_mode_as_the_same_picture(tmp_path, mode):
-    """PIL's convert("RGB") clips 16-bit greyscale to white; DALI reads it by its high byte. The torch and resident
-    loaders read it as DALI does. Tolerances as above (the resize differs; the decoded pixels do not)."""
+    """PIL's convert("RGB") clips 16-bit greyscale to white, and takes floating-point greyscale as 0..255 (0..1 comes
+    out black); DALI reads the first by its high byte, the second as 0..1. The torch and resident loaders read them
+    as DALI does. Tolerances as above (the resize differs; the decoded pixels do not)."""
     rng = np.random.default_rng(0)
     for split in ("train", "test"):
         for name, colour in CLASS_COLOURS.items():
@@ -106,11 +109,11 @@ def test_every_loader_reads_each_image_mode_as_the_same_picture(tmp_path, mode):
                 rgb = np.clip(np.array(colour) * (0.5 + 0.2 * n) + rng.normal(0, 8, (32, 32, 3)), 0, 255)
                 folder = tmp_path / "d" / split / name
                 folder.mkdir(parents=True, exist_ok=True)
-                image_in_mode(rgb.astype(np.uint8), mode).save(folder / f"{n}.png")
+                image_in_mode(rgb.astype(np.uint8), mode).save(folder / f"{n}.{'tif' if mode == 'F' else 'png'}")
     index = scan_dataset(tmp_path / "d")
     decoded = {kind: torch.cat([x for x, _ in batches(kind, index, index.test, train=False).epoch(0)])
                for kind in ("torch", "dali", "resident")}
-    assert Image.open(tmp_path / "d" / "test" / "red" / "0.png").mode == mode
+    assert Image.open(index.root / index.test[0][0]).mode == mode
     assert pixel_means(decoded["dali"]).max() < 200  # none of these pictures is near white
     for kind in ("torch", "resident"):
         assert (decoded[kind] - decoded["dali"]).abs().max() < 0.1, kind
@@ -224,6 +227,74 @@ def test_a_truncated_image_that_passes_the_header_check_is_named_in_one_line(tmp
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
     assert errors == [f"engine: error: cannot read image {cut}: its header is sound but its data does not decode "
                       f"(a truncated or corrupt file); remove or replace it"]
+    assert not list((tmp_path / "runs").rglob("result.json"))
+
+
+def write_misread(path, mode):
+    """A 16x16 picture in PIL `mode`, as a TIFF (the container of every pair in DALI_MISREADS)."""
+    grey = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    wide = {"I": grey.astype(np.int32) * 100}
+    image = Image.fromarray(wide[mode]) if mode in wide else Image.fromarray(grey).convert("RGB").convert(mode)
+    image.save(path)
+    assert Image.open(path).mode == mode
+
+
+@pytest.mark.parametrize("image_format, mode", sorted(DALI_MISREADS))
+def test_each_image_kind_the_dali_loader_refuses_is_one_its_decoder_misreads(tmp_path, image_format, mode):
+    """The table stays true: DALI's decoder fails on each of these, or reads it as another picture than PIL. (A
+    DALI that mends one fails this test; its row then comes out of the table.)"""
+    from nvidia.dali import fn, pipeline_def, types
+    from engine.loaders.torch_pipeline import read_rgb
+    path = tmp_path / "image.tif"
+    write_misread(path, mode)
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def decode():
+        encoded, _ = fn.readers.file(files=[str(path)])
+        return fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
+
+    pipe = decode()
+    pipe.build()
+    try:
+        decoded = np.asarray(pipe.run()[0][0]).astype(int)
+    except RuntimeError:
+        return  # fails
+    assert np.abs(decoded - np.asarray(read_rgb(path)).astype(int)).max() > 16  # another picture
+
+
+def test_an_image_dalis_decoder_misreads_is_named_before_the_run_or_skipped(tiny_dataset, tmp_path, capsys):
+    odd = tiny_dataset / "train" / "red" / "odd.tif"
+    write_misread(odd, "I")
+    common = ["train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset), "--no-pretrained",
+              "--image-size", "32", "--batch-size", "8", "--max-epochs", "1", "--loader", "dali"]
+    failed = run_main(capsys, *common, "--out", str(tmp_path / "stop"))
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert failed.stderr.strip().splitlines()[-1] == (
+        f"engine: error: cannot read image {odd}: DALI's decoder fails on 32-bit integer TIFFs (--loader torch reads "
+        f"it); --skip-bad-images leaves them out")
+    assert not list((tmp_path / "stop").rglob("result.json"))
+    skipped = run_main(capsys, *common, "--skip-bad-images", "--out", str(tmp_path / "skip"))
+    assert skipped.returncode == 0, skipped.stderr
+    assert json.loads(next((tmp_path / "skip").rglob("config.json")).read_text())["skipped_images"] == [
+        "train/red/odd.tif"]
+    torch_loader = run_main(capsys, *common[:-1], "torch", "--out", str(tmp_path / "torch"))
+    assert torch_loader.returncode == 0, torch_loader.stderr  # PIL reads it: only DALI's runs refuse it
+
+
+def test_a_decoder_failure_dali_does_not_pin_on_a_file_is_one_line(tiny_dataset, tmp_path, capsys, monkeypatch):
+    """Past the check (here: with the table emptied), a file DALI's decoder fails on without naming it still ends
+    the run in one line, which says how to find the file."""
+    from engine.loaders import dali_pipeline
+    monkeypatch.setattr(dali_pipeline, "DALI_MISREADS", {})
+    write_misread(tiny_dataset / "test" / "red" / "odd.tif", "I")
+    failed = run_main(capsys, "train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset),
+                      "--no-pretrained", "--image-size", "32", "--batch-size", "8", "--max-epochs", "1",
+                      "--loader", "dali", "--out", str(tmp_path / "runs"))
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("engine: error:")]
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert len(errors) == 1 and errors[0].startswith("engine: error: DALI's decoder failed on an image it does not "
+                                                     "name (")
+    assert errors[0].endswith("--loader torch reads every image with PIL and names any it cannot read")
     assert not list((tmp_path / "runs").rglob("result.json"))
 
 
