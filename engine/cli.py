@@ -280,6 +280,7 @@ def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fraction
     from pathlib import Path
 
     from engine import grid as grid_module
+    from engine.results import held_alone
 
     train_flags = list(ctx.args)
     # parsed as each cell's `engine train` will: a bad flag fails here, before any cell starts
@@ -291,11 +292,12 @@ def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fraction
             click.echo(line)
         return
     grid_module.fetch_pretrained_weights(cells, Path(out), train_params)
-    if launcher == "local":
-        result = grid_module.run_grid(cells, Path(out), train_flags, retry_failed=retry_failed)
-    else:
-        result = grid_module.submit_grid(cells, Path(out), train_flags, launcher, retry_failed, partition, time_min,
-                                         gpus_per_task, array_parallelism)
+    with held_alone(grid_module.grid_lock(Path(out)), f"the grid folder {out}"):  # one launcher a grid
+        if launcher == "local":
+            result = grid_module.run_grid(cells, Path(out), train_flags, retry_failed=retry_failed)
+        else:
+            result = grid_module.submit_grid(cells, Path(out), train_flags, launcher, retry_failed, partition,
+                                             time_min, gpus_per_task, array_parallelism)
     if result["failed"]:
         sys.exit(1)
 

@@ -119,6 +119,12 @@ def _refuse_shared_names(dataset_names: list[str]) -> None:
                                  f"folders; rename one folder, or run them as two grids with two --out")
 
 
+def grid_lock(out: Path) -> Path:
+    """Held by the grid's launcher while it runs: a second launcher on the same folder would start every cell the
+    first is running again (those would stop at their run folders' locks, recorded as failures)."""
+    return out / GRID_FOLDER / "lock"
+
+
 def _failure_path(out: Path, cell: Cell) -> Path:
     return out / GRID_FOLDER / "failed" / f"{cell.name}.json"
 

@@ -14,7 +14,7 @@ import random
 import shutil
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -237,7 +237,15 @@ def _stops_where_it_stopped(max_epochs: int | None, finished: dict) -> bool:
 
 
 def train_run(config: RunConfig, index: DatasetIndex, force: bool = False) -> dict:
+    """Train (or resume, or skip as finished) the run `config` names, as the one process in its folder."""
     run_dir = config.run_dir()
+    with ExitStack() as held:  # rank 0 holds the folder for the whole run; a refusal reaches every rank
+        distributed.main_first(lambda: held.enter_context(results.held_alone(results.run_lock(run_dir),
+                                                                              f"the run folder {run_dir}")))
+        return _train_alone(config, index, run_dir, force)
+
+
+def _train_alone(config: RunConfig, index: DatasetIndex, run_dir: Path, force: bool) -> dict:
     finished = results.read_json(run_dir / results.RESULT)
     if finished and not force:
         found = finished_run_differences(run_dir, finished, config.experiment(), config.max_epochs)

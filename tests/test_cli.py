@@ -191,6 +191,43 @@ def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path, capsys, stop,
     assert not (folder / "last.pt").exists()
 
 
+def test_a_run_folder_another_process_trains_in_is_refused_until_that_process_ends(tiny_dataset, tmp_path, capsys):
+    """Two processes in one run folder would rewrite each other's metrics and checkpoints: the second stops in one
+    line naming the first. The lock dies with its holder, even by SIGKILL: the rerun trains."""
+    argv = ["train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--out", str(tmp_path / "runs")]
+    lock = run_folder(tmp_path / "runs").parent / ".s0.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from engine.results import held_alone\n"
+                               "with held_alone(Path(sys.argv[1]), 'the folder'): print('held', flush=True); "
+                               "time.sleep(600)", str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        refusal = one_line_error(capsys, *argv)
+        assert refusal.startswith(f"engine: error: the run folder {run_folder(tmp_path / 'runs')} is in use by "
+                                  f"another engine process (pid {holder.pid} on ")
+        assert refusal.endswith("; wait for it to end, or stop it, then rerun")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_main(capsys, *argv).returncode == 0
+    assert (run_folder(tmp_path / "runs") / "result.json").exists()
+
+
+def test_a_filesystem_without_locks_trains_and_says_it_cannot_lock(tiny_dataset, tmp_path, capsys, monkeypatch):
+    """Lustre mounted without flock answers ENOSYS: the run goes on, and says what is not prevented."""
+    import errno
+    import fcntl
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    done = run_main(capsys, "train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--out",
+                    str(tmp_path / "runs"))
+    assert done.returncode == 0, done.stderr
+    assert "(Function not implemented): nothing stops a second process from working on the run folder" in done.stderr
+
+
 @pytest.mark.parametrize("stopped, epochs, cap, same", [
     ("patience", 25, None, True), ("patience", 25, 25, True), ("patience", 25, 40, True), ("patience", 25, 24, False),
     ("max_epochs", 10, 10, True), ("max_epochs", 10, 11, False), ("max_epochs", 10, None, False),

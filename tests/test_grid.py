@@ -114,6 +114,24 @@ def test_two_folders_of_one_name_are_refused_in_one_grid(tmp_path):
         expand_cells("resnet50", f"{first},{second}", "0", "1")
 
 
+def test_a_second_launcher_on_a_running_grid_is_refused_in_one_line(tmp_path, capsys):
+    """It would start again every cell the first launcher is running."""
+    from engine.grid import grid_lock
+    from engine.results import held_alone
+    out = tmp_path / "grid"
+    argv = ["grid", "--backbones", "mobilenet_v3_large", "--datasets", str(make_dataset(tmp_path / "d", {"train": 4,
+            "test": 2})), "--seeds", "0", "--fractions", "1", "--out", str(out), "--no-pretrained",
+            "--image-size", "32", "--max-epochs", "1"]
+    with held_alone(grid_lock(out), "the grid"):
+        refused = run_main(capsys, *argv)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert refused.stderr.strip().splitlines()[-1].startswith(
+            f"engine: error: the grid folder {out} is in use by another engine process (pid {os.getpid()} on ")
+        assert not (out / "mobilenet_v3_large").exists()
+        assert run_main(capsys, *argv, "--dry-run").returncode == 0  # reading the plan takes no lock
+    assert run_main(capsys, *argv).returncode == 0
+
+
 def test_failed_cells_are_reported_and_retried(tmp_path, capsys):
     good = make_dataset(tmp_path / "good", {"train": 6, "test": 2})
     bad = make_dataset(tmp_path / "bad", {"train": 6, "test": 2})
