@@ -24,6 +24,7 @@ class BackboneSpec:
     weights_url: str  # where the ImageNet state dict is downloaded from, into the torch hub cache
     imagenet_top1: float
     size_multiple: int = 1  # input sides must be multiples of this (WaveMix: 32)
+    min_side: int = 1  # the smallest input side whose downsampling leaves its last stages something to work on
 
 
 _BACKBONES: dict[str, BackboneSpec] = {}
@@ -49,11 +50,16 @@ def get_backbone_spec(name: str) -> BackboneSpec:
 
 
 def check_image_size(name: str, image_size: tuple[int, int]) -> None:
-    multiple = get_backbone_spec(name).size_multiple
+    spec = get_backbone_spec(name)
+    multiple, smallest = spec.size_multiple, spec.min_side
     if any(side % multiple for side in image_size):
         raise UserInputError(f"{name} needs image sides divisible by {multiple}, got "
                              f"{image_size[0]}x{image_size[1]}; pass e.g. --image-size "
                              f"{max(multiple, round(image_size[0] / multiple) * multiple)}")
+    if min(image_size) < smallest:
+        raise UserInputError(f"{name} needs image sides of at least {smallest} px (its downsampling leaves nothing "
+                             f"of a smaller image), got {image_size[0]}x{image_size[1]}; pass e.g. --image-size "
+                             f"{max(smallest, image_size[0])}x{max(smallest, image_size[1])}")
 
 
 def replace_head(model: nn.Module, head_attr: str, num_classes: int) -> nn.Linear:

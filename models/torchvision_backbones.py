@@ -48,6 +48,10 @@ class ShuffleBlock(InvertedResidual):
         return channels_last_shuffle(out, 2)
 
 
+# The smallest input side each network takes: below it, its downsampling leaves a last stage less than its kernel
+# (ConvNeXt's 2x2 stride-2 downsampling, DenseNet's 2x2 transition pooling, Swin's 4x4 patches); found by a forward
+# pass at every side from 1 to 64 (tests/test_models.py checks both sides of each bound). The others take any side.
+MIN_SIDES = {"convnext_tiny": 32, "densenet161": 29, "swin_t": 4, "swin_v2_t": 4}
 # what a backbone's torchvision builder is also given: the same architecture and parameters, laid out better
 BUILD_OPTIONS = {"shufflenet_v2_x2_0": {"inverted_residual": ShuffleBlock}}
 
@@ -65,6 +69,7 @@ def _register(name: str, paper_name: str, weights_name: str, head_attr: str) -> 
             weights_name=weights_name,
             weights_url=weights.url,
             imagenet_top1=weights.meta["_metrics"]["ImageNet-1K"]["acc@1"],
+            min_side=MIN_SIDES.get(name, 1),
         )
     )
 

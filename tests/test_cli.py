@@ -301,6 +301,7 @@ def one_line_error(capsys, *argv):
     (["--batch-size", "0"], "Invalid value for '--batch-size'"),
     (["--image-size", "abc"], "image size 'abc' is not a positive integer or HxW"),
     (["--image-size", "0x64"], "image size '0x64' is not a positive integer or HxW"),
+    (["--backbone", "convnext_tiny", "--image-size", "16"], "convnext_tiny needs image sides of at least 32 px"),
     (["--seed", "1", "--runs", "3"], "--seed and --runs exclude each other"),
     (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
     (["--weights", "no_such_file.pt"], "no_such_file.pt does not exist"),

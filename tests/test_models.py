@@ -59,6 +59,25 @@ def test_unknown_backbone_lists_the_valid_ones():
         build_backbone("resnet51", 10)
 
 
+@pytest.mark.parametrize("name", [name for name in list_backbones() if get_backbone_spec(name).min_side > 1
+                                  and get_backbone_spec(name).size_multiple == 1])
+def test_each_backbone_takes_its_smallest_side_and_refuses_one_less_in_one_line(name):
+    """The bound is the network's own: it runs at min_side on either side, fails a pixel below it, and the engine
+    refuses that size before training, in one line, instead of failing in the first forward pass."""
+    from engine.models import check_image_size
+    smallest = get_backbone_spec(name).min_side
+    model = build_backbone(name, 3).eval()
+    with torch.inference_mode():
+        for size in [(smallest, smallest), (smallest, 64), (64, smallest)]:
+            check_image_size(name, size)
+            assert model(torch.randn(1, 3, *size)).shape == (1, 3)
+        for size in [(smallest - 1, 64), (64, smallest - 1)]:
+            with pytest.raises(RuntimeError):
+                model(torch.randn(1, 3, *size))
+            with pytest.raises(UserInputError, match=f"{name} needs image sides of at least {smallest} px"):
+                check_image_size(name, size)
+
+
 def save_imagenet_file(name: str, seed: int = 1) -> dict:
     """Put a (random) ImageNet state dict where torch's hub cache keeps the real one."""
     torch.manual_seed(seed)
