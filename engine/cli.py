@@ -38,6 +38,26 @@ COMPILE_MODE = click.option(
     "--compile-mode", type=click.Choice(list(COMPILE_MODES)), default="default", show_default=True,
     help="torch.compile's mode (with --compile). "
          + "; ".join(f"{mode}: {what}" for mode, what in COMPILE_MODES.items()) + ".")
+# The flags that shape a training step, shared by `engine train` and `engine profile` (which measures that step)
+PRECISION = click.option(
+    "--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
+    help="auto: bf16 autocast on GPUs that have it, else fp16 with a GradScaler; fp32 on the CPU.")
+COMPILE = click.option("--compile/--no-compile", default=None,
+                       help="torch.compile the model [default: on with a GPU, off on the CPU].")
+CHANNELS_LAST = click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+                             help="Model and batches in channels_last memory format.")
+LOADER = click.option(
+    "--loader", type=click.Choice(["auto", "dali", "resident", "torch"]), default="auto", show_default=True,
+    help="Input pipeline. dali: NVIDIA DALI, decoding and augmenting on the GPU; resident: every image decoded once "
+         "(cached next to the dataset) and kept on the device; torch: PIL + torchvision transforms in DataLoader "
+         "workers. auto, with a GPU: resident for images up to 64 px whose copy fits 5 % of the card per split, "
+         "else dali when installed, else resident where its copy fits; torch otherwise.")
+WORKERS = click.option(
+    "--workers", type=click.IntRange(min=0), default=None,
+    help="Loader processes (DALI: threads, at least 1; resident: unused, its one decode uses every core) "
+         "[default: cores - 1, at most 8, with a GPU; 0 (main process) on the CPU].")
+DEVICE = click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+                      help="auto: cuda when a GPU is visible, else cpu.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -188,24 +208,16 @@ def _prepare_every_downloadable(specs, root, force: bool) -> None:
               help="Cap on the total epochs of both phases [default: none, early stopping alone ends the run].")
 @click.option("--patience", type=click.IntRange(min=1), default=PATIENCE, show_default=True,
               help="Epochs without a new best before AdamW hands over to SGD, and before SGD stops.")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
-              help="auto: bf16 autocast on GPUs that have it, else fp16 with a GradScaler; fp32 on the CPU.")
-@click.option("--compile/--no-compile", default=None, help="torch.compile the model [default: on with a GPU, off on the CPU].")
+@PRECISION
+@COMPILE
 @COMPILE_MODE
-@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
-              help="Model and batches in channels_last memory format.")
-@click.option("--loader", type=click.Choice(["auto", "dali", "resident", "torch"]), default="auto", show_default=True,
-              help="Input pipeline. dali: NVIDIA DALI, decoding and augmenting on the GPU; resident: every image "
-                   "decoded once (cached next to the dataset) and kept on the device; torch: PIL + torchvision "
-                   "transforms in DataLoader workers. auto, with a GPU: resident for images up to 64 px whose copy "
-                   "fits 5 % of the card per split, else dali when installed, else resident where its copy fits; "
-                   "torch otherwise.")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Loader processes (DALI: threads, at least 1; resident: unused, its one decode uses every core) "
-                   "[default: cores - 1, at most 8, with a GPU; 0 (main process) on the CPU].")
+@CHANNELS_LAST
+@LOADER
+@WORKERS
 @click.option("--skip-bad-images", is_flag=True,
-              help="Leave unreadable images out (counted and listed in config.json) instead of stopping.")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+              help="Leave unreadable images out (and, under --loader dali, those DALI's decoder would misread), "
+                   "counted and listed in config.json, instead of stopping.")
+@DEVICE
 @click.option("--select-on", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="What early stopping and model selection look at. test: as the paper; val: a seeded "
                    "stratified 10 % of the training images (or the dataset's val/), for an unbiased test number.")
@@ -325,13 +337,13 @@ def report(folder: str, fmt: str, plots: str | None) -> None:
 @click.option("--batch-size", type=BATCH_SIZE, default=None, help="Images per step, or auto (as engine train).")
 @click.option("--image-size", callback=lambda ctx, param, value: value and parse_image_size(value),
               help="SIZE or HxW [default: the dataset's; 256 without --data].")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True)
-@click.option("--compile/--no-compile", default=None, help="[default: on with a GPU, off on the CPU]")
+@PRECISION
+@COMPILE
 @COMPILE_MODE
-@click.option("--channels-last/--no-channels-last", default=True, show_default=True)
-@click.option("--loader", type=click.Choice(["auto", "dali", "resident", "torch"]), default="auto", show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=None)
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@CHANNELS_LAST
+@LOADER
+@WORKERS
+@DEVICE
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Measured steps per part.")
 @click.option("--packing", is_flag=True,
               help="Also measure 1, 2 and 3 such runs at once on the device, each in its share of the memory, "
