@@ -292,7 +292,7 @@ def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fraction
     from pathlib import Path
 
     from engine import grid as grid_module
-    from engine.results import held_alone
+    from engine.locks import held_alone
 
     train_flags = list(ctx.args)
     # parsed as each cell's `engine train` will: a bad flag fails here, before any cell starts
@@ -303,6 +303,7 @@ def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fraction
         for line in grid_module.dry_run(cells, Path(out), train_flags):
             click.echo(line)
         return
+    grid_module.prepare_datasets(cells, Path(out), train_params)
     grid_module.fetch_pretrained_weights(cells, Path(out), train_params)
     with held_alone(grid_module.grid_lock(Path(out)), f"the grid folder {out}"):  # one launcher a grid
         if launcher == "local":

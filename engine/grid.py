@@ -195,6 +195,15 @@ def fetch_pretrained_weights(cells: list[Cell], out: Path, train_params: dict) -
             load_pretrained_state(url)
 
 
+def prepare_datasets(cells: list[Cell], out: Path, train_params: dict) -> None:
+    """Each built-in dataset with cells to run, made ready once before any cell starts (downloaded and prepared,
+    as `engine train` would on first use, unless --no-download): an offline machine or a dataset to fetch by hand is
+    said in one line, not in every cell's log, and Slurm cells find it prepared on a shared data root."""
+    for data in dict.fromkeys(cell.data for cell in cells if cell_status(Path(out), cell) != "done"):
+        if data in registry():
+            resolve_dataset(data, train_params["data_root"], train_params["download"])
+
+
 def _cells_to_run(cells: list[Cell], out: Path, retry_failed: bool) -> list[Cell]:
     """Cells not done (failed ones only when retried: their failure record is cleared)."""
     todo = [cell for cell in cells if cell_status(out, cell) != "done"

@@ -12,21 +12,14 @@
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import json
-import logging
 import os
-import socket
 import statistics
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from engine.errors import UserInputError
-
-log = logging.getLogger("engine")
 
 METRICS_COLUMNS = ["epoch", "phase", "lr", "train_loss", "train_acc", "eval_acc", "images_per_s", "epoch_s", "eval_s"]
 CONFIG, FILES, METRICS, LOG, BEST, LAST, RESULT = (
@@ -34,39 +27,10 @@ CONFIG, FILES, METRICS, LOG, BEST, LAST, RESULT = (
 SUMMARY = "summary.json"
 
 
-class FolderInUseError(UserInputError):
-    """Another engine process is training in the folder (or running the grid) this one was asked to."""
-
-
 def run_lock(run_dir: Path) -> Path:
-    """The lock of a run folder: beside it, not in it, since --force deletes the folder while holding the lock."""
+    """The lock of a run folder (locks.held_alone): beside it, not in it, since --force deletes the folder while
+    holding the lock."""
     return run_dir.parent / f".{run_dir.name}.lock"
-
-
-@contextmanager
-def held_alone(lock_file: Path, what: str):
-    """Hold `lock_file` as the only process working on `what`, or stop at once in one line naming the process that
-    holds it. Two processes training one run folder would each rewrite its metrics and checkpoints (and delete the
-    other's half-written files as stale). The lock is flock's: the kernel releases it whenever the holder ends,
-    SIGKILL included, so a lock is never left stale, and the file left behind is free."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip()
-            raise FolderInUseError(f"{what} is in use by another engine process{f' ({holder})' if holder else ''}; "
-                                   f"wait for it to end, or stop it, then rerun") from None
-        except OSError as error:  # a filesystem without locks (Lustre mounted without flock): say so, go on
-            log.warning("cannot lock %s (%s): nothing stops a second process from working on %s at the same time",
-                        lock_file, error.strerror or error, what)
-            yield
-            return
-        handle.truncate(0)
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
-        yield
 
 
 def _replace_atomically(path: Path, write) -> None:

@@ -26,6 +26,7 @@ from engine import distributed, results
 from engine.config import (DEFAULT_BATCH_SIZE, RunConfig, default_workers, differences, resolve_compile_mode,
                            resolve_device, resolve_precision)
 from engine.errors import UserInputError
+from engine.locks import held_alone
 from engine.loaders import (PIPELINES, DatasetIndex, check_files, count_per_class, dali_available, fits_budget,
                             has_small_images, leave_out, resolve_dataset, scan_dataset, select_samples)
 from engine.loaders.batching import batch_taken
@@ -240,8 +241,8 @@ def train_run(config: RunConfig, index: DatasetIndex, force: bool = False) -> di
     """Train (or resume, or skip as finished) the run `config` names, as the one process in its folder."""
     run_dir = config.run_dir()
     with ExitStack() as held:  # rank 0 holds the folder for the whole run; a refusal reaches every rank
-        distributed.main_first(lambda: held.enter_context(results.held_alone(results.run_lock(run_dir),
-                                                                              f"the run folder {run_dir}")))
+        distributed.main_first(lambda: held.enter_context(held_alone(results.run_lock(run_dir),
+                                                                     f"the run folder {run_dir}")))
         return _train_alone(config, index, run_dir, force)
 
 

@@ -6,7 +6,6 @@ The search takes the step as a function, so its logic is tested on the CPU with 
 """
 from __future__ import annotations
 
-import fcntl
 import gc
 import json
 import logging
@@ -20,6 +19,7 @@ from typing import Callable
 import torch
 
 from engine.errors import UserInputError
+from engine.locks import held_in_turn
 from engine.results import last_line
 
 log = logging.getLogger("engine")
@@ -166,8 +166,7 @@ def save_profile(key: str, entry: dict, path: Path | None = None) -> None:
     and replace happen under an exclusive lock, or one writer's entry would be lost to another's older copy."""
     path = path or profile_store_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the lock file closes
+    with held_in_turn(path.with_name(f".{path.name}.lock"), f"writing the profile store {path}"):
         profiles = read_profiles(path)
         profiles[key] = {**profiles.get(key, {}), **entry, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import engine
 from engine.errors import UserInputError
+from engine.locks import held_in_turn
 from engine.loaders.download import DownloadError, download, extract, md5_of
 from engine.loaders.index import scan_dataset
 
@@ -95,12 +96,22 @@ def prepare_dataset(spec, root: Path, source: Path | None = None, force: bool = 
     if split_by is not None and not spec.grouped:
         raise UserInputError(f"--split-by applies to datasets split by patient (BreakHis), not to {spec.name}")
     target = root / spec.name
-    if is_prepared(target) and not force:
+    if is_prepared(target) and not force:  # before the lock: a prepared dataset may live on a read-only root
         log.info("%s is already prepared in %s (use --force to prepare it again)", spec.name, target)
         return target
     if source is None and not spec.files:
         raise UserInputError(f"{spec.name} cannot be downloaded automatically: {spec.instructions}; then run "
                              f"`engine data prepare {spec.name} --from PATH`")
+    # Two processes preparing one dataset (a grid's cells on several GPUs, two terminals) would append to the same
+    # download: one at a time, and the second finds it prepared.
+    with held_in_turn(root / f".{spec.name}.lock", f"preparing {spec.name} in {root}"):
+        if is_prepared(target) and not force:
+            log.info("%s was prepared in %s meanwhile", spec.name, target)
+            return target
+        return _prepare(spec, root, target, source, split_by)
+
+
+def _prepare(spec, root: Path, target: Path, source: Path | None, split_by: str | None) -> Path:
     work = root / f".{spec.name}.tmp-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

@@ -197,7 +197,7 @@ def test_a_run_folder_another_process_trains_in_is_refused_until_that_process_en
     argv = ["train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--out", str(tmp_path / "runs")]
     lock = run_folder(tmp_path / "runs").parent / ".s0.lock"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from engine.results import held_alone\n"
+                               "from engine.locks import held_alone\n"
                                "with held_alone(Path(sys.argv[1]), 'the folder'): print('held', flush=True); "
                                "time.sleep(600)", str(lock)], stdout=subprocess.PIPE, text=True)
     try:

@@ -2,12 +2,15 @@
 import dataclasses
 import hashlib
 import io
+import logging
 import json
 import pickle
 import sys
 import tarfile
 import threading
+import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -223,16 +226,18 @@ def test_manual_datasets_say_what_to_do(tmp_path, capsys):
 
 # --- Downloads ------------------------------------------------------------------------------------------------
 class FlakyServer:
-    """Serves one payload on 127.0.0.1 with HTTP ranges; the first response is cut after `cut` bytes."""
+    """Serves one payload on 127.0.0.1 with HTTP ranges; the first response is cut after `cut` bytes; each response
+    starts after `delay` seconds."""
 
-    def __init__(self, payload: bytes, cut: int | None = None):
-        self.payload, self.cut, self.requests = payload, cut, []
+    def __init__(self, payload: bytes, cut: int | None = None, delay: float = 0.0):
+        self.payload, self.cut, self.delay, self.requests = payload, cut, delay, []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
                 server.requests.append(start)
+                time.sleep(server.delay)
                 body = server.payload[start:]
                 self.send_response(206 if start else 200)
                 self.send_header("Content-Length", str(len(body)))
@@ -294,6 +299,25 @@ def test_train_prepares_an_auto_dataset_on_first_use(tmp_path, monkeypatch, quic
         server.close()
     assert (dataset.path / "meta.json").exists() and len(scan_dataset(dataset.path).test) == 9
     assert (tmp_path / "data" / ".downloads" / "eurosat" / "EuroSAT.zip").exists()
+
+
+def test_two_processes_asking_for_one_unprepared_dataset_download_it_once(tmp_path, monkeypatch, quick_retries,
+                                                                          caplog):
+    """A grid's cells on several GPUs, or two terminals: appending to one download at once would corrupt it. One
+    prepares the dataset; the other waits for it, says so, and finds it prepared."""
+    archive, _ = eurosat_zip(tmp_path)
+    server = FlakyServer(archive.read_bytes(), delay=0.5)  # both are in flight at once
+    local = SourceFile(server.url, "EuroSAT.zip", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setitem(registry(), "eurosat", dataclasses.replace(get_dataset_spec("eurosat"), files=(local,)))
+    caplog.set_level(logging.INFO, logger="engine")
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            paths = list(pool.map(lambda _: resolve_dataset("eurosat", tmp_path / "data").path, range(2)))
+    finally:
+        server.close()
+    assert server.requests == [0] and paths[0] == paths[1] and len(scan_dataset(paths[0]).test) == 9
+    assert f"to finish preparing eurosat in {tmp_path / 'data'}" in caplog.text
+    assert "eurosat was prepared in" in caplog.text
 
 
 def test_an_unreachable_source_names_the_command_that_takes_a_copy(tmp_path, monkeypatch, quick_retries):

@@ -117,7 +117,7 @@ def test_two_folders_of_one_name_are_refused_in_one_grid(tmp_path):
 def test_a_second_launcher_on_a_running_grid_is_refused_in_one_line(tmp_path, capsys):
     """It would start again every cell the first launcher is running."""
     from engine.grid import grid_lock
-    from engine.results import held_alone
+    from engine.locks import held_alone
     out = tmp_path / "grid"
     argv = ["grid", "--backbones", "mobilenet_v3_large", "--datasets", str(make_dataset(tmp_path / "d", {"train": 4,
             "test": 2})), "--seeds", "0", "--fractions", "1", "--out", str(out), "--no-pretrained",
@@ -187,6 +187,33 @@ def test_dry_run_lists_the_plan_and_estimates_it_from_the_profile_store(tmp_path
                         str(tmp_path / "runs"), "--dry-run", env_extra={"ENGINE_PROFILES": str(store)})
     # 3 seeds x 1398 images x 40 epochs / (1000 img/s x 256*256 / (448*672)): 0.21 h (unscaled it would be 0.05)
     assert "estimate: 0.2 GPU-hours" in breakhis.stdout
+
+
+def test_the_grid_prepares_each_builtin_dataset_once_before_any_cell_starts(tmp_path, monkeypatch, capsys):
+    """Offline (or a dataset to fetch by hand), one line and exit 2 before any cell starts, not one failure in every
+    cell's log; otherwise each built-in dataset is made ready once, with the grid's --data-root and --no-download.
+    No test reaches the network: the preparation is replaced."""
+    from engine import grid as grid_module
+    from engine.errors import UserInputError
+    asked, real = [], grid_module.resolve_dataset
+
+    def offline(data, data_root=None, download=True):
+        asked.append((data, data_root, download))
+        raise UserInputError(f"cannot download {data}: its host name does not resolve")
+
+    monkeypatch.setattr(grid_module, "resolve_dataset", offline)
+    out, folder = tmp_path / "runs", make_dataset(tmp_path / "tiny", {"train": 4, "test": 2})
+    refused = run_main(capsys, "grid", "--backbones", "mobilenet_v3_large,shufflenet_v2_x2_0", "--datasets",
+                       "eurosat,dtd", "--seeds", "0,1", "--out", str(out), "--no-pretrained")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
+        "engine: error: cannot download eurosat: its host name does not resolve")
+    assert asked == [("eurosat", None, True)] and not out.exists()
+
+    monkeypatch.setattr(grid_module, "resolve_dataset", real)
+    cells = expand_cells("mobilenet_v3_large,shufflenet_v2_x2_0", f"eurosat,dtd,{folder}", "0,1", "1")
+    monkeypatch.setattr(grid_module, "resolve_dataset", lambda *args: asked.append(args))
+    grid_module.prepare_datasets(cells, out, {"data_root": str(tmp_path / "data"), "download": False})
+    assert asked[1:] == [("eurosat", str(tmp_path / "data"), False), ("dtd", str(tmp_path / "data"), False)]
 
 
 def test_the_grid_fetches_each_backbones_weights_once_before_any_cell_starts(tmp_path, monkeypatch, capsys):

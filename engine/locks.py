@@ -1,0 +1,67 @@
+"""Locks between engine processes, on one machine or a shared filesystem. They are flock's: the kernel releases a
+lock whenever its holder ends, SIGKILL included, so none is ever left stale, and a lock file left behind is free.
+Each holder writes who it is into the file, for the others' messages."""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+
+from engine.errors import UserInputError
+
+log = logging.getLogger("engine")
+
+
+class InUseError(UserInputError):
+    """Another engine process holds what this one was asked to work on (a run folder, a grid)."""
+
+
+@contextmanager
+def held_alone(lock_file: Path, what: str):
+    """Hold `lock_file` as the only process working on `what`, or stop at once in one line naming the process that
+    holds it. Two processes training one run folder would each rewrite its metrics and checkpoints (and delete the
+    other's half-written files as stale)."""
+    with _locked(lock_file, what, wait=False):
+        yield
+
+
+@contextmanager
+def held_in_turn(lock_file: Path, what: str):
+    """Hold `lock_file` while working on `what`, waiting (and saying for whom) while another process holds it:
+    for work that each process needs done once, such as preparing a dataset, which the second finds done."""
+    with _locked(lock_file, what, wait=True):
+        yield
+
+
+@contextmanager
+def _locked(lock_file: Path, what: str, wait: bool):
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as handle:
+        try:
+            _acquire(handle, what, wait)
+        except OSError as error:  # a filesystem without locks (Lustre mounted without flock): say so, go on
+            log.warning("cannot lock %s (%s): nothing stops a second process from working on %s at the same time",
+                        lock_file, error.strerror or error, what)
+            yield
+            return
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        yield
+
+
+def _acquire(handle, what: str, wait: bool) -> None:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+    holder = f"another engine process{f' ({holder})' if holder else ''}"
+    if not wait:
+        raise InUseError(f"{what} is in use by {holder}; wait for it to end, or stop it, then rerun") from None
+    log.info("waiting for %s to finish %s", holder, what)
+    fcntl.flock(handle, fcntl.LOCK_EX)
