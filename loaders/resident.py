@@ -27,6 +27,7 @@ from tqdm import tqdm
 from engine import distributed
 from engine.distributed import SINGLE, Shard
 from engine.errors import UserInputError
+from engine.locks import held_in_turn
 from engine.loaders.augment import trivial_augment_wide
 from engine.loaders.batching import BatchCounts, held_ahead, made_ahead, side_stream, to_device_async
 from engine.loaders.index import DatasetIndex
@@ -118,6 +119,15 @@ def decoded_images(index: DatasetIndex, samples: list[Sample], side: tuple[int, 
     path = _cache_folder(index) / f"{_content_key(index, samples)}-{side[0]}x{side[1]}.npy"
     if path.exists():
         return np.load(path)
+    # a grid's cells of one dataset start together on several GPUs: one decodes, using every core, the others
+    # wait for its copy instead of each decoding the same images on a share of the cores
+    with held_in_turn(path.with_name(f".{path.name}.lock"), f"decoding {index.name}'s images into {path}"):
+        if path.exists():
+            return np.load(path)
+        return _decode_into(path, index, samples, side)
+
+
+def _decode_into(path: Path, index: DatasetIndex, samples: list[Sample], side: tuple[int, int]) -> np.ndarray:
     threads = os.cpu_count() or 1
     log.info("decoding %d images once into %s (%d threads)", len(samples), path, threads)
     array = np.empty((len(samples), side[0], side[1], 3), np.uint8)

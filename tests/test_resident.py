@@ -43,6 +43,23 @@ def test_cached_next_to_the_dataset_and_reused(tiny_dataset):
     assert again.images[0].min() == 255  # the new white image, not the cached old one
 
 
+def test_runs_starting_together_decode_the_copy_once(tiny_dataset, monkeypatch):
+    """A grid's cells of one dataset on several GPUs: one decodes, the others wait for its copy and read it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.loaders import resident
+    index, decoded, read_rgb = scan_dataset(tiny_dataset), [], resident.read_rgb
+
+    def counted(path):
+        decoded.append(path)
+        return read_rgb(path)
+
+    monkeypatch.setattr(resident, "read_rgb", counted)
+    with ThreadPoolExecutor(3) as pool:
+        copies = list(pool.map(lambda _: resident.decoded_images(index, index.train, (32, 32)), range(3)))
+    assert len(decoded) == len(index.train) and all((copy == copies[0]).all() for copy in copies)
+
+
 def test_images_of_different_sides_are_decoded_in_parallel_at_the_run_size_and_a_bad_one_is_named(tmp_path):
     from PIL import Image
 
