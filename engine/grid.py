@@ -26,7 +26,7 @@ from engine.models import get_backbone_spec, hub_cache_path, list_backbones, loa
 from engine.results import RESULT, last_line, read_json, write_json
 from engine.run import file_differences, finished_run_differences
 from engine.scheduler import packing_key, read_profiles, share_environment
-from engine.trainer import readable_duration
+from engine.progress import readable_duration
 
 log = logging.getLogger("engine")
 GRID_FOLDER = ".grid"  # under --out: per-cell logs and failure records

@@ -45,11 +45,10 @@ def _locked(lock_file: Path, what: str, wait: bool):
         except OSError as error:  # a filesystem without locks (Lustre mounted without flock): say so, go on
             log.warning("cannot lock %s (%s): nothing stops a second process from working on %s at the same time",
                         lock_file, error.strerror or error, what)
-            yield
-            return
-        handle.truncate(0)
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
+        else:
+            handle.truncate(0)
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            handle.flush()
         yield
 
 

@@ -17,9 +17,10 @@ from engine.config import CUDA_GRAPH_MODES, RunConfig
 from engine.loaders import DatasetIndex, fits_budget
 from engine.models import build_backbone
 from engine.scheduler import synchronize, wait_for_copies
+from engine.progress import readable_rate
 from engine.run import make_batches, out_of_memory_advice
 from engine.trainer import (FIRST_PHASE, begin_step, compiled, cuda_graph_skips, input_dtype, make_optimizer,
-                            make_precision, readable_rate, training_stream, tune_convolutions)
+                            make_precision, training_stream, tune_convolutions)
 
 INPUT_BOUND = 0.9  # end to end (or the loader alone) below this share of the model-only rate: the input side limits
 # the host's time to enqueue a step at this share of the step's time or more: the host, not the GPU, sets the pace

@@ -32,8 +32,8 @@ from engine.loaders import (PIPELINES, DatasetIndex, check_files, count_per_clas
 from engine.loaders.batching import batch_taken
 from engine.models import build_backbone, check_image_size, get_backbone_spec
 from engine.scheduler import choose_batch_size, is_out_of_memory, keep_to_memory_share
-from engine.trainer import (evaluate, fit, input_dtype, load_best, make_precision, readable_duration,
-                            training_stream, tune_convolutions)
+from engine.progress import readable_duration
+from engine.trainer import evaluate, fit, input_dtype, load_best, make_precision, training_stream, tune_convolutions
 
 log = logging.getLogger("engine")
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from engine import distributed
 from engine.config import ADAMW, SGD, RunConfig
 from engine.distributed import sum_across_ranks
+from engine.progress import readable_duration, readable_rate
 from engine.results import BEST, LAST, METRICS, BackgroundWriter, load_checkpoint, write_metrics
 
 log = logging.getLogger("engine")
@@ -246,21 +247,6 @@ class EpochProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def readable_duration(seconds: float) -> str:
-    """0.3 s, 45 s, 12 min, 3.5 h: the unit a person reads an estimate in."""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
-
-
-def readable_rate(images_per_s: float) -> str:
-    """Images/s as a person reads them: whole above 10, two significant digits below (a tiny training set on a
-    CPU runs at under one image a second, which "0 img/s" would hide)."""
-    return f"{images_per_s:.0f}" if images_per_s >= 10 else f"{images_per_s:.2g}"
 
 
 def synchronize(device: torch.device) -> None:

@@ -148,9 +148,9 @@ def _naming_undecodable_files():
             raise UnreadableImageError(f"cannot read image {failed['path'].strip()}: its header is sound but its data "
                                        f"does not decode (a truncated or corrupt file); remove or replace it") from None
         if failure is not None:
-            raise UnreadableImageError(f"DALI's decoder failed on an image it does not name ({failure['why'].strip()}); "
-                                       f"--loader torch reads every image with PIL and names any it cannot read"
-                                       ) from None
+            why = failure["why"].strip()
+            raise UnreadableImageError(f"DALI's decoder failed on an image it does not name ({why}); --loader torch "
+                                       f"reads every image with PIL and names any it cannot read") from None
         raise
 
 

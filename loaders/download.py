@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import socket
-import sys
 import tarfile
 import time
 import urllib.error
@@ -17,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from engine.errors import UserInputError
+from engine.progress import Progress, readable_bytes
 
 log = logging.getLogger("engine")
 
@@ -45,19 +45,14 @@ def _fetch_rest(url: str, partial: Path) -> None:
         if start and response.status != 206:  # the server ignores ranges: start over
             start = 0
         total = start + int(response.headers.get("Content-Length") or 0) or None
-        with open(partial, "ab" if start else "wb") as handle, _progress(partial.name, total, start) as bar:
+        with open(partial, "ab" if start else "wb") as handle, \
+                Progress(f"downloading {partial.name.removesuffix('.part')}", total, start, readable_bytes, bytes_unit=True) as progress:
             for block in iter(lambda: response.read(CHUNK), b""):
                 handle.write(block)
-                bar.update(len(block))
+                progress.update(len(block))
     received = partial.stat().st_size
     if total is not None and received < total:  # read() in chunks reports a dropped connection as a short file
         raise ConnectionError(f"connection closed after {received} of {total} bytes")
-
-
-def _progress(name: str, total: int | None, done: int):
-    from tqdm import tqdm
-    return tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=name, disable=not sys.stderr.isatty(),
-                leave=False)
 
 
 def download(url: str, destination: Path, md5: str | None = None, retries: int = RETRIES) -> Path:

@@ -13,7 +13,6 @@ import hashlib
 import logging
 import math
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -22,12 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
 
 from engine import distributed
 from engine.distributed import SINGLE, Shard
 from engine.errors import UserInputError
 from engine.locks import held_in_turn
+from engine.progress import Progress
 from engine.loaders.augment import trivial_augment_wide
 from engine.loaders.batching import BatchCounts, held_ahead, made_ahead, side_stream, to_device_async
 from engine.loaders.index import DatasetIndex
@@ -140,9 +139,9 @@ def _decode_into(path: Path, index: DatasetIndex, samples: list[Sample], side: t
 
     # PIL releases the GIL while it decodes and resizes: threads share the work without copying the array
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool, \
-            tqdm(total=len(samples), desc="decoding", unit="img", leave=False, disable=not sys.stderr.isatty()) as bar:
+            Progress(f"decoding {index.name}", len(samples)) as progress:
         for _ in pool.map(decode, range(len(samples))):  # consumed, so that a decoding error is raised here
-            bar.update(1)
+            progress.update(1)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
     np.save(temporary, array)
     os.replace(temporary, path)

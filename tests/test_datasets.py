@@ -5,6 +5,7 @@ import io
 import logging
 import json
 import pickle
+import re
 import sys
 import tarfile
 import threading
@@ -275,6 +276,27 @@ def test_download_resumes_after_a_cut_connection(tmp_path, quick_retries):
     assert path.read_bytes() == payload
     assert server.requests[0] == 0 and server.requests[1] == 100_000  # the second request continued
     assert not (tmp_path / "file.zip.part").exists()
+
+
+def test_a_download_in_a_log_file_says_how_far_it_is(tmp_path, monkeypatch, caplog):
+    """Without a terminal (a grid's log, Slurm, nohup) a bar would be silent for the whole download: a line every
+    LINE_EVERY_S seconds (a minute; here every block) names what has come of the total, the rate and the time left."""
+    from engine import progress
+    monkeypatch.setattr(progress.Progress, "LINE_EVERY_S", 0.0)
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False, raising=False)
+    monkeypatch.setattr(download_module, "CHUNK", 400_000)
+    payload = bytes(1_000_000)
+    server = FlakyServer(payload)
+    caplog.set_level(logging.INFO, logger="engine")
+    try:
+        download(server.url, tmp_path / "file.zip", hashlib.md5(payload).hexdigest())
+    finally:
+        server.close()
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("downloading file")]
+    assert [line.split(",")[0] for line in lines] == ["downloading file.zip: 400.0 kB of 1.0 MB (40 %)",
+                                                      "downloading file.zip: 800.0 kB of 1.0 MB (80 %)",
+                                                      "downloading file.zip: 1.0 MB of 1.0 MB (100 %)"]
+    assert all(re.fullmatch(r".*\(\d+ %\), [\d.]+ [kMG]?B/s, about [\d.]+ (s|min|h) left", line) for line in lines)
 
 
 def test_download_checksum_mismatch_is_an_error_and_leaves_nothing(tmp_path, quick_retries):

@@ -169,7 +169,7 @@ def test_every_training_and_evaluation_step_tells_cuda_graphs_a_new_step_begins(
 def test_a_long_epoch_in_a_log_file_says_how_far_it_is(monkeypatch, caplog):
     """Without a terminal (a grid cell's log, Slurm) a bar would be silent: a line every REFRESH_S["lines"]
     seconds (a minute; here every step) names the step, the rate, the running loss and the time left."""
-    from engine import trainer
+    from engine import progress, trainer
 
     monkeypatch.setattr(trainer.EpochProgress, "REFRESH_S", {"bar": 0.5, "lines": 0.0})
     monkeypatch.setattr(trainer.sys.stderr, "isatty", lambda: False, raising=False)
@@ -183,9 +183,9 @@ def test_a_long_epoch_in_a_log_file_says_how_far_it_is(monkeypatch, caplog):
     lines = [record.getMessage() for record in caplog.records]
     assert [line.split(",")[0] for line in lines] == ["epoch 7: step 1/2", "epoch 7: step 2/2"]
     assert all(" img/s, loss " in line and line.endswith(" left") for line in lines)
-    assert [trainer.readable_duration(s) for s in (0.34, 45, 720, 3.5 * 3600)] == ["0.3 s", "45 s", "12 min", "3.5 h"]
+    assert [progress.readable_duration(s) for s in (0.34, 45, 720, 3.5 * 3600)] == ["0.3 s", "45 s", "12 min", "3.5 h"]
     # a tiny training set on a CPU runs at under an image a second: not "0 img/s"
-    assert [trainer.readable_rate(r) for r in (0.48, 3.14159, 12.6, 4131.2)] == ["0.48", "3.1", "13", "4131"]
+    assert [progress.readable_rate(r) for r in (0.48, 3.14159, 12.6, 4131.2)] == ["0.48", "3.1", "13", "4131"]
     caplog.clear()
     trainer.train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), precision, 8, cpu, "off")
     assert not caplog.records and row["train_loss"] > 0
