@@ -373,13 +373,16 @@ def profile_command(steps: int, packing: bool, as_json: bool, **flags) -> None:
     click.echo(f"\nverdict: {report['verdict']}")
 
 
-def _readable(value) -> str:
+def _readable(value, nested: bool = False) -> str:
     """A profile value for people (--json keeps the values themselves): '-' for what was not measured, a size as
-    HxW, a breakdown as 'name value, ...'."""
+    HxW, a breakdown as 'name value, ...', one by count (runs packed at once) as '1: value, ...', and a breakdown
+    within a breakdown in parentheses."""
     if value is None:
         return "-"
     if isinstance(value, dict):
-        return ", ".join(f"{key} {_readable(part)}" for key, part in value.items())
+        parts = ", ".join(f"{key}{':' if str(key).isdigit() else ''} {_readable(part, nested=True)}"
+                          for key, part in value.items())
+        return f"({parts})" if nested else parts
     if isinstance(value, list):
         return "x".join(map(str, value))
     return str(value)

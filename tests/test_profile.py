@@ -119,6 +119,14 @@ def test_profile_without_data_measures_the_model_alone(capsys):
     assert bad.returncode == 2 and "divisible by 32" in bad.stderr
 
 
+def test_the_table_reads_a_packing_measurement_by_count():
+    """Counts as keys would run into their values ("1 468.5, 2 174.8"), and a breakdown within a breakdown into
+    its neighbours."""
+    from engine.cli import _readable
+    packing = {"best_concurrency": 2, "total_images_per_s": {"1": 468.5, "2": 874.8}, "batch_sizes": {"1": 64, "2": 32}}
+    assert _readable(packing) == "best_concurrency 2, total_images_per_s (1: 468.5, 2: 874.8), batch_sizes (1: 64, 2: 32)"
+
+
 def test_end_to_end_timing_starts_after_the_batches_a_loader_made_ahead():
     """A loader's prefetched batches, made while the warm-up ran, are taken untimed and unworked: timed, they would
     let a loader too slow for the step read as keeping up."""
