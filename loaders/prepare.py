@@ -112,8 +112,10 @@ def prepare_dataset(spec, root: Path, source: Path | None = None, force: bool = 
 
 
 def _prepare(spec, root: Path, target: Path, source: Path | None, split_by: str | None) -> Path:
+    for stale in root.glob(f".{spec.name}.tmp-*"):  # a killed prepare's; none is in use, as we hold the lock
+        log.info("removing %s, left by a prepare that was killed", stale)
+        shutil.rmtree(stale, ignore_errors=True)
     work = root / f".{spec.name}.tmp-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
         if source is not None:

@@ -123,6 +123,8 @@ def decoded_images(index: DatasetIndex, samples: list[Sample], side: tuple[int, 
     with held_in_turn(path.with_name(f".{path.name}.lock"), f"decoding {index.name}'s images into {path}"):
         if path.exists():
             return np.load(path)
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # a killed decode's; none is in use, as we hold the lock
+            stale.unlink()
         return _decode_into(path, index, samples, side)
 
 

@@ -191,7 +191,10 @@ def test_cub200_official_split(tmp_path):
 
 def test_prepare_is_idempotent_and_atomic(tmp_path):
     archive, _ = eurosat_zip(tmp_path, per_class=4)
+    killed = tmp_path / "data" / ".eurosat.tmp-99999" / "out"  # a prepare killed mid-way (SIGKILL: no cleanup)
+    killed.mkdir(parents=True)
     target, meta, _ = prepared(tmp_path, "eurosat", archive)
+    assert not killed.parent.exists()  # the next prepare of the dataset removes it
     stamp = (target / "meta.json").stat().st_mtime_ns
     prepare_dataset(get_dataset_spec("eurosat"), tmp_path / "data", archive)
     assert (target / "meta.json").stat().st_mtime_ns == stamp

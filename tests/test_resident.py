@@ -34,6 +34,13 @@ def test_cached_next_to_the_dataset_and_reused(tiny_dataset):
     assert cached[0].stat().st_mtime_ns == stamp
     assert scan_dataset(tiny_dataset).classes == index.classes  # the cache folder is not a class
 
+    # a decode killed while writing its copy (SIGKILL: no cleanup) leaves a temporary file: the next decode removes it
+    killed = cached[0].with_name(f".{cached[0].name}.tmp-99999.npy")
+    killed.write_bytes(b"half a copy")
+    cached[0].unlink()
+    batches("resident", index, index.train, train=True)
+    assert cached[0].exists() and not killed.exists()
+
     # an image replaced under its own name (a corrupt one fixed, the dataset prepared again) is decoded again
     from PIL import Image
     replaced = index.root / index.train[0][0]
