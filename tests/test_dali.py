@@ -239,26 +239,33 @@ def write_misread(path, mode):
     assert Image.open(path).mode == mode
 
 
+GPU_DECODER = pytest.param("mixed", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                             reason="needs a CUDA GPU")])
+
+
+@pytest.mark.parametrize("decoder", ["cpu", GPU_DECODER])
 @pytest.mark.parametrize("image_format, mode", sorted(DALI_MISREADS))
-def test_each_image_kind_the_dali_loader_refuses_is_one_its_decoder_misreads(tmp_path, image_format, mode):
-    """The table stays true: DALI's decoder fails on each of these, or reads it as another picture than PIL. (A
-    DALI that mends one fails this test; its row then comes out of the table.)"""
+def test_each_image_kind_the_dali_loader_refuses_is_one_its_decoder_misreads(tmp_path, image_format, mode, decoder):
+    """The table stays true: DALI's decoder fails on each of these, or reads it as another picture than PIL, on
+    the CPU and on the GPU ("mixed", where the engine decodes). (A DALI that mends one fails this test; its row then
+    comes out of the table.)"""
     from nvidia.dali import fn, pipeline_def, types
     from engine.loaders.torch_pipeline import read_rgb
     path = tmp_path / "image.tif"
     write_misread(path, mode)
 
-    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    @pipeline_def(batch_size=1, num_threads=1, device_id=0 if decoder == "mixed" else None)
     def decode():
         encoded, _ = fn.readers.file(files=[str(path)])
-        return fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
+        return fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
 
     pipe = decode()
     pipe.build()
     try:
-        decoded = np.asarray(pipe.run()[0][0]).astype(int)
+        images = pipe.run()[0]
     except RuntimeError:
         return  # fails
+    decoded = np.asarray((images.as_cpu() if decoder == "mixed" else images)[0]).astype(int)
     assert np.abs(decoded - np.asarray(read_rgb(path)).astype(int)).max() > 16  # another picture
 
 
