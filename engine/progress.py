@@ -39,22 +39,26 @@ def readable_images(count: float) -> str:
     return f"{count:.0f} images"
 
 
+# What a count counts: how it reads in a log line, and tqdm's options for the bar
+UNITS = {"images": (readable_images, {"unit": "img"}),
+         "bytes": (readable_bytes, {"unit": "B", "unit_scale": True, "unit_divisor": 1000})}
+
+
 class Progress:
     """`update(n)` as work is done: a bar on a terminal, else a line every LINE_EVERY_S seconds naming what is done
     of the total, the rate and the time left. Used as a context manager."""
 
     LINE_EVERY_S = 60.0
 
-    def __init__(self, description: str, total: int | None, done: int = 0,
-                 readable: Callable[[float], str] = readable_images, bytes_unit: bool = False):
-        self.description, self.total, self.done, self.readable = description, total, done, readable
+    def __init__(self, description: str, total: int | None, done: int = 0, unit: str = "images"):
+        self.description, self.total, self.done = description, total, done
+        self.readable, bar_options = UNITS[unit]
         self.started_from, self.started = done, time.perf_counter()
         self.last_line = self.started
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=done, desc=description, leave=False, unit="B" if bytes_unit else "img",
-                            unit_scale=bytes_unit, unit_divisor=1000)
+            self.bar = tqdm(total=total, initial=done, desc=description, leave=False, **bar_options)
 
     def update(self, count: int) -> None:
         self.done += count
@@ -69,13 +73,13 @@ class Progress:
     def line(self, elapsed_s: float) -> str:
         """What is done, of what, how fast and how long is left."""
         rate = (self.done - self.started_from) / max(elapsed_s, 1e-9)
-        done = self.readable(self.done)
-        if not self.total:
-            return f"{self.description}: {done}, {self.readable(rate)}/s"
-        left_s = (self.total - self.done) / rate if rate > 0 else float("inf")
-        left = f", about {readable_duration(left_s)} left" if left_s != float("inf") else ""
-        return (f"{self.description}: {done} of {self.readable(self.total)} ({100 * self.done / self.total:.0f} %), "
-                f"{self.readable(rate)}/s{left}")
+        said = f"{self.description}: {self.readable(self.done)}"
+        if self.total:
+            said += f" of {self.readable(self.total)} ({100 * self.done / self.total:.0f} %)"
+        said += f", {self.readable(rate)}/s"
+        if self.total and rate > 0:
+            said += f", about {readable_duration((self.total - self.done) / rate)} left"
+        return said
 
     def __enter__(self) -> "Progress":
         return self

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-
 METRICS_COLUMNS = ["epoch", "phase", "lr", "train_loss", "train_acc", "eval_acc", "images_per_s", "epoch_s", "eval_s"]
 CONFIG, FILES, METRICS, LOG, BEST, LAST, RESULT = (
     "config.json", "files.json", "metrics.csv", "train.log", "best.pt", "last.pt", "result.json")

@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 from engine.errors import UserInputError
-from engine.progress import Progress, readable_bytes
+from engine.progress import Progress
 
 log = logging.getLogger("engine")
 
@@ -46,7 +46,7 @@ def _fetch_rest(url: str, partial: Path) -> None:
             start = 0
         total = start + int(response.headers.get("Content-Length") or 0) or None
         with open(partial, "ab" if start else "wb") as handle, \
-                Progress(f"downloading {partial.name.removesuffix('.part')}", total, start, readable_bytes, bytes_unit=True) as progress:
+                Progress(f"downloading {partial.name.removesuffix('.part')}", total, start, "bytes") as progress:
             for block in iter(lambda: response.read(CHUNK), b""):
                 handle.write(block)
                 progress.update(len(block))

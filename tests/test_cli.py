@@ -228,6 +228,35 @@ def test_a_filesystem_without_locks_trains_and_says_it_cannot_lock(tiny_dataset,
     assert "(Function not implemented): nothing stops a second process from working on the run folder" in done.stderr
 
 
+def test_a_path_the_engine_cannot_write_is_one_line_naming_it(tiny_dataset, tmp_path, capsys, monkeypatch):
+    """--out under a file, and a disk that fills up mid-run: one line naming the path and what to do, not a
+    traceback; after the full disk, the rerun continues the run."""
+    (tmp_path / "a_file").write_text("")
+    argv = ["train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "3"]
+    refusal = one_line_error(capsys, *argv, "--out", str(tmp_path / "a_file" / "runs"))
+    assert refusal.startswith("engine: error: Not a directory: ") and str(tmp_path / "a_file") in refusal
+    assert refusal.endswith("; a file stands where a folder must")
+
+    import errno
+
+    from engine import trainer
+    write_metrics = trainer.write_metrics
+
+    def full_disk_at_epoch_2(path, rows):
+        if len(rows) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        write_metrics(path, rows)
+
+    monkeypatch.setattr(trainer, "write_metrics", full_disk_at_epoch_2)
+    full = one_line_error(capsys, *argv, "--out", str(tmp_path / "runs"))
+    assert full == (f"engine: error: No space left on device: {run_folder(tmp_path / 'runs') / 'metrics.csv'}; free "
+                    f"some space, then rerun the same command to continue")
+    monkeypatch.setattr(trainer, "write_metrics", write_metrics)
+    resumed = run_main(capsys, *argv, "--out", str(tmp_path / "runs"))  # epoch 2's checkpoint came before the csv
+    assert resumed.returncode == 0 and "resuming after epoch 2 " in resumed.stderr
+    assert [int(row["epoch"]) for row in read_metrics(run_folder(tmp_path / "runs") / "metrics.csv")] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("stopped, epochs, cap, same", [
     ("patience", 25, None, True), ("patience", 25, 25, True), ("patience", 25, 40, True), ("patience", 25, 24, False),
     ("max_epochs", 10, 10, True), ("max_epochs", 10, 11, False), ("max_epochs", 10, None, False),
