@@ -2,7 +2,6 @@
 line naming the problem and exit code 2."""
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -12,7 +11,7 @@ import click
 
 from engine.config import COMPILE_MODES, DEFAULT_BATCH_SIZE, DEFAULT_OUT, PATIENCE, parse_image_size
 from engine.errors import (INTERRUPTED, INTERRUPTED_MESSAGE, TERMINATED, TERMINATED_MESSAGE, USAGE_ERROR, Terminated,
-                           UserInputError)
+                           UserInputError, is_path_problem, path_problem_message)
 
 log = logging.getLogger("engine")
 
@@ -469,23 +468,10 @@ def _run(argv: list[str] | None) -> None:
         click.echo(TERMINATED_MESSAGE, err=True)
         sys.exit(TERMINATED)
     except OSError as err:
-        if err.filename is None or err.errno not in PATH_PROBLEMS:
-            raise  # not about a path the user can mend: the traceback is the report
-        _fail(f"{err.strerror}: {err.filename}{f' -> {err.filename2}' if err.filename2 else ''}; "
-              f"{PATH_PROBLEMS[err.errno]}")
+        if not is_path_problem(err):
+            raise  # not about a path or disk the user can mend: the traceback is the report
+        _fail(path_problem_message(err))
     sys.exit(code if isinstance(code, int) else 0)
-
-
-# Failures of a path the user gave or a disk they manage (--out, --data-root, --plots, a full disk mid-run): one line
-# naming the path and what to do, not a traceback. A killed run's finished epochs are kept, so a rerun continues.
-_CHOOSE_ANOTHER = "choose a folder this user can write (--out, --data-root, --plots, ENGINE_DATA)"
-PATH_PROBLEMS = {
-    errno.EACCES: _CHOOSE_ANOTHER, errno.EPERM: _CHOOSE_ANOTHER, errno.EROFS: _CHOOSE_ANOTHER,
-    errno.ENOENT: "it, or a folder on its way, is not there", errno.ENOTDIR: "a file stands where a folder must",
-    errno.EISDIR: "a folder stands where a file must",
-    errno.ENOSPC: "free some space, then rerun the same command to continue",
-    errno.EDQUOT: "free some of your quota, then rerun the same command to continue",
-}
 
 
 def _fail(message: str, echo: bool = True) -> None:

@@ -1,4 +1,5 @@
 """Errors a user can fix. The command line prints their message as one line and exits with code 2."""
+import errno
 
 USAGE_ERROR = 2  # the exit code of bad input, as click and argparse use it
 INTERRUPTED = 130  # the exit code of Ctrl-C, as shells report it (128 + SIGINT)
@@ -31,3 +32,28 @@ class UnreadableImageError(UserInputError):
 
 class WeightsUnavailableError(UserInputError):
     """Pretrained weights that are neither in the cache nor downloadable."""
+
+
+# Failures of a path the user gave or a disk they manage (--out, --data-root, --plots, a full disk mid-run), and what
+# to do about each: the command line says them in one line, not a traceback, and no retry is made of them. A run
+# stopped by one keeps its finished epochs, so a rerun continues it.
+_CHOOSE_ANOTHER = "choose a folder this user can write (--out, --data-root, --plots, ENGINE_DATA)"
+PATH_PROBLEMS = {
+    errno.EACCES: _CHOOSE_ANOTHER, errno.EPERM: _CHOOSE_ANOTHER, errno.EROFS: _CHOOSE_ANOTHER,
+    errno.ENOENT: "it, or a folder on its way, is not there", errno.ENOTDIR: "a file stands where a folder must",
+    errno.EISDIR: "a folder stands where a file must",
+    errno.ENOSPC: "free some space, then rerun the same command to continue",
+    errno.EDQUOT: "free some of your quota, then rerun the same command to continue",
+}
+# the disk's own failures, said even where the OSError names no file (a write() to an open file names none)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_path_problem(error: OSError) -> bool:
+    return error.errno in PATH_PROBLEMS and (error.filename is not None or error.errno in DISK_FULL)
+
+
+def path_problem_message(error: OSError) -> str:
+    path = "" if error.filename is None else f": {error.filename}"
+    path += f" -> {error.filename2}" if error.filename2 else ""
+    return f"{error.strerror}{path}; {PATH_PROBLEMS[error.errno]}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Callable
 
 log = logging.getLogger("engine")
 

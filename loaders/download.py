@@ -15,7 +15,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from engine.errors import UserInputError
+from engine.errors import UserInputError, is_path_problem
 from engine.progress import Progress
 
 log = logging.getLogger("engine")
@@ -71,6 +71,8 @@ def download(url: str, destination: Path, md5: str | None = None, retries: int =
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
             if isinstance(err, urllib.error.HTTPError) and err.code == 416:  # asked past the end: it is complete
                 break
+            if is_path_problem(err):  # this machine's disk, not the network: no retry mends it
+                raise
             lasting = _lasting(err)
             if lasting is not None:
                 raise DownloadError(f"cannot download {url}: {lasting}") from err

@@ -2,8 +2,9 @@
 import dataclasses
 import hashlib
 import io
-import logging
 import json
+import logging
+import os
 import pickle
 import re
 import sys
@@ -386,6 +387,26 @@ def test_a_failure_no_retry_can_mend_is_said_at_once(tmp_path, monkeypatch):
     with pytest.raises(DownloadError, match="after 5 attempts"):
         download("http://h/f.zip", tmp_path / "f.zip")
     assert len(attempts) == 5
+
+
+def test_a_full_disk_during_a_download_is_not_retried_and_is_one_line(tmp_path, monkeypatch, capsys):
+    """The disk, not the network: a write() to the open file fails with ENOSPC naming no file. No retry mends it,
+    and the command line says it in one line (the download resumes from its .part when rerun)."""
+    import errno
+    attempts = []
+
+    def disk_full(url, partial):
+        attempts.append(url)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(download_module, "_fetch_rest", disk_full)
+    spec = get_dataset_spec("eurosat")
+    monkeypatch.setitem(registry(), "eurosat", dataclasses.replace(spec, files=(SourceFile("http://h/E.zip", "E.zip",
+                                                                                           None),)))
+    failed = run_main(capsys, "data", "prepare", "eurosat", "--root", str(tmp_path / "data"))
+    assert failed.returncode == 2 and len(attempts) == 1 and "Traceback" not in failed.stderr
+    assert failed.stderr.strip().splitlines()[-1] == ("engine: error: No space left on device; free some space, then "
+                                                      "rerun the same command to continue")
 
 
 def test_prepare_all_goes_on_past_a_dataset_that_fails_and_names_it(tmp_path, monkeypatch, quick_retries, capsys):
