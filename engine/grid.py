@@ -22,11 +22,12 @@ from engine.config import parse_image_size, run_folder
 from engine.distributed import die_with_parent
 from engine.errors import UserInputError
 from engine.loaders import CUSTOM_DEFAULT_AUGMENT, CUSTOM_DEFAULT_SIZE, registry, resolve_dataset, scan_dataset
+from engine.locks import holder
 from engine.models import get_backbone_spec, hub_cache_path, list_backbones, load_pretrained_state
-from engine.results import RESULT, last_line, read_json, write_json
+from engine.progress import readable_duration
+from engine.results import RESULT, last_line, read_json, run_lock, write_json
 from engine.run import file_differences, finished_run_differences
 from engine.scheduler import packing_key, read_profiles, share_environment
-from engine.progress import readable_duration
 
 log = logging.getLogger("engine")
 GRID_FOLDER = ".grid"  # under --out: per-cell logs and failure records
@@ -129,9 +130,16 @@ def _failure_path(out: Path, cell: Cell) -> Path:
     return out / GRID_FOLDER / "failed" / f"{cell.name}.json"
 
 
+# What a cell can be, in the order the grid says them: finished; trained by a process now (this grid's, or another's
+# that holds its run folder); begun and stopped (a killed cell continues); failed (rerun with --retry-failed); not begun
+STATUSES = ("done", "running", "started", "failed", "pending")
+
+
 def cell_status(out: Path, cell: Cell) -> str:
     if (cell.run_dir(out) / RESULT).exists():
         return "done"
+    if holder(run_lock(cell.run_dir(out))):
+        return "running"
     if _failure_path(out, cell).exists():
         return "failed"
     return "started" if cell.run_dir(out).exists() else "pending"
@@ -205,16 +213,21 @@ def prepare_datasets(cells: list[Cell], out: Path, train_params: dict) -> None:
 
 
 def _cells_to_run(cells: list[Cell], out: Path, retry_failed: bool) -> list[Cell]:
-    """Cells not done (failed ones only when retried: their failure record is cleared)."""
-    todo = [cell for cell in cells if cell_status(out, cell) != "done"
-            and (retry_failed or cell_status(out, cell) != "failed")]
+    """Cells not done (failed ones only when retried: their failure record is cleared), less those that another
+    process is training (a Slurm array of an earlier launch still running, a cell started by hand): started again,
+    they would only stop at the run folder's lock and be recorded as failed."""
+    by_status = _by_status(cells, out)
+    for cell in by_status["running"]:
+        log.info("grid: %s is being trained by %s; left to it", cell.name, holder(run_lock(cell.run_dir(out))))
+    todo = [cell for cell in cells if cell in by_status["started"] + by_status["pending"]
+            or (retry_failed and cell in by_status["failed"])]
     for cell in todo:
         _failure_path(out, cell).unlink(missing_ok=True)
     return todo
 
 
 def _by_status(cells: list[Cell], out: Path) -> dict[str, list[Cell]]:
-    by_status: dict[str, list[Cell]] = {"done": [], "failed": [], "pending": [], "started": []}
+    by_status: dict[str, list[Cell]] = {status: [] for status in STATUSES}
     for cell in cells:
         by_status[cell_status(out, cell)].append(cell)
     return by_status
@@ -263,7 +276,7 @@ def run_grid(cells: list[Cell], out: Path, train_flags: list[str], retry_failed:
     """Run every cell that is not done (failed ones only with retry_failed); returns cells by final status."""
     out = Path(out)
     todo = _cells_to_run(cells, out, retry_failed)
-    done_before = len(cells) - len(todo) - sum(cell_status(out, c) == "failed" for c in cells if c not in todo)
+    done_before = sum(cell_status(out, cell) == "done" for cell in cells)
     log.info("grid: %d cells, %d already done, %d to run -> %s", len(cells), done_before, len(todo), out)
     logs = out / GRID_FOLDER / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -291,8 +304,9 @@ def run_grid(cells: list[Cell], out: Path, train_flags: list[str], retry_failed:
     for cell in by_status["failed"]:
         log.warning("grid: failed %s: %s (rerun with --retry-failed)", cell.name,
                     read_json(_failure_path(out, cell))["reason"])
-    log.info("grid finished in %s: %d done, %d failed", readable_duration(time.time() - started_at),
-             len(by_status["done"]), len(by_status["failed"]))
+    elsewhere = f", {len(by_status['running'])} being trained by other processes" if by_status["running"] else ""
+    log.info("grid finished in %s: %d done, %d failed%s", readable_duration(time.time() - started_at),
+             len(by_status["done"]), len(by_status["failed"]), elsewhere)
     return by_status
 
 
@@ -346,8 +360,8 @@ def dry_run(cells: list[Cell], out: Path, train_flags: list[str]) -> list[str]:
         if cell.backbone in rates and spec is not None:
             rate = _rate_at(rates[cell.backbone], cell.image_size(train_flags))
             seconds += spec.paper_counts["train"] * cell.fraction * ASSUMED_EPOCHS / rate
-    lines.append(f"{len(cells)} cells: " + ", ".join(f"{statuses.count(status)} {status}" for status in
-                                                    ("done", "started", "failed", "pending") if status in statuses))
+    lines.append(f"{len(cells)} cells: " + ", ".join(f"{statuses.count(status)} {status}" for status in STATUSES
+                                                    if status in statuses))
     if seconds:
         lines.append(f"estimate: {seconds / 3600:.1f} GPU-hours for the cells left (profile store rates, "
                      f"{ASSUMED_EPOCHS} epochs a cell)")

@@ -64,3 +64,18 @@ def _acquire(handle, what: str, wait: bool) -> None:
         raise InUseError(f"{what} is in use by {holder}; wait for it to end, or stop it, then rerun") from None
     log.info("waiting for %s to finish %s", holder, what)
     fcntl.flock(handle, fcntl.LOCK_EX)
+
+
+def holder(lock_file: Path) -> str | None:
+    """Who holds `lock_file` now ("pid 123 on node7", or "another engine process" where it has not said), or None
+    where nobody does: for a grid, to leave a cell that another process is training to it."""
+    if not lock_file.exists():
+        return None
+    with open(lock_file) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when the file closes
+        except BlockingIOError:
+            return handle.read().strip() or "another engine process"
+        except OSError:  # a filesystem without locks: nobody can be seen holding one
+            return None
+    return None

@@ -132,6 +132,27 @@ def test_a_second_launcher_on_a_running_grid_is_refused_in_one_line(tmp_path, ca
     assert run_main(capsys, *argv).returncode == 0
 
 
+def test_a_cell_another_process_is_training_is_left_to_it(tmp_path, capsys):
+    """A Slurm array of an earlier launch still running, or a cell started by hand: started again, it would stop
+    at its run folder's lock and be recorded as failed. The grid leaves it, names who trains it, and lists it as
+    running."""
+    from engine.locks import held_alone
+    from engine.results import run_lock
+    data, out = make_dataset(tmp_path / "d", {"train": 4, "test": 2}), tmp_path / "grid"
+    argv = ["grid", "--backbones", "mobilenet_v3_large", "--datasets", str(data), "--seeds", "0,1", "--fractions",
+            "1", "--out", str(out), "--no-pretrained", "--image-size", "32", "--max-epochs", "1"]
+    busy = expand_cells("mobilenet_v3_large", str(data), "1", "1")[0]
+    with held_alone(run_lock(busy.run_dir(out)), "the run folder"):
+        plan = run_main(capsys, *argv, "--dry-run")
+        assert f"running  {busy.name}" in plan.stdout and "2 cells: 1 running, 1 pending" in plan.stdout
+        done = run_main(capsys, *argv)
+        assert done.returncode == 0, done.stderr
+        assert f"grid: {busy.name} is being trained by pid {os.getpid()} on " in done.stderr
+        assert "1 done, 0 failed, 1 being trained by other processes" in done.stderr
+        assert cell_status(out, busy) == "running" and not busy.run_dir(out).exists()
+    assert cell_status(out, busy) == "pending"  # its holder gone, the next launch trains it
+
+
 def test_failed_cells_are_reported_and_retried(tmp_path, capsys):
     good = make_dataset(tmp_path / "good", {"train": 6, "test": 2})
     bad = make_dataset(tmp_path / "bad", {"train": 6, "test": 2})
