@@ -107,13 +107,16 @@ def datasets(data_root: str | None) -> None:
     from pathlib import Path
 
     from engine.loaders import default_data_root, is_ready, prepared_meta, registry
+    from engine.loaders.prepare import preparation_lock
+    from engine.locks import holder
 
     root = Path(data_root).expanduser() if data_root else default_data_root()
     rows = []
     for spec in registry().values():
         meta = prepared_meta(spec, root) if spec.obtain != "generated" else None
-        on_disk = ("no" if not is_ready(spec, root) else "yes" if not meta else
-                   f"{meta['counts']['train']}/{meta['counts']['test']}"
+        preparing = holder(preparation_lock(root, spec.name))
+        on_disk = (f"being prepared ({preparing})" if preparing and not meta else "no" if not is_ready(spec, root)
+                   else "yes" if not meta else f"{meta['counts']['train']}/{meta['counts']['test']}"
                    + (" (differs)" if meta.get("count_warnings") else ""))
         rows.append((spec.name, spec.domain, str(spec.classes), f"{spec.paper_counts['train']}/"
                      f"{spec.paper_counts['test']}", "x".join(map(str, spec.image_size)),

@@ -88,6 +88,11 @@ def _count_warnings(spec, counts: dict[str, int], classes: int) -> list[str]:
     return warnings
 
 
+def preparation_lock(root: Path, name: str) -> Path:
+    """Held while a process prepares the dataset `name` under `root` (locks.held_in_turn)."""
+    return root / f".{name}.lock"
+
+
 def prepare_dataset(spec, root: Path, source: Path | None = None, force: bool = False,
                     split_by: str | None = None) -> Path:
     """The prepared folder `<root>/<name>`: made now unless it is there already (then left alone, unless force).
@@ -104,7 +109,7 @@ def prepare_dataset(spec, root: Path, source: Path | None = None, force: bool = 
                              f"`engine data prepare {spec.name} --from PATH`")
     # Two processes preparing one dataset (a grid's cells on several GPUs, two terminals) would append to the same
     # download: one at a time, and the second finds it prepared.
-    with held_in_turn(root / f".{spec.name}.lock", f"preparing {spec.name} in {root}"):
+    with held_in_turn(preparation_lock(root, spec.name), f"preparing {spec.name} in {root}"):
         if is_prepared(target) and not force:
             log.info("%s was prepared in %s meanwhile", spec.name, target)
             return target

@@ -404,6 +404,16 @@ def test_listing_commands(capsys):
     assert "demo" in capsys.readouterr().out
 
 
+def test_datasets_says_which_dataset_another_process_is_preparing(tmp_path, capsys):
+    from engine.loaders.prepare import preparation_lock
+    from engine.locks import held_in_turn
+    with held_in_turn(preparation_lock(tmp_path, "eurosat"), "preparing eurosat"):
+        listed = run_main(capsys, "datasets", "--data-root", str(tmp_path))
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:] if line.strip()}
+    assert f"being prepared (pid {os.getpid()} on " in rows["eurosat"]
+    assert "being prepared" not in rows["dtd"] and " no " in rows["dtd"]
+
+
 def test_a_run_trains_and_selects_on_the_training_stream(tiny_dataset, tmp_path, monkeypatch):
     """`engine train` runs its epochs (and a val-selected run its test pass) inside trainer.training_stream, the
     stream of its own that a GPU run trains on (on the CPU that context changes nothing, so it is recorded here)."""
