@@ -22,8 +22,9 @@ from pathlib import Path
 
 from engine.errors import UserInputError
 from engine.loaders import registry
+from engine.locks import holder
 from engine.models import list_backbones
-from engine.results import CONFIG, RESULT, read_json
+from engine.results import CONFIG, RESULT, read_json, run_lock
 
 log = logging.getLogger("engine")
 
@@ -95,9 +96,11 @@ def _say_unfinished(folder: Path) -> None:
     """Runs started but not finished (a grid still running, a killed run) are left out of the tables: say so, or
     a report made mid-grid reads as complete."""
     unfinished = [path.parent for path in sorted(folder.rglob(CONFIG)) if not (path.parent / RESULT).exists()]
+    training = sum(holder(run_lock(run_dir)) is not None for run_dir in unfinished)
     if unfinished:
-        log.warning("report: %d run(s) under %s are not finished (no %s) and not counted, e.g. %s",
-                    len(unfinished), folder, RESULT, unfinished[0])
+        log.warning("report: %d run(s) under %s are not finished (no %s) and not counted (%d of them training now, "
+                    "the others stopped: rerun them to finish), e.g. %s", len(unfinished), folder, RESULT, training,
+                    unfinished[0])
 
 
 def _rank(entries: list[Entry]) -> None:

@@ -56,9 +56,15 @@ def test_csv_rows_hold_best_mean_rank_and_the_papers_number(runs, capsys):
 
 
 def test_markdown_tables_group_by_domain_and_mark_the_top_three(runs, capsys, caplog):
+    from engine.locks import held_alone
+    from engine.results import run_lock
     text = report(capsys, str(runs))
-    assert f"1 run(s) under {runs} are not finished (no result.json) and not counted, e.g. " \
-           f"{runs / 'resnet50' / 'dtd' / 'f1' / 's9'}" in caplog.text
+    assert f"1 run(s) under {runs} are not finished (no result.json) and not counted (0 of them training now, the " \
+           f"others stopped: rerun them to finish), e.g. {runs / 'resnet50' / 'dtd' / 'f1' / 's9'}" in caplog.text
+    caplog.clear()
+    with held_alone(run_lock(runs / "resnet50" / "dtd" / "f1" / "s9"), "the run folder"):  # a grid mid-way
+        report(capsys, str(runs))
+    assert "not counted (1 of them training now" in caplog.text
     assert "full training sets, natural" in text and "full training sets, texture" in text
     paper = paper_values()
     assert f"97.00¹ (96.50±0.71) [paper {paper[('cifar10', 1.0, 'convnext_tiny')]:.2f}" in text
