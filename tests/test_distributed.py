@@ -228,6 +228,20 @@ def test_bad_input_stops_every_rank_with_one_line(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_a_run_folder_another_process_holds_stops_every_rank_with_one_line(tmp_path):
+    """Rank 0 holds the run folder for the whole run; its refusal reaches the other ranks, which stop alike."""
+    from engine.config import run_folder
+    from engine.locks import held_alone
+    from engine.results import run_lock
+    out = tmp_path / "runs"
+    with held_alone(run_lock(run_folder(out, "shufflenet_v2_x2_0", "demo", 1.0, 0)), "the run folder"):
+        done = subprocess.run([sys.executable, "-m", "engine", *DEMO, "--gpus", "2", "--device", "cpu", "--out",
+                               str(out)], cwd=REPO, capture_output=True, text=True)
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"is in use by another engine process (pid {os.getpid()} on " in errors[0]
+
+
 def test_both_phases_and_validation_selection_on_two_processes(tiny_dataset, tmp_path):
     """Patience 1 on a 3-image validation split (4 possible accuracies) forces the SGD switch within 5 epochs:
     rank 0 reloads the best weights and hands them over; the test set is then scored from best.pt on both ranks."""
