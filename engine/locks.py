@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,17 +53,27 @@ def _locked(lock_file: Path, what: str, wait: bool):
         yield
 
 
+# `holder` looks at a lock by taking it shared for a moment: a process asking for it then is refused for that
+# moment alone, so a refusal is tried again for this long before it is said (a real holder keeps it for a run)
+PROBE_GRACE_S = 0.2
+
+
 def _acquire(handle, what: str, wait: bool) -> None:
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip()
-    holder = f"another engine process{f' ({holder})' if holder else ''}"
+    deadline = time.monotonic() + PROBE_GRACE_S
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+    handle.seek(0)
+    said = handle.read().strip()
+    who = f"another engine process{f' ({said})' if said else ''}"
     if not wait:
-        raise InUseError(f"{what} is in use by {holder}; wait for it to end, or stop it, then rerun") from None
-    log.info("waiting for %s to finish %s", holder, what)
+        raise InUseError(f"{what} is in use by {who}; wait for it to end, or stop it, then rerun") from None
+    log.info("waiting for %s to finish %s", who, what)
     fcntl.flock(handle, fcntl.LOCK_EX)
 
 
