@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from engine.errors import UserInputError
+
 METRICS_COLUMNS = ["epoch", "phase", "lr", "train_loss", "train_acc", "eval_acc", "images_per_s", "epoch_s", "eval_s"]
 CONFIG, FILES, METRICS, LOG, BEST, LAST, RESULT = (
     "config.json", "files.json", "metrics.csv", "train.log", "best.pt", "last.pt", "result.json")
@@ -49,8 +51,15 @@ def write_json(path: Path, obj) -> None:
 
 
 def read_json(path: Path) -> dict | None:
+    """The JSON in `path`, or None where there is no such file. A file that is not JSON (cut short by a full disk,
+    edited by hand) is one line naming it, not a traceback."""
     path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserInputError(f"{path} is not valid JSON ({err}); fix it, or remove it") from None
 
 
 def last_line(path: Path) -> str:

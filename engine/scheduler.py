@@ -20,7 +20,7 @@ import torch
 
 from engine.errors import UserInputError
 from engine.locks import held_in_turn
-from engine.results import last_line
+from engine.results import last_line, read_json
 
 log = logging.getLogger("engine")
 
@@ -158,7 +158,7 @@ def profile_key(gpu: str, backbone: str, image_size: tuple[int, int], precision:
 
 def read_profiles(path: Path | None = None) -> dict:
     path = path or profile_store_path()
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path) or {}
 
 
 def save_profile(key: str, entry: dict, path: Path | None = None) -> None:

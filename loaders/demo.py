@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from engine.errors import UserInputError
+from engine.results import read_json
+
 log = logging.getLogger("engine")
 
 GENERATOR_VERSION = 3  # bump when the drawing changes: part of every image's seed; an older copy is replaced
@@ -181,5 +184,8 @@ def ensure_demo(data_root: Path) -> Path:
 
 def is_current(folder: Path) -> bool:
     """Whether `folder` holds a complete demo dataset made by this generator."""
-    meta = Path(folder) / "meta.json"
-    return meta.exists() and json.loads(meta.read_text()).get("generator_version") == GENERATOR_VERSION
+    try:
+        meta = read_json(Path(folder) / "meta.json")
+    except UserInputError:  # cut short: made again
+        return False
+    return meta is not None and meta.get("generator_version") == GENERATOR_VERSION

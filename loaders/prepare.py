@@ -17,6 +17,7 @@ from pathlib import Path
 import engine
 from engine.errors import UserInputError
 from engine.locks import held_in_turn
+from engine.results import read_json
 from engine.loaders.download import DownloadError, download, extract, md5_of
 from engine.loaders.index import scan_dataset
 
@@ -156,5 +157,4 @@ def _prepare(spec, root: Path, target: Path, source: Path | None, split_by: str 
 
 
 def read_meta(target: Path) -> dict | None:
-    path = Path(target) / META
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(Path(target) / META)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import importlib
-import json
 import pickle
 import shutil
 from functools import partial
@@ -21,6 +20,7 @@ from PIL import Image
 from engine.errors import UserInputError
 from engine.loaders.index import IMAGE_EXTENSIONS, SPLIT_SEED
 from engine.loaders.splits import grouped_stratified_split, stratified_split
+from engine.results import read_json
 
 KEEP_AS_IS = (".jpg", ".jpeg", ".png")
 
@@ -160,7 +160,7 @@ def dtd(raw: Path, out: Path) -> dict:
 def food101(raw: Path, out: Path) -> dict:
     root = find_one(raw, "train.json", "Food-101's meta/train.json").parent.parent
     for split in ("train", "test"):
-        for class_name, items in json.loads((root / "meta" / f"{split}.json").read_text()).items():
+        for class_name, items in read_json(root / "meta" / f"{split}.json").items():
             for item in items:
                 write_image(root / "images" / f"{item}.jpg", out, split, class_name, Path(item).name)
     return {"split": "official (meta/train.json, meta/test.json)"}

@@ -213,6 +213,22 @@ def test_a_run_folder_another_process_trains_in_is_refused_until_that_process_en
     assert (run_folder(tmp_path / "runs") / "result.json").exists()
 
 
+def test_a_run_file_that_is_not_json_is_one_line_naming_it(tiny_dataset, tmp_path, capsys):
+    """A result.json cut short (a full disk, an edit by hand) and a profile store likewise: one line each."""
+    argv = ["train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--out", str(tmp_path / "runs")]
+    assert run_main(capsys, *argv).returncode == 0
+    result = run_folder(tmp_path / "runs") / "result.json"
+    result.write_text('{"status": "fini')
+    assert one_line_error(capsys, *argv).startswith(f"engine: error: {result} is not valid JSON (")
+    store = tmp_path / "profiles.json"
+    store.write_text("{not json")
+    grid = run_main(capsys, "grid", "--backbones", "resnet50", "--datasets", "dtd", "--out", str(tmp_path / "g"),
+                    "--dry-run", env_extra={"ENGINE_PROFILES": str(store)})
+    assert grid.returncode == 2 and grid.stderr.strip().splitlines()[-1] == (
+        f"engine: error: {store} is not valid JSON (Expecting property name enclosed in double quotes: line 1 "
+        f"column 2 (char 1)); fix it, or remove it")
+
+
 def test_a_filesystem_without_locks_trains_and_says_it_cannot_lock(tiny_dataset, tmp_path, capsys, monkeypatch):
     """Lustre mounted without flock answers ENOSYS: the run goes on, and says what is not prevented."""
     import errno
