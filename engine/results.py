@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import os
+import pickle
 import statistics
 from pathlib import Path
 
@@ -74,8 +75,15 @@ def save_checkpoint(path: Path, obj) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    # Our own files: they hold numpy and Python RNG states besides tensors, so the full unpickler is needed.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint this engine wrote (last.pt, best.pt). A damaged one (a disk fault, a copy cut short) is one line
+    naming it, with torch's reason cut to its first sentence."""
+    try:
+        # Our own files: they hold numpy and Python RNG states besides tensors, so the full unpickler is needed.
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        reason = str(err).strip().split(". ")[0] or type(err).__name__
+        raise UserInputError(f"{path} is not a readable checkpoint ({reason}); rerun with --force to train the run "
+                             f"from the start") from None
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:

@@ -213,13 +213,20 @@ def test_a_run_folder_another_process_trains_in_is_refused_until_that_process_en
     assert (run_folder(tmp_path / "runs") / "result.json").exists()
 
 
-def test_a_run_file_that_is_not_json_is_one_line_naming_it(tiny_dataset, tmp_path, capsys):
-    """A result.json cut short (a full disk, an edit by hand) and a profile store likewise: one line each."""
+def test_a_damaged_run_file_is_one_line_naming_it(tiny_dataset, tmp_path, capsys):
+    """A result.json cut short (a full disk, an edit by hand), a damaged checkpoint and a profile store that is not
+    JSON: one line each, naming the file."""
     argv = ["train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "1", "--out", str(tmp_path / "runs")]
     assert run_main(capsys, *argv).returncode == 0
     result = run_folder(tmp_path / "runs") / "result.json"
     result.write_text('{"status": "fini')
     assert one_line_error(capsys, *argv).startswith(f"engine: error: {result} is not valid JSON (")
+    result.unlink()
+    (result.parent / "last.pt").write_bytes(b"PK\x03\x04 cut short")  # a checkpoint a disk fault damaged
+    damaged = one_line_error(capsys, *argv)
+    assert damaged.startswith(f"engine: error: {result.parent / 'last.pt'} is not a readable checkpoint (")
+    assert damaged.endswith("); rerun with --force to train the run from the start")
+    assert run_main(capsys, *argv, "--force").returncode == 0
     store = tmp_path / "profiles.json"
     store.write_text("{not json")
     grid = run_main(capsys, "grid", "--backbones", "resnet50", "--datasets", "dtd", "--out", str(tmp_path / "g"),
