@@ -106,21 +106,12 @@ def datasets(data_root: str | None) -> None:
     """List the built-in datasets: the paper's counts, how each is obtained, and whether it is prepared."""
     from pathlib import Path
 
-    from engine.loaders import default_data_root, is_ready, prepared_meta, registry
-    from engine.loaders.prepare import preparation_lock
-    from engine.locks import holder
+    from engine.loaders import default_data_root, registry
 
     root = Path(data_root).expanduser() if data_root else default_data_root()
-    rows = []
-    for spec in registry().values():
-        meta = prepared_meta(spec, root) if spec.obtain != "generated" else None
-        preparing = holder(preparation_lock(root, spec.name))
-        on_disk = (f"being prepared ({preparing})" if preparing and not meta else "no" if not is_ready(spec, root)
-                   else "yes" if not meta else f"{meta['counts']['train']}/{meta['counts']['test']}"
-                   + (" (differs)" if meta.get("count_warnings") else ""))
-        rows.append((spec.name, spec.domain, str(spec.classes), f"{spec.paper_counts['train']}/"
-                     f"{spec.paper_counts['test']}", "x".join(map(str, spec.image_size)),
-                     "on" if spec.augment else "off", spec.obtain, on_disk, spec.description))
+    rows = [(spec.name, spec.domain, str(spec.classes), f"{spec.paper_counts['train']}/{spec.paper_counts['test']}",
+             "x".join(map(str, spec.image_size)), "on" if spec.augment else "off", spec.obtain,
+             _prepared_column(spec, root), spec.description) for spec in registry().values()]
     _print_table(("dataset", "domain", "classes", "paper train/test", "size", "augment", "obtain",
                   "prepared train/test", "description"), rows)
     click.echo(f"\nData root: {root}. obtain: auto = downloaded on first use or by `engine data prepare NAME`; "
@@ -128,6 +119,23 @@ def datasets(data_root: str | None) -> None:
                "counts are not the paper's (meta.json says how).\nYour own data: --data PATH, where PATH holds train/<class>/<image> and "
                "test/<class>/<image> (optionally val/<class>/<image>),\nor just <class>/<image> folders, split "
                "into train and test by a seeded stratified --test-split (default 0.2).")
+
+
+def _prepared_column(spec, root) -> str:
+    """Whether the dataset is on disk under `root`: its prepared counts (and whether they differ from the paper's),
+    "yes" for the generated demo, "being prepared" by whom, or "no"."""
+    from engine.loaders import is_ready, prepared_meta
+    from engine.loaders.prepare import preparation_lock
+    from engine.locks import holder
+
+    meta = prepared_meta(spec, root) if spec.obtain != "generated" else None
+    if meta:
+        return f"{meta['counts']['train']}/{meta['counts']['test']}" + (" (differs)" if meta.get("count_warnings")
+                                                                        else "")
+    preparing = holder(preparation_lock(root, spec.name))
+    if preparing:
+        return f"being prepared ({preparing})"
+    return "yes" if is_ready(spec, root) else "no"
 
 
 @cli.group()

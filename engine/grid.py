@@ -216,11 +216,11 @@ def _cells_to_run(cells: list[Cell], out: Path, retry_failed: bool) -> list[Cell
     """Cells not done (failed ones only when retried: their failure record is cleared), less those that another
     process is training (a Slurm array of an earlier launch still running, a cell started by hand): started again,
     they would only stop at the run folder's lock and be recorded as failed."""
-    by_status = _by_status(cells, out)
-    for cell in by_status["running"]:
+    runnable = ("started", "pending", "failed") if retry_failed else ("started", "pending")
+    statuses = [cell_status(out, cell) for cell in cells]
+    for cell in (cell for cell, status in zip(cells, statuses) if status == "running"):
         log.info("grid: %s is being trained by %s; left to it", cell.name, holder(run_lock(cell.run_dir(out))))
-    todo = [cell for cell in cells if cell in by_status["started"] + by_status["pending"]
-            or (retry_failed and cell in by_status["failed"])]
+    todo = [cell for cell, status in zip(cells, statuses) if status in runnable]
     for cell in todo:
         _failure_path(out, cell).unlink(missing_ok=True)
     return todo
