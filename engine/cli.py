@@ -403,11 +403,11 @@ def _readable(value, nested: bool = False) -> str:
 @click.option("--backbone", required=True)
 @click.option("--image-size", required=True, callback=lambda ctx, param, value: parse_image_size(value))
 @click.option("--batch-size", type=BATCH_SIZE, required=True)
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto")
-@click.option("--compile/--no-compile", default=None)
+@PRECISION
+@COMPILE
 @COMPILE_MODE
-@click.option("--channels-last/--no-channels-last", default=True)
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto")
+@CHANNELS_LAST
+@DEVICE
 @click.option("--copies", type=click.IntRange(min=1), required=True)
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), required=True)
 @click.option("--barrier", type=click.Path(exists=True, file_okay=False), required=True)

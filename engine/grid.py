@@ -135,8 +135,17 @@ def _failure_path(out: Path, cell: Cell) -> Path:
 STATUSES = ("done", "running", "started", "failed", "pending")
 
 
+def _is_done(out: Path, cell: Cell) -> bool:
+    return (cell.run_dir(out) / RESULT).exists()
+
+
+def _cells_left(cells: list[Cell], out: Path) -> list[Cell]:
+    """The cells not done, for the work done once before any of them starts (no look at their locks)."""
+    return [cell for cell in cells if not _is_done(Path(out), cell)]
+
+
 def cell_status(out: Path, cell: Cell) -> str:
-    if (cell.run_dir(out) / RESULT).exists():
+    if _is_done(out, cell):
         return "done"
     if holder(run_lock(cell.run_dir(out))):
         return "running"
@@ -161,7 +170,7 @@ def check_done_cells(cells: list[Cell], out: Path, train_flags: list[str], train
     --max-epochs...): skipping them as done would report their numbers as this grid's."""
     out = Path(out)
     mismatched, indexes = [], {}
-    for cell in (cell for cell in cells if cell_status(out, cell) == "done"):
+    for cell in (cell for cell in cells if _is_done(out, cell)):
         asked = asked_experiment(cell, train_flags, train_params)
         finished = read_json(cell.run_dir(out) / RESULT)
         found = finished_run_differences(cell.run_dir(out), finished, asked, train_params["max_epochs"])
@@ -196,7 +205,7 @@ def fetch_pretrained_weights(cells: list[Cell], out: Path, train_params: dict) -
     on a shared $TORCH_HOME)."""
     if not train_params["pretrained"] or train_params["weights"]:
         return
-    for backbone in dict.fromkeys(cell.backbone for cell in cells if cell_status(Path(out), cell) != "done"):
+    for backbone in dict.fromkeys(cell.backbone for cell in _cells_left(cells, out)):
         url = get_backbone_spec(backbone).weights_url
         if not hub_cache_path(url).exists():
             log.info("grid: fetching the ImageNet weights of %s into the torch hub cache", backbone)
@@ -207,7 +216,7 @@ def prepare_datasets(cells: list[Cell], out: Path, train_params: dict) -> None:
     """Each built-in dataset with cells to run, made ready once before any cell starts (downloaded and prepared,
     as `engine train` would on first use, unless --no-download): an offline machine or a dataset to fetch by hand is
     said in one line, not in every cell's log, and Slurm cells find it prepared on a shared data root."""
-    for data in dict.fromkeys(cell.data for cell in cells if cell_status(Path(out), cell) != "done"):
+    for data in dict.fromkeys(cell.data for cell in _cells_left(cells, out)):
         if data in registry():
             resolve_dataset(data, train_params["data_root"], train_params["download"])
 
@@ -276,7 +285,7 @@ def run_grid(cells: list[Cell], out: Path, train_flags: list[str], retry_failed:
     """Run every cell that is not done (failed ones only with retry_failed); returns cells by final status."""
     out = Path(out)
     todo = _cells_to_run(cells, out, retry_failed)
-    done_before = sum(cell_status(out, cell) == "done" for cell in cells)
+    done_before = len(cells) - len(_cells_left(cells, out))
     log.info("grid: %d cells, %d already done, %d to run -> %s", len(cells), done_before, len(todo), out)
     logs = out / GRID_FOLDER / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -383,7 +392,7 @@ class CellTask:
         self.cell, self.out, self.train_flags = cell, Path(out), list(train_flags)
 
     def __call__(self) -> str:
-        if cell_status(self.out, self.cell) == "done":
+        if _is_done(self.out, self.cell):
             return "done"
         logs = self.out / GRID_FOLDER / "logs"
         logs.mkdir(parents=True, exist_ok=True)
