@@ -35,8 +35,9 @@ def run_lock(run_dir: Path) -> Path:
     return run_dir.parent / f".{run_dir.name}.lock"
 
 
-def _replace_atomically(path: Path, write) -> None:
-    """Write to a temporary file beside `path`, flush it to disk, then rename over `path`."""
+def replace_atomically(path: Path, write) -> None:
+    """`write(handle)` to a temporary file beside `path`, flush it to disk, then rename it over `path`: a reader
+    sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -47,8 +48,15 @@ def _replace_atomically(path: Path, write) -> None:
     os.replace(temporary, path)
 
 
+def remove_unfinished_writes(folder: Path, name: str = "*") -> None:
+    """The temporary files of `replace_atomically`s of `name` in `folder` that a kill interrupted: never renamed,
+    never to be read. Only where no other process is writing (its caller holds the folder's or the file's lock)."""
+    for stale in Path(folder).glob(f".{name}.tmp-*"):
+        stale.unlink()
+
+
 def write_json(path: Path, obj) -> None:
-    _replace_atomically(path, lambda handle: handle.write((json.dumps(obj, indent=2) + "\n").encode()))
+    replace_atomically(path, lambda handle: handle.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def read_json(path: Path) -> dict | None:
@@ -71,7 +79,7 @@ def last_line(path: Path) -> str:
 
 
 def save_checkpoint(path: Path, obj) -> None:
-    _replace_atomically(path, lambda handle: torch.save(obj, handle))
+    replace_atomically(path, lambda handle: torch.save(obj, handle))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -91,7 +99,7 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(text, fieldnames=METRICS_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _replace_atomically(path, lambda handle: handle.write(text.getvalue().encode()))
+    replace_atomically(path, lambda handle: handle.write(text.getvalue().encode()))
 
 
 def read_metrics(path: Path) -> list[dict]:

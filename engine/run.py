@@ -264,8 +264,7 @@ def _train_alone(config: RunConfig, index: DatasetIndex, run_dir: Path, force: b
         if force and run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in run_dir.glob(".*.tmp-*"):  # a write a kill interrupted: never renamed, never to be read
-            stale.unlink()
+        results.remove_unfinished_writes(run_dir)
         if not (run_dir / results.LAST).exists():  # starting over: a best.pt left by an attempt is not this run's
             (run_dir / results.BEST).unlink(missing_ok=True)
     distributed.barrier()  # the folder is ready before any rank looks for last.pt in it

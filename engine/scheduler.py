@@ -10,7 +10,6 @@ import gc
 import json
 import logging
 import os
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 from engine.errors import UserInputError
 from engine.locks import held_in_turn
-from engine.results import last_line, read_json
+from engine.results import last_line, read_json, write_json
 
 log = logging.getLogger("engine")
 
@@ -169,9 +168,7 @@ def save_profile(key: str, entry: dict, path: Path | None = None) -> None:
     with held_in_turn(path.with_name(f".{path.name}.lock"), f"writing the profile store {path}"):
         profiles = read_profiles(path)
         profiles[key] = {**profiles.get(key, {}), **entry, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        temporary.write_text(json.dumps(profiles, indent=2) + "\n")
-        os.replace(temporary, path)
+        write_json(path, profiles)
 
 
 def cached_or_tuned(key: str, run_step: Callable[..., float | None], limit: int, path: Path | None = None

@@ -27,6 +27,7 @@ from engine.distributed import SINGLE, Shard
 from engine.errors import UserInputError
 from engine.locks import held_in_turn
 from engine.progress import Progress
+from engine.results import remove_unfinished_writes, replace_atomically
 from engine.loaders.augment import trivial_augment_wide
 from engine.loaders.batching import BatchCounts, held_ahead, made_ahead, side_stream, to_device_async
 from engine.loaders.index import DatasetIndex
@@ -123,8 +124,7 @@ def decoded_images(index: DatasetIndex, samples: list[Sample], side: tuple[int, 
     with held_in_turn(path.with_name(f".{path.name}.lock"), f"decoding {index.name}'s images into {path}"):
         if path.exists():
             return np.load(path)
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # a killed decode's; none is in use, as we hold the lock
-            stale.unlink()
+        remove_unfinished_writes(path.parent, path.name)  # a killed decode's
         return _decode_into(path, index, samples, side)
 
 
@@ -144,9 +144,7 @@ def _decode_into(path: Path, index: DatasetIndex, samples: list[Sample], side: t
             Progress(f"decoding {index.name}", len(samples)) as progress:
         for _ in pool.map(decode, range(len(samples))):  # consumed, so that a decoding error is raised here
             progress.update(1)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
-    np.save(temporary, array)
-    os.replace(temporary, path)
+    replace_atomically(path, lambda handle: np.save(handle, array))
     return array
 
 
