@@ -279,13 +279,15 @@ def train(ctx: click.Context, seed: int | None, runs: int | None, force: bool, g
 @click.option("--fractions", default="1", show_default=True, help="e.g. 1,0.1,0.01 (Tables 7 and 8).")
 @click.option("--out", type=click.Path(file_okay=False), default=DEFAULT_OUT, show_default=True)
 @click.option("--launcher", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
-              show_default=True, help="local: one cell per GPU (CPU: one at a time); slurm: one job array through "
-                                      "submitit (requeued on preemption); submitit-local: that path on this machine.")
+              show_default=True, help="local: one cell per GPU (per N GPUs with --gpus N; CPU: one at a time); "
+                                      "slurm: one job array through submitit (requeued on preemption); "
+                                      "submitit-local: that path on this machine.")
 @click.option("--partition", default=None, help="Slurm partition.")
 @click.option("--time-limit", "time_min", type=click.IntRange(min=1), default=24 * 60, show_default=True,
               help="Slurm time limit per cell, minutes (a cell that runs out is requeued and resumes).")
 @click.option("--gpus-per-task", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Slurm: GPUs per cell; above 1, each cell trains on all of them (engine train --gpus N).")
+              help="GPUs per cell, as --gpus N passed to every cell: above 1, each cell trains on all of "
+                   "them with DDP (engine train --gpus N); the local launcher gives each cell its own N.")
 @click.option("--array-parallelism", type=click.IntRange(min=1), default=64, show_default=True,
               help="Slurm: cells running at once.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and an estimate of GPU-hours; run nothing.")
@@ -305,7 +307,8 @@ def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fraction
     from engine import grid as grid_module
     from engine.locks import held_alone
 
-    train_flags = list(ctx.args)
+    grid_module.check_cell_flags(ctx.args)
+    train_flags = grid_module.with_cell_gpus(ctx.args, gpus_per_task)
     # parsed as each cell's `engine train` will: a bad flag fails here, before any cell starts
     train_params = train.make_context("train", ["--backbone", "resnet50", "--data", "demo", *train_flags]).params
     cells = grid_module.expand_cells(backbones, datasets, seeds, fractions)
@@ -321,7 +324,7 @@ def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fraction
             result = grid_module.run_grid(cells, Path(out), train_flags, retry_failed=retry_failed)
         else:
             result = grid_module.submit_grid(cells, Path(out), train_flags, launcher, retry_failed, partition,
-                                             time_min, gpus_per_task, array_parallelism)
+                                             time_min, array_parallelism)
     if result["failed"]:
         sys.exit(1)
 

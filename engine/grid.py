@@ -2,8 +2,9 @@
 crash or out-of-memory stays in its cell), resumable: a cell with result.json is done and skipped, a killed cell
 continues from its last epoch, a failed cell is recorded with its reason and rerun by --retry-failed.
 
-Launchers: local (one cell at a time on the CPU; with GPUs, one worker per GPU through CUDA_VISIBLE_DEVICES, times
-the concurrency the profile store's packing measurement found worth it), and Slurm through submitit.
+Launchers: local (one cell at a time on the CPU; with GPUs, one worker per GPU through CUDA_VISIBLE_DEVICES, or per
+group of N GPUs for cells that train on N with `--gpus N`, times the concurrency the profile store's packing
+measurement found worth it), and Slurm through submitit.
 """
 from __future__ import annotations
 
@@ -248,6 +249,27 @@ def _record_failure(out: Path, cell: Cell, exit_code: int, log_file: Path) -> st
     return reason
 
 
+# `engine train` flags the grid sets for each cell itself. Passed to every cell they would override the cell's own
+# (every cell training one seed, or into a folder the grid never looks in), so each is refused with what to do.
+GRID_SET_FLAGS = {
+    "--backbone": "each cell's backbone comes from --backbones",
+    "--data": "each cell's dataset comes from --datasets",
+    "--seed": "each cell's seed comes from --seeds",
+    "--runs": "each cell's seed comes from --seeds (--seeds 0,1,2 for --runs 3)",
+    "--fraction": "each cell's fraction comes from --fractions",
+    "--force": "the grid skips finished cells and resumes killed ones; to train cells again, remove their run "
+               "folders or give another --out",
+}
+
+
+def check_cell_flags(train_flags: list[str]) -> None:
+    """Refuse, in one line, an `engine train` flag that the grid sets for each cell."""
+    for flag in train_flags:
+        name = flag.split("=", 1)[0]
+        if name in GRID_SET_FLAGS:
+            raise UserInputError(f"engine grid takes no {name}: {GRID_SET_FLAGS[name]}")
+
+
 def _flag_value(flags: list[str], name: str) -> str | None:
     """The value of `name` among command-line flags (`--name value` or `--name=value`), or None."""
     for position, flag in enumerate(flags):
@@ -268,16 +290,55 @@ def packed_concurrency(cells: list[Cell], train_flags: list[str]) -> int:
                default=1)
 
 
+def visible_gpus() -> list[str]:
+    """This process's GPUs as a child's CUDA_VISIBLE_DEVICES must name them: under CUDA_VISIBLE_DEVICES=2,3 the
+    grid's GPU 0 is the machine's 2, and a cell told "0" would train on a GPU the user kept out."""
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [name.strip() for name in listed.split(",")] if listed is not None else [str(i) for i in range(count)]
+    return names[:count]
+
+
+def gpus_per_cell(train_flags: list[str]) -> int:
+    """The GPUs each cell trains on: its `--gpus N` (DDP), 1 without."""
+    return int(_flag_value(train_flags, "--gpus") or 1)
+
+
+def with_cell_gpus(train_flags: list[str], gpus_per_task: int) -> list[str]:
+    """The cells' flags with the GPUs each trains on named once: `--gpus-per-task N` and a `--gpus N` passed to
+    every cell are one setting, and two different counts are refused rather than one silently winning."""
+    asked = _flag_value(train_flags, "--gpus")
+    if asked is None:
+        return [*train_flags, "--gpus", str(gpus_per_task)] if gpus_per_task > 1 else list(train_flags)
+    if gpus_per_task > 1 and int(asked) != gpus_per_task:
+        raise UserInputError(f"--gpus-per-task {gpus_per_task} and --gpus {asked} disagree on the GPUs a cell "
+                             f"trains on; give one of them")
+    return list(train_flags)
+
+
+def _gpu_groups(gpus: list[str], per_cell: int) -> list[str]:
+    """The machine's GPUs cut into one CUDA_VISIBLE_DEVICES value per cell slot, `per_cell` GPUs each."""
+    if per_cell > len(gpus):
+        raise UserInputError(f"each cell trains on {per_cell} GPUs (--gpus), but this machine shows {len(gpus)}")
+    slots = len(gpus) // per_cell
+    if slots * per_cell < len(gpus):
+        log.warning("grid: GPU %s left idle: %d GPUs make %d cells of %d", ",".join(gpus[slots * per_cell:]),
+                    len(gpus), slots, per_cell)
+    return [",".join(gpus[slot * per_cell:(slot + 1) * per_cell]) for slot in range(slots)]
+
+
 def _worker_slots(cells: list[Cell], train_flags: list[str]) -> list[dict]:
-    """Environment overrides for each concurrent cell: per GPU, as many as packing pays for; the CPU: one."""
-    gpus = torch.cuda.device_count()
-    if gpus == 0:
+    """Environment overrides for each concurrent cell: per GPU (per group of a cell's `--gpus N`), as many as
+    packing pays for; the CPU: one."""
+    gpus = visible_gpus()
+    if not gpus:
         return [{}]
-    per_gpu = packed_concurrency(cells, train_flags)
+    per_cell = gpus_per_cell(train_flags)
+    per_gpu = packed_concurrency(cells, train_flags) if per_cell == 1 else 1  # packing was measured on one GPU
     if per_gpu > 1:
         log.info("grid: %d cells per GPU (the profile store's packing measurement)", per_gpu)
-    return [{"CUDA_VISIBLE_DEVICES": str(index), **share_environment(per_gpu)}  # each in its share of the memory
-            for index in range(gpus) for _ in range(per_gpu)]
+    return [{"CUDA_VISIBLE_DEVICES": group, **share_environment(per_gpu)}  # each in its share of the memory
+            for group in _gpu_groups(gpus, per_cell) for _ in range(per_gpu)]
 
 
 def run_grid(cells: list[Cell], out: Path, train_flags: list[str], retry_failed: bool = False,
@@ -413,9 +474,10 @@ SLURM_CLUSTERS = {"slurm": "slurm", "submitit-local": "local"}
 
 
 def submit_grid(cells: list[Cell], out: Path, train_flags: list[str], launcher: str, retry_failed: bool = False,
-                partition: str | None = None, time_min: int = 24 * 60, gpus_per_task: int = 1,
+                partition: str | None = None, time_min: int = 24 * 60,
                 parallelism: int = 64) -> dict[str, list[Cell]]:
-    """One job array for the cells left; waits for it and returns cells by status (as run_grid)."""
+    """One job array for the cells left, each task with the GPUs its cell's `--gpus` asks for (all of them
+    trained on, with DDP); waits for it and returns cells by status (as run_grid)."""
     try:
         import submitit
     except ImportError:
@@ -425,11 +487,9 @@ def submit_grid(cells: list[Cell], out: Path, train_flags: list[str], launcher: 
     executor = submitit.AutoExecutor(folder=out / GRID_FOLDER / "submitit", cluster=SLURM_CLUSTERS[launcher])
     parameters = {"timeout_min": time_min, "name": "engine-grid"}
     if launcher == "slurm":
-        parameters |= {"slurm_array_parallelism": parallelism, "gpus_per_node": gpus_per_task,
+        parameters |= {"slurm_array_parallelism": parallelism, "gpus_per_node": gpus_per_cell(train_flags),
                        **({"slurm_partition": partition} if partition else {})}
     executor.update_parameters(**parameters)
-    if gpus_per_task > 1:  # each cell trains on all of its task's GPUs, with DDP
-        train_flags = [*train_flags, "--gpus", str(gpus_per_task)]
     log.info("grid: %d cells, %d to submit as one job array (%s)", len(cells), len(todo), launcher)
     jobs = executor.submit_array([CellTask(cell, out, train_flags) for cell in todo]) if todo else []
     for job, cell in zip(jobs, todo):

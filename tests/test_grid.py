@@ -313,6 +313,50 @@ def test_local_launcher_packs_cells_per_gpu_as_the_profile_store_says(tmp_path, 
     assert len(grid._worker_slots(expand_cells("mobilenet*", "demo", "0", "1"), ["--image-size", "256"])) == 4
 
 
+def test_local_cells_train_on_the_gpus_the_user_left_visible(tmp_path, monkeypatch):
+    from engine import grid
+    monkeypatch.setenv("ENGINE_PROFILES", str(tmp_path / "profiles.json"))  # nothing packed
+    monkeypatch.setattr(grid.torch.cuda, "get_device_name", lambda *args: "FakeGPU")
+    monkeypatch.setattr(grid.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5, 7")
+    cells = expand_cells("mobilenet*", "demo", "0", "1")
+    assert [slot["CUDA_VISIBLE_DEVICES"] for slot in grid._worker_slots(cells, [])] == ["5", "7"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(grid.torch.cuda, "device_count", lambda: 5)
+    # cells of `--gpus 2` each get two GPUs of their own, the odd one is left idle (and said so)
+    slots = grid._worker_slots(cells, grid.with_cell_gpus(["--gpus", "2"], gpus_per_task=1))
+    assert [slot["CUDA_VISIBLE_DEVICES"] for slot in slots] == ["0,1", "2,3"]
+    assert [slot["CUDA_VISIBLE_DEVICES"] for slot in grid._worker_slots(cells, ["--gpus=5"])] == ["0,1,2,3,4"]
+    with pytest.raises(UserInputError, match="each cell trains on 6 GPUs .* shows 5"):
+        grid._worker_slots(cells, grid.with_cell_gpus([], gpus_per_task=6))
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--runs", "3"], "engine grid takes no --runs: each cell's seed comes from --seeds (--seeds 0,1,2 for --runs 3)"),
+    (["--seed=3"], "engine grid takes no --seed: each cell's seed comes from --seeds"),
+    (["--no-pretrained", "--backbone", "resnet50"], "engine grid takes no --backbone: each cell's backbone comes "
+                                                    "from --backbones"),
+    (["--force"], "engine grid takes no --force: the grid skips finished cells and resumes killed ones; to train "
+                  "cells again, remove their run folders or give another --out"),
+])
+def test_grid_refuses_the_train_flags_it_sets_for_each_cell(tmp_path, capsys, flags, says):
+    result = run_main(capsys, "grid", "--backbones", "mobilenet_v3_large", "--datasets", "demo", "--seeds", "0",
+                      "--out", str(tmp_path), "--dry-run", *flags)
+    assert (result.returncode, result.stderr.strip()) == (2, f"engine: error: {says}")
+
+
+def test_grid_gpus_per_cell_is_one_setting(tmp_path, capsys):
+    from engine import grid
+    assert grid.with_cell_gpus(["--max-epochs", "5"], gpus_per_task=1) == ["--max-epochs", "5"]
+    assert grid.with_cell_gpus(["--gpus", "3"], gpus_per_task=3) == ["--gpus", "3"]  # named once
+    assert grid.gpus_per_cell(grid.with_cell_gpus([], gpus_per_task=4)) == 4
+    result = run_main(capsys, "grid", "--backbones", "mobilenet_v3_large", "--datasets", "demo", "--seeds", "0",
+                      "--out", str(tmp_path), "--gpus-per-task", "4", "--gpus", "2", "--dry-run")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("engine: error: --gpus-per-task 4 and --gpus 2 disagree on the GPUs a cell "
+                                     "trains on; give one of them")
+
+
 def test_slurm_cells_with_several_gpus_train_on_all_of_them(tmp_path, monkeypatch):
     submitit = pytest.importorskip("submitit")
     from engine import grid
@@ -332,7 +376,8 @@ def test_slurm_cells_with_several_gpus_train_on_all_of_them(tmp_path, monkeypatc
 
     monkeypatch.setattr(submitit, "AutoExecutor", RecordingExecutor)
     cells = expand_cells("mobilenet_v3_large,resnet50", "demo", "0", "1")
-    grid.submit_grid(cells, tmp_path, ["--max-epochs", "5"], "slurm", partition="gpu", gpus_per_task=4)
+    flags = grid.with_cell_gpus(["--max-epochs", "5"], gpus_per_task=4)
+    grid.submit_grid(cells, tmp_path, flags, "slurm", partition="gpu")
     assert submitted["cluster"] == "slurm"
     assert submitted["parameters"]["gpus_per_node"] == 4 and submitted["parameters"]["slurm_partition"] == "gpu"
     commands = [task.cell.command(task.out, task.train_flags) for task in submitted["tasks"]]
