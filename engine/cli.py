@@ -314,7 +314,7 @@ def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fraction
     cells = grid_module.expand_cells(backbones, datasets, seeds, fractions)
     grid_module.check_done_cells(cells, Path(out), train_flags, train_params)
     if dry_run:
-        for line in grid_module.dry_run(cells, Path(out), train_flags):
+        for line in grid_module.dry_run(cells, Path(out), train_flags, train_params):
             click.echo(line)
         return
     grid_module.prepare_datasets(cells, Path(out), train_params)

@@ -22,7 +22,8 @@ import torch
 from engine.config import parse_image_size, run_folder
 from engine.distributed import die_with_parent
 from engine.errors import UserInputError
-from engine.loaders import CUSTOM_DEFAULT_AUGMENT, CUSTOM_DEFAULT_SIZE, registry, resolve_dataset, scan_dataset
+from engine.loaders import (CUSTOM_DEFAULT_AUGMENT, CUSTOM_DEFAULT_SIZE, default_data_root, registry, resolve_dataset,
+                            scan_dataset, waits_for_user)
 from engine.locks import holder
 from engine.models import get_backbone_spec, hub_cache_path, list_backbones, load_pretrained_state
 from engine.progress import readable_duration
@@ -213,13 +214,28 @@ def fetch_pretrained_weights(cells: list[Cell], out: Path, train_params: dict) -
             load_pretrained_state(url)
 
 
+def _builtin_datasets_left(cells: list[Cell], out: Path) -> list[str]:
+    return [data for data in dict.fromkeys(cell.data for cell in _cells_left(cells, out)) if data in registry()]
+
+
+def datasets_waiting_for_user(cells: list[Cell], out: Path, train_params: dict) -> tuple[Path, list[str]]:
+    """The data root, and the built-in datasets with cells to run that only the user can make ready there."""
+    root = Path(train_params["data_root"]).expanduser() if train_params["data_root"] else default_data_root()
+    return root, [data for data in _builtin_datasets_left(cells, out)
+                  if waits_for_user(registry()[data], root, train_params["download"])]
+
+
 def prepare_datasets(cells: list[Cell], out: Path, train_params: dict) -> None:
     """Each built-in dataset with cells to run, made ready once before any cell starts (downloaded and prepared,
     as `engine train` would on first use, unless --no-download): an offline machine or a dataset to fetch by hand is
-    said in one line, not in every cell's log, and Slurm cells find it prepared on a shared data root."""
-    for data in dict.fromkeys(cell.data for cell in _cells_left(cells, out)):
-        if data in registry():
-            resolve_dataset(data, train_params["data_root"], train_params["download"])
+    said in one line, not in every cell's log, and Slurm cells find it prepared on a shared data root. Datasets to
+    fetch by hand are all named at once, before any download, so that one rerun finds them all."""
+    root, waiting = datasets_waiting_for_user(cells, out, train_params)
+    if len(waiting) > 1:
+        raise UserInputError(f"{len(waiting)} datasets of this grid are not prepared in {root}: {', '.join(waiting)}; "
+                             f"`engine data prepare NAME --root {root}` prepares each, or says where to get it")
+    for data in waiting + _builtin_datasets_left(cells, out):  # one dataset waiting: its own message, first
+        resolve_dataset(data, train_params["data_root"], train_params["download"])
 
 
 def _cells_to_run(cells: list[Cell], out: Path, retry_failed: bool) -> list[Cell]:
@@ -412,9 +428,10 @@ def _rate_at(by_size: dict[tuple[int, int], float], size: tuple[int, int]) -> fl
     return max(rate * height * width for (height, width), rate in by_size.items()) / (size[0] * size[1])
 
 
-def dry_run(cells: list[Cell], out: Path, train_flags: list[str]) -> list[str]:
-    """The plan, one line per cell with its status, a count per status, and an estimate of GPU-hours from the
-    profile store's measured images/s at each cell's image size, where it has them."""
+def dry_run(cells: list[Cell], out: Path, train_flags: list[str], train_params: dict) -> list[str]:
+    """The plan, one line per cell with its status, a count per status, an estimate of GPU-hours from the
+    profile store's measured images/s at each cell's image size, where it has them, and the datasets the user
+    must prepare before the grid can run."""
     rates = _measured_rates()
     lines, seconds, unrated, unsized = [], 0.0, set(), set()
     statuses = [cell_status(out, cell) for cell in cells]
@@ -441,6 +458,10 @@ def dry_run(cells: list[Cell], out: Path, train_flags: list[str]) -> list[str]:
     if unsized:
         lines.append(f"no estimate for the cells of {', '.join(sorted(unsized))}: not a built-in dataset, whose "
                      f"size is known ahead")
+    root, waiting = datasets_waiting_for_user(cells, out, train_params)
+    if waiting:
+        lines.append(f"not prepared in {root}, and the grid cannot fetch them: {', '.join(waiting)} "
+                     f"(`engine data prepare NAME --root {root}` prepares each, or says where to get it)")
     return lines
 
 

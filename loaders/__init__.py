@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from engine.errors import UnreadableImageError
 from engine.loaders.datasets import (CUSTOM_DEFAULT_AUGMENT, CUSTOM_DEFAULT_SIZE, DatasetSpec, ResolvedDataset,
                                      default_data_root, get_dataset_spec, is_ready, prepared_meta, registry,
-                                     resolve_dataset)
+                                     resolve_dataset, waits_for_user)
 from engine.loaders.prepare import prepare_dataset
 from engine.loaders.index import IMAGE_EXTENSIONS, SPLIT_SEED, DatasetIndex, scan_dataset
 from engine.loaders.splits import Sample, count_per_class, stratified_fraction, stratified_split

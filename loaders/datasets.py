@@ -168,6 +168,12 @@ def is_ready(spec: DatasetSpec, root: Path) -> bool:
     return is_current(root / spec.name) if spec.obtain == "generated" else is_prepared(root / spec.name)
 
 
+def waits_for_user(spec: DatasetSpec, root: Path, download: bool) -> bool:
+    """Whether `spec` is not ready under `root` and the engine cannot make it so on its own: a manual dataset not
+    yet prepared from its files, or one to download under --no-download (_make_ready's refusals)."""
+    return not is_ready(spec, root) and (spec.obtain == "manual" or (spec.obtain == "auto" and not download))
+
+
 def prepared_meta(spec: DatasetSpec, root: Path) -> dict | None:
     return read_meta(root / spec.name)
 
@@ -177,7 +183,7 @@ def _make_ready(spec: DatasetSpec, root: Path, download: bool) -> Path:
         return ensure_demo(root)
     if is_prepared(root / spec.name):
         return root / spec.name
-    if spec.obtain == "auto" and download:
+    if not waits_for_user(spec, root, download):
         return prepare_dataset(spec, root)
     if spec.obtain == "auto":
         raise UserInputError(f"{spec.name} is not prepared in {root} and --no-download is set; run "

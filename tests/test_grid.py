@@ -233,8 +233,28 @@ def test_the_grid_prepares_each_builtin_dataset_once_before_any_cell_starts(tmp_
     monkeypatch.setattr(grid_module, "resolve_dataset", real)
     cells = expand_cells("mobilenet_v3_large,shufflenet_v2_x2_0", f"eurosat,dtd,{folder}", "0,1", "1")
     monkeypatch.setattr(grid_module, "resolve_dataset", lambda *args: asked.append(args))
-    grid_module.prepare_datasets(cells, out, {"data_root": str(tmp_path / "data"), "download": False})
-    assert asked[1:] == [("eurosat", str(tmp_path / "data"), False), ("dtd", str(tmp_path / "data"), False)]
+    grid_module.prepare_datasets(cells, out, {"data_root": str(tmp_path / "data"), "download": True})
+    assert asked[1:] == [("eurosat", str(tmp_path / "data"), True), ("dtd", str(tmp_path / "data"), True)]
+
+
+def test_the_grid_names_every_dataset_the_user_must_prepare_before_any_download(tmp_path, capsys):
+    """Datasets only the user can make ready (fetched by hand, or to download under --no-download) are named
+    together, before anything is downloaded, so that one round of preparing finds them all; --dry-run names them."""
+    data_root = tmp_path / "data"
+    args = ["grid", "--backbones", "mobilenet_v3_large", "--seeds", "0", "--out", str(tmp_path / "runs"),
+            "--no-pretrained", "--data-root", str(data_root)]
+    both = run_main(capsys, *args, "--datasets", "neu,eurosat,demo", "--no-download")
+    assert both.returncode == 2 and both.stderr.strip() == (
+        f"engine: error: 2 datasets of this grid are not prepared in {data_root}: neu, eurosat; `engine data "
+        f"prepare NAME --root {data_root}` prepares each, or says where to get it")
+    planned = run_main(capsys, *args, "--datasets", "neu,eurosat,demo", "--no-download", "--dry-run")
+    assert planned.returncode == 0 and planned.stdout.strip().splitlines()[-1] == (
+        f"not prepared in {data_root}, and the grid cannot fetch them: neu, eurosat (`engine data prepare NAME "
+        f"--root {data_root}` prepares each, or says where to get it)")
+    one = run_main(capsys, *args, "--datasets", "eurosat,neu")  # eurosat could be downloaded; neu is said first
+    assert one.returncode == 2 and one.stderr.strip().startswith(f"engine: error: neu is not prepared in {data_root}: "
+                                                                 f"download NEU-CLS")
+    assert not (data_root / "eurosat").exists() and not (data_root / "demo").exists()
 
 
 def test_the_grid_fetches_each_backbones_weights_once_before_any_cell_starts(tmp_path, monkeypatch, capsys):
