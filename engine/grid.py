@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -259,8 +260,19 @@ def _by_status(cells: list[Cell], out: Path) -> dict[str, list[Cell]]:
     return by_status
 
 
+def failure_reason(exit_code: int, log_file: Path) -> str:
+    """Why a cell failed: its error (its log's last line) or, for a cell killed by a signal, which one. Such a cell
+    wrote no error, and its log's last line is whatever it was doing (an epoch's progress) when it died."""
+    last = last_line(log_file)
+    if exit_code >= 0:
+        return last or f"exit code {exit_code}"
+    name = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() else f"signal {-exit_code}"
+    why = " (the kernel's out-of-memory killer sends it: was the host's memory full?)" if name == "SIGKILL" else ""
+    return f"killed by {name}{why}" + (f"; its log's last line: {last}" if last else "")
+
+
 def _record_failure(out: Path, cell: Cell, exit_code: int, log_file: Path) -> str:
-    reason = last_line(log_file) or f"exit code {exit_code}"
+    reason = failure_reason(exit_code, log_file)
     write_json(_failure_path(out, cell), {"cell": cell.name, "exit_code": exit_code, "reason": reason})
     return reason
 

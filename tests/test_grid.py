@@ -153,6 +153,19 @@ def test_a_cell_another_process_is_training_is_left_to_it(tmp_path, capsys):
     assert cell_status(out, busy) == "pending"  # its holder gone, the next launch trains it
 
 
+def test_a_cell_killed_by_a_signal_is_reported_as_killed_not_by_its_last_progress_line(tmp_path):
+    from engine.grid import failure_reason
+    log_file = tmp_path / "cell.log"
+    log_file.write_text("12:00:01 epoch   3 adamw loss 0.9 train 61.0 % eval 58.2 % * | 900 img/s\n\n")
+    assert failure_reason(-9, log_file) == (
+        "killed by SIGKILL (the kernel's out-of-memory killer sends it: was the host's memory full?); its log's last "
+        "line: 12:00:01 epoch   3 adamw loss 0.9 train 61.0 % eval 58.2 % * | 900 img/s")
+    assert failure_reason(-11, tmp_path / "no.log") == "killed by SIGSEGV"
+    log_file.write_text("engine: error: cannot read image x.png\n")
+    assert failure_reason(2, log_file) == "engine: error: cannot read image x.png"
+    assert failure_reason(1, tmp_path / "no.log") == "exit code 1"
+
+
 def test_failed_cells_are_reported_and_retried(tmp_path, capsys):
     good = make_dataset(tmp_path / "good", {"train": 6, "test": 2})
     bad = make_dataset(tmp_path / "bad", {"train": 6, "test": 2})
