@@ -1,5 +1,6 @@
 """Errors a user can fix. The command line prints their message as one line and exits with code 2."""
 import errno
+import signal
 
 USAGE_ERROR = 2  # the exit code of bad input, as click and argparse use it
 INTERRUPTED = 130  # the exit code of Ctrl-C, as shells report it (128 + SIGINT)
@@ -7,6 +8,16 @@ INTERRUPTED_MESSAGE = "engine: interrupted; rerun the same command to continue"
 # SIGTERM: `kill`, `scancel`, a Slurm job's time limit (before its SIGKILL), torchrun stopping its ranks
 TERMINATED = 143  # 128 + SIGTERM, as shells report it
 TERMINATED_MESSAGE = "engine: stopped (SIGTERM); rerun the same command to continue"
+
+
+def how_it_ended(exit_code: int) -> str:
+    """A child process's end in words: its exit code, or the signal that killed it (a negative code, as subprocess
+    and torchrun give it). Such a process wrote no error of its own, so the signal is all there is to say."""
+    if exit_code >= 0:
+        return f"exit code {exit_code}"
+    name = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() else f"signal {-exit_code}"
+    why = " (the kernel's out-of-memory killer sends it: was the host's memory full?)" if name == "SIGKILL" else ""
+    return f"killed by {name}{why}"
 
 
 class Terminated(BaseException):

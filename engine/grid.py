@@ -11,7 +11,6 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import torch
 
 from engine.config import parse_image_size, run_folder
 from engine.distributed import die_with_parent
-from engine.errors import UserInputError
+from engine.errors import UserInputError, how_it_ended
 from engine.loaders import (CUSTOM_DEFAULT_AUGMENT, CUSTOM_DEFAULT_SIZE, default_data_root, registry, resolve_dataset,
                             scan_dataset, waits_for_user)
 from engine.locks import holder
@@ -265,10 +264,8 @@ def failure_reason(exit_code: int, log_file: Path) -> str:
     wrote no error, and its log's last line is whatever it was doing (an epoch's progress) when it died."""
     last = last_line(log_file)
     if exit_code >= 0:
-        return last or f"exit code {exit_code}"
-    name = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() else f"signal {-exit_code}"
-    why = " (the kernel's out-of-memory killer sends it: was the host's memory full?)" if name == "SIGKILL" else ""
-    return f"killed by {name}{why}" + (f"; its log's last line: {last}" if last else "")
+        return last or how_it_ended(exit_code)
+    return how_it_ended(exit_code) + (f"; its log's last line: {last}" if last else "")
 
 
 def _record_failure(out: Path, cell: Cell, exit_code: int, log_file: Path) -> str:

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -211,6 +212,36 @@ def test_two_processes_train_the_demo_survive_a_kill_and_learn(tmp_path):
     # Chance is 16.7 %; two ranks of 16 (one process of 32 alike) reach about 40-50 % in 10 epochs
     # (bench/NOTES.md, second session: 41.1 % and 47.2 %).
     assert json.loads((folder / "result.json").read_text())["test_acc"] > 30
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_rank_killed_by_a_signal_is_named_with_it(tmp_path):
+    """A rank the out-of-memory killer ends writes nothing; the launcher names the signal, not 'exit code -9'."""
+    out = tmp_path / "ddp"
+    launcher = engine(*DEMO, "--gpus", "2", "--device", "cpu", "--batch-size", "16", "--out", str(out))
+    deadline = time.time() + 120
+    while not list(out.rglob("config.json")) or len(children(launcher.pid)) < 2:  # both ranks at work
+        if launcher.poll() is not None or time.time() > deadline:
+            launcher.kill()
+            pytest.fail(f"no training ranks: {launcher.communicate()[1]}")
+        time.sleep(0.2)
+    os.kill(max(children(launcher.pid)), signal.SIGKILL)
+    log = launcher.communicate(timeout=120)[1]
+    assert launcher.returncode == 1
+    assert ("ended, killed by SIGKILL (the kernel's out-of-memory killer sends it: was the host's memory full?) "
+            "(its messages are above); rerun the same command to continue from the last finished epoch") in log
 
 
 def test_a_rank_count_that_contradicts_torchrun_is_refused(tmp_path):
