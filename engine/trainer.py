@@ -9,6 +9,7 @@ with real epochs and checkpoints so that a killed run continues from its last fi
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import sys
@@ -169,22 +170,29 @@ class ProtocolState:
     best_phase: str = ""
     switch_epoch: int | None = None  # last AdamW epoch; SGD starts after it
     epochs_without_improvement: int = 0
-    stop_reason: str | None = None  # "patience" | "max_epochs" once training is over
+    stop_reason: str | None = None  # "patience" | "max_epochs" | "diverged" once training is over
 
 
-def record_epoch(state: ProtocolState, eval_acc: float, patience: int, max_epochs: int | None) -> tuple[bool, str]:
+def record_epoch(state: ProtocolState, eval_acc: float, patience: int, max_epochs: int | None,
+                 diverged: bool = False) -> tuple[bool, str]:
     """Account for one finished epoch. Returns (new best?, action) with action one of continue, switch, stop.
 
     A new best must beat the best of every epoch so far, in either phase. The switch comes after exactly
     `patience` epochs without one (the authors' code switched after patience - 1: an off-by-one we do not copy).
+
+    An epoch whose weights `diverged` (no longer finite) is no new best, and it ends its phase at once: non-finite
+    weights stay non-finite, so the authors' loop would spend `patience` more epochs at the same chance accuracy
+    and then end the phase with the same best. Before any best exists there is nothing to go back to, and such an
+    epoch counts as any other.
     """
     state.epoch += 1
-    improved = eval_acc > state.best_acc
+    has_best = state.best_epoch > 0
+    improved = eval_acc > state.best_acc and not (diverged and has_best)
     if improved:
         state.best_acc, state.best_epoch, state.best_phase = eval_acc, state.epoch, state.phase
         state.epochs_without_improvement = 0
     else:
-        state.epochs_without_improvement += 1
+        state.epochs_without_improvement = patience if diverged else state.epochs_without_improvement + 1
     action = "continue"
     if max_epochs is not None and state.epoch >= max_epochs:
         state.stop_reason, action = "max_epochs", "stop"
@@ -192,8 +200,17 @@ def record_epoch(state: ProtocolState, eval_acc: float, patience: int, max_epoch
         state.phase, state.switch_epoch, state.epochs_without_improvement = FINAL_PHASE, state.epoch, 0
         action = "switch"
     elif state.epochs_without_improvement >= patience:
-        state.stop_reason, action = "patience", "stop"
+        state.stop_reason, action = "diverged" if diverged else "patience", "stop"
     return improved, action
+
+
+def has_diverged(model: nn.Module, train_loss: float) -> bool:
+    """Whether training left the weights non-finite. Asked only after an epoch whose loss was not finite, which
+    can also be a few overflowing fp16 steps that the GradScaler skipped, leaving the weights as they were."""
+    if math.isfinite(train_loss):
+        return False
+    finite = torch.stack([torch.isfinite(parameter).all() for parameter in model.parameters()]).all()
+    return not bool(finite)  # one device sync
 
 
 # --- One epoch -------------------------------------------------------------------------------------------------------
@@ -403,7 +420,11 @@ def fit(model: nn.Module, train_batches, eval_batches, config: RunConfig, run_di
             if first_epoch_here:
                 _say_if_cuda_graphs_were_skipped(config)
                 first_epoch_here = False
-            improved, action = record_epoch(state, row["eval_acc"], config.patience, config.max_epochs)
+            diverged = has_diverged(model, row["train_loss"])
+            if diverged:
+                log.warning("epoch %d: the weights are no longer finite (training loss %s); the %s phase ends here",
+                            state.epoch + 1, row["train_loss"], state.phase)
+            improved, action = record_epoch(state, row["eval_acc"], config.patience, config.max_epochs, diverged)
             history.append(_rounded(row))
             if improved and main:
                 writer.save(run_dir / BEST, {"model": model.state_dict(), "epoch": state.epoch,
@@ -417,7 +438,7 @@ def fit(model: nn.Module, train_batches, eval_batches, config: RunConfig, run_di
             if main:
                 _save_resume_point(writer, run_dir, model, optimizer, precision, state, history, wall_s)
                 write_metrics(run_dir / METRICS, history)
-            _log_epoch(row, improved, action, state)
+            _log_epoch(row, improved, action, state, diverged)
     finally:
         if writer is not None:
             writer.close()
@@ -437,9 +458,9 @@ def _rounded(row: dict) -> dict:
     return {key: round(value, 6) if isinstance(value, float) else value for key, value in row.items()}
 
 
-def _log_epoch(row: dict, improved: bool, action: str, state: ProtocolState) -> None:
-    note = {"switch": f"; no new best for {state.epoch - state.best_epoch} epochs: reloaded epoch "
-                      f"{state.best_epoch}, switching to SGD",
+def _log_epoch(row: dict, improved: bool, action: str, state: ProtocolState, diverged: bool) -> None:
+    why = "the weights diverged" if diverged else f"no new best for {state.epoch - state.best_epoch} epochs"
+    note = {"switch": f"; {why}: reloaded epoch {state.best_epoch}, switching to SGD",
             "stop": f"; stopping ({state.stop_reason})"}.get(action, "")
     log.info("epoch %3d %-5s loss %.4f train %.2f %% eval %.2f %%%s | %s img/s, %.1f s + eval %.1f s%s",
              row["epoch"], row["phase"], row["train_loss"], row["train_acc"], row["eval_acc"],

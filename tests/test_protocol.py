@@ -45,6 +45,55 @@ def test_max_epochs_caps_both_phases():
     assert (state.epoch, state.stop_reason, state.best_acc) == (4, "max_epochs", 4)
 
 
+def test_diverged_weights_end_their_phase_at_once_and_are_never_the_best():
+    def drive_diverging(accuracies, diverged_at, patience):
+        state, actions = ProtocolState(), []
+        for epoch, accuracy in enumerate(accuracies, start=1):
+            improved, action = record_epoch(state, accuracy, patience, None, diverged=epoch in diverged_at)
+            actions.append((improved, action))
+            if action == "stop":
+                break
+        return state, actions
+
+    # AdamW diverges at epoch 3 (its chance accuracy, 40, above the best, is no best): switch there, not after
+    # epoch 7; SGD improves at 4, then diverges at 5: stop there, the best that of epoch 4.
+    state, actions = drive_diverging([20, 30, 40, 35, 90], diverged_at={3, 5}, patience=5)
+    assert actions == [(True, "continue"), (True, "continue"), (False, "switch"), (True, "continue"),
+                       (False, "stop")]
+    assert (state.switch_epoch, state.best_epoch, state.best_acc, state.stop_reason) == (3, 4, 35, "diverged")
+    # diverged before any best: nothing to go back to, so the epoch counts as any other
+    state, actions = drive_diverging([10, 20], diverged_at={1}, patience=5)
+    assert actions == [(True, "continue"), (True, "continue")] and state.phase == "adamw"
+
+
+def test_fit_goes_back_to_the_best_weights_when_training_diverges(tmp_path, caplog):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    batches = TensorBatches(torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,)))
+    config = RunConfig(backbone="toy", data="toy", dataset="toy", data_path=".", image_size=(2, 2), augment=False,
+                       patience=10, max_epochs=4, out=str(tmp_path))
+    evaluation, training = ScriptedEvaluation([30, 40, 33, 20]), RecordingTraining()
+
+    def diverging_at_epoch_2(model, batches, optimizer, precision, epoch, *args):
+        row = training(model, batches, optimizer, precision, epoch, *args)
+        if epoch == 2:  # as a learning rate too high for the model would leave it
+            with torch.no_grad():
+                model[1].weight.fill_(float("nan"))
+            row["train_loss"] = float("nan")
+        return row
+
+    with caplog.at_level(logging.INFO, logger="engine"):
+        outcome = fit(model, batches, batches, config, tmp_path, evaluate_fn=evaluation,
+                      train_fn=diverging_at_epoch_2, progress="off")
+    messages = [record.getMessage() for record in caplog.records]
+    assert "epoch 2: the weights are no longer finite (training loss nan); the adamw phase ends here" in messages
+    assert any("the weights diverged: reloaded epoch 1, switching to SGD" in message for message in messages)
+    assert (outcome.state.switch_epoch, outcome.state.best_epoch, outcome.state.best_acc) == (2, 3, 33)
+    sgd_start_weights = training.starts[2][0]
+    for key, value in evaluation.weights_at_eval[0].items():  # SGD starts from epoch 1's finite weights
+        assert torch.equal(sgd_start_weights[key], value)
+
+
 class ScriptedEvaluation:
     """Stands in for `evaluate`: returns the scripted accuracy of each epoch, and remembers the weights."""
 
