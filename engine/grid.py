@@ -356,7 +356,7 @@ def _worker_slots(cells: list[Cell], train_flags: list[str]) -> list[dict]:
     """Environment overrides for each concurrent cell: per GPU (per group of a cell's `--gpus N`), as many as
     packing pays for; the CPU: one."""
     gpus = visible_gpus()
-    if not gpus:
+    if not gpus or _flag_value(train_flags, "--device") == "cpu":  # CPU cells side by side would share the cores
         return [{}]
     per_cell = gpus_per_cell(train_flags)
     per_gpu = packed_concurrency(cells, train_flags) if per_cell == 1 else 1  # packing was measured on one GPU

@@ -362,6 +362,7 @@ def test_local_cells_train_on_the_gpus_the_user_left_visible(tmp_path, monkeypat
     assert [slot["CUDA_VISIBLE_DEVICES"] for slot in grid._worker_slots(cells, ["--gpus=5"])] == ["0,1,2,3,4"]
     with pytest.raises(UserInputError, match="each cell trains on 6 GPUs .* shows 5"):
         grid._worker_slots(cells, grid.with_cell_gpus([], gpus_per_task=6))
+    assert grid._worker_slots(cells, ["--device", "cpu", "--gpus", "6"]) == [{}]  # CPU processes: one cell at a time
 
 
 @pytest.mark.parametrize("flags, says", [
