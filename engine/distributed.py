@@ -250,8 +250,8 @@ def launch(processes: int, device: str, argv: list[str]) -> int:
         if any(failure.exitcode == USAGE_ERROR for failure in err.failures.values()):
             return USAGE_ERROR  # bad input, named in one line by the rank that met it
         rank, failure = err.get_first_failure()  # the cause; the others were stopped because of it
-        log.error("rank %d of %d ended, %s (its messages are above); rerun the same command to continue from the "
-                  "last finished epoch", rank, processes, how_it_ended(failure.exitcode))
+        log.error("rank %d of %d ended, %s. Its messages, if any, are above; rerun the same command to continue "
+                  "from the last finished epoch", rank, processes, how_it_ended(failure.exitcode))
         return failure.exitcode if failure.exitcode > 0 else 1
     finally:
         log_dir.cleanup()

@@ -240,8 +240,8 @@ def test_a_rank_killed_by_a_signal_is_named_with_it(tmp_path):
     os.kill(max(children(launcher.pid)), signal.SIGKILL)
     log = launcher.communicate(timeout=120)[1]
     assert launcher.returncode == 1
-    assert ("ended, killed by SIGKILL (the kernel's out-of-memory killer sends it: was the host's memory full?) "
-            "(its messages are above); rerun the same command to continue from the last finished epoch") in log
+    assert ("ended, killed by SIGKILL (the kernel's out-of-memory killer sends it: was the host's memory full?). "
+            "Its messages, if any, are above; rerun the same command to continue from the last finished epoch") in log
 
 
 def test_a_rank_count_that_contradicts_torchrun_is_refused(tmp_path):
