@@ -308,9 +308,9 @@ def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fraction
     from engine.locks import held_alone
 
     grid_module.check_cell_flags(ctx.args)
+    _cell_settings(ctx.args)  # a bad flag (--gpus 0 among them) fails here, before its value is read
     train_flags = grid_module.with_cell_gpus(ctx.args, gpus_per_task)
-    # parsed as each cell's `engine train` will: a bad flag fails here, before any cell starts
-    train_params = train.make_context("train", ["--backbone", "resnet50", "--data", "demo", *train_flags]).params
+    train_params = _cell_settings(train_flags)
     cells = grid_module.expand_cells(backbones, datasets, seeds, fractions)
     grid_module.check_done_cells(cells, Path(out), train_flags, train_params)
     if dry_run:
@@ -327,6 +327,12 @@ def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fraction
                                              time_min, array_parallelism)
     if result["failed"]:
         sys.exit(1)
+
+
+def _cell_settings(train_flags: list[str]) -> dict:
+    """The settings of a grid cell's `engine train`, its flags parsed as that command will parse them, so that a bad
+    flag fails before any cell starts, its message naming `engine train --help`."""
+    return train.make_context("engine train", ["--backbone", "resnet50", "--data", "demo", *train_flags]).params
 
 
 @cli.command()

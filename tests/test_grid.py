@@ -389,6 +389,10 @@ def test_grid_gpus_per_cell_is_one_setting(tmp_path, capsys):
     assert result.returncode == 2
     assert result.stderr.strip() == ("engine: error: --gpus-per-task 4 and --gpus 2 disagree on the GPUs a cell "
                                      "trains on; give one of them")
+    zero = run_main(capsys, "grid", "--backbones", "mobilenet_v3_large", "--datasets", "demo", "--seeds", "0",
+                    "--out", str(tmp_path), "--gpus-per-task", "4", "--gpus", "0", "--dry-run")
+    assert zero.returncode == 2 and zero.stderr.strip() == (
+        "engine: error: Invalid value for '--gpus': 0 is not in the range x>=1. (see `engine train --help`)")
 
 
 def test_slurm_cells_with_several_gpus_train_on_all_of_them(tmp_path, monkeypatch):
