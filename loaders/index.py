@@ -16,6 +16,7 @@ from engine.errors import UserInputError
 from engine.loaders.splits import Sample, stratified_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+SPLIT_FOLDERS = ("train", "val", "test")  # the folders of a dataset laid out as train/<class>/ and test/<class>/
 
 log = logging.getLogger("engine")
 
@@ -83,6 +84,15 @@ def _say_missing_classes(split_dir: str, missing: tuple[str, ...], total: int) -
                     split_dir, len(missing), total, ", ".join(missing))
 
 
+@lru_cache(maxsize=None)
+def _say_left_out(root: str, folders: tuple[str, ...]) -> None:
+    """Beside train/ and test/, other folders are not read: a class folder put at the top by mistake would
+    otherwise be missing from the run without a word."""
+    if folders:
+        log.warning("%s: %s left out (a dataset with train/ reads only train/, val/ and test/)", root,
+                    ", ".join(f"{name}/" for name in folders))
+
+
 def scan_dataset(root: str | Path, name: str | None = None, test_split: float = 0.2) -> DatasetIndex:
     root = Path(root).expanduser()
     name = name or root.resolve().name
@@ -94,6 +104,7 @@ def scan_dataset(root: str | Path, name: str | None = None, test_split: float = 
         classes, train = _scan_split(root, root / "train", None)
         _, test = _scan_split(root, root / "test", classes)
         val = _scan_split(root, root / "val", classes)[1] if (root / "val").is_dir() else None
+        _say_left_out(str(root), tuple(d.name for d in _class_dirs(root) if d.name not in SPLIT_FOLDERS))
         return DatasetIndex(name, root, classes, train, test, val, layout="train/test")
     if not _class_dirs(root):
         raise UserInputError(f"dataset folder {root} is empty: expected train/<class>/ and test/<class>/ "

@@ -76,6 +76,16 @@ def test_a_test_folder_without_some_training_classes_is_named_in_a_warning(tiny_
     assert "test has no folder for 1 of the 3 training classes (green): its accuracy leaves them out" in caplog.text
 
 
+def test_folders_beside_train_and_test_are_named_as_left_out(tiny_dataset, caplog):
+    write_image(tiny_dataset / "yellow" / "y.png", (200, 200, 0))  # a class folder put at the top by mistake
+    (tiny_dataset / ".engine-cache").mkdir()  # hidden: the engine's own, said nothing of
+    with caplog.at_level("WARNING", logger="engine"):
+        index = scan_dataset(tiny_dataset)
+    assert index.classes == ["blue", "green", "red"]
+    assert caplog.messages == [f"{tiny_dataset}: yellow/ left out (a dataset with train/ reads only train/, val/ "
+                               f"and test/)"]
+
+
 def test_unknown_dataset_name(tmp_path):
     with pytest.raises(UserInputError, match="unknown dataset 'cifar11'"):
         resolve_dataset("cifar11", tmp_path)
