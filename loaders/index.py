@@ -8,6 +8,7 @@ Labels are the class folders' positions in sorted order of the training classes.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -47,9 +48,11 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _images_in(class_dir: Path) -> list[Path]:
-    return sorted(p for p in class_dir.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith("."))
+def _files_in(class_dir: Path) -> tuple[list[Path], list[Path]]:
+    """The images under a class folder, sorted, and its other files (hidden ones aside)."""
+    files = [p for p in class_dir.rglob("*") if not p.name.startswith(".") and p.is_file()]
+    return (sorted(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS),
+            [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS])
 
 
 def _scan_split(root: Path, split_dir: Path, classes: list[str] | None) -> tuple[list[str], list[Sample]]:
@@ -62,14 +65,17 @@ def _scan_split(root: Path, split_dir: Path, classes: list[str] | None) -> tuple
         raise UserInputError(f"{split_dir} has one class folder ({names[0]}); a classifier needs two or more")
     label_of = {name: label for label, name in enumerate(names)}
     samples: list[Sample] = []
+    others: list[Path] = []
     for class_dir in class_dirs:
         if class_dir.name not in label_of:
             raise UserInputError(f"class folder {class_dir} has no counterpart in {root / 'train'}")
-        images = _images_in(class_dir)
+        images, not_images = _files_in(class_dir)
+        others += not_images
         if not images:
             raise UserInputError(f"class folder {class_dir} has no images "
                                  f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
         samples += [(p.relative_to(root).as_posix(), label_of[class_dir.name]) for p in images]
+    _say_other_files(str(split_dir), tuple(sorted(Counter(p.suffix.lower() or p.name for p in others).items())))
     if classes is not None:
         _say_missing_classes(str(split_dir), tuple(sorted(set(classes) - {d.name for d in class_dirs})), len(classes))
     return names, samples
@@ -82,6 +88,16 @@ def _say_missing_classes(split_dir: str, missing: tuple[str, ...], total: int) -
     if missing:
         log.warning("%s has no folder for %d of the %d training classes (%s): its accuracy leaves them out",
                     split_dir, len(missing), total, ", ".join(missing))
+
+
+@lru_cache(maxsize=None)
+def _say_other_files(split_dir: str, kinds: tuple[tuple[str, int], ...]) -> None:
+    """Files in class folders that are not images of a kind the loaders read (.gif, .jfif, .avif; notes) are left
+    out; said, since an image of another kind would otherwise vanish from the run without a word."""
+    if kinds:
+        log.warning("%s: %d files left out (%s), not of the image kinds the engine reads (%s)", split_dir,
+                    sum(count for _, count in kinds), ", ".join(f"{count} {kind}" for kind, count in kinds),
+                    ", ".join(IMAGE_EXTENSIONS))
 
 
 @lru_cache(maxsize=None)

@@ -76,6 +76,18 @@ def test_a_test_folder_without_some_training_classes_is_named_in_a_warning(tiny_
     assert "test has no folder for 1 of the 3 training classes (green): its accuracy leaves them out" in caplog.text
 
 
+def test_files_that_are_not_images_of_a_kind_the_loaders_read_are_counted_as_left_out(tiny_dataset, caplog):
+    for name in ("red/a.gif", "red/b.GIF", "green/sub/c.jfif", "green/notes.txt", "blue/README", "blue/.DS_Store"):
+        (tiny_dataset / "train" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tiny_dataset / "train" / name).write_bytes(b"x")
+    with caplog.at_level("WARNING", logger="engine"):
+        index = scan_dataset(tiny_dataset)
+    assert len(index.train) == 3 * 12
+    assert caplog.messages == [f"{tiny_dataset / 'train'}: 5 files left out (2 .gif, 1 .jfif, 1 .txt, 1 README), "
+                               f"not of the image kinds the engine reads (.jpg, .jpeg, .png, .bmp, .tif, .tiff, "
+                               f".webp, .ppm, .pgm)"]
+
+
 def test_folders_beside_train_and_test_are_named_as_left_out(tiny_dataset, caplog):
     write_image(tiny_dataset / "yellow" / "y.png", (200, 200, 0))  # a class folder put at the top by mistake
     (tiny_dataset / ".engine-cache").mkdir()  # hidden: the engine's own, said nothing of
