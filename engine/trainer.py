@@ -422,8 +422,8 @@ def fit(model: nn.Module, train_batches, eval_batches, config: RunConfig, run_di
                 first_epoch_here = False
             diverged = has_diverged(model, row["train_loss"])
             if diverged:
-                log.warning("epoch %d: the weights are no longer finite (training loss %s); the %s phase ends here",
-                            state.epoch + 1, row["train_loss"], state.phase)
+                log.warning("epoch %d: the weights are no longer finite (training loss %s)", state.epoch + 1,
+                            row["train_loss"])
             improved, action = record_epoch(state, row["eval_acc"], config.patience, config.max_epochs, diverged)
             history.append(_rounded(row))
             if improved and main:

@@ -86,7 +86,7 @@ def test_fit_goes_back_to_the_best_weights_when_training_diverges(tmp_path, capl
         outcome = fit(model, batches, batches, config, tmp_path, evaluate_fn=evaluation,
                       train_fn=diverging_at_epoch_2, progress="off")
     messages = [record.getMessage() for record in caplog.records]
-    assert "epoch 2: the weights are no longer finite (training loss nan); the adamw phase ends here" in messages
+    assert "epoch 2: the weights are no longer finite (training loss nan)" in messages
     assert any("the weights diverged: reloaded epoch 1, switching to SGD" in message for message in messages)
     assert (outcome.state.switch_epoch, outcome.state.best_epoch, outcome.state.best_acc) == (2, 3, 33)
     sgd_start_weights = training.starts[2][0]
