@@ -28,10 +28,13 @@ def hub_cache_path(url: str) -> Path:
 
 
 def load_pretrained_state(url: str) -> dict[str, torch.Tensor]:
-    """The ImageNet state dict from the hub cache, downloading it first when it is missing."""
+    """The ImageNet state dict from the hub cache, downloading it first when it is missing. A download is checked
+    against the SHA-256 prefix in its file name (torchvision's `<name>-<sha256 prefix>.pth`, as torchvision itself
+    checks), so a file cut short or altered on the way is refused, not cached."""
     cached = hub_cache_path(url)
     try:
-        obj = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, weights_only=True)
+        obj = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, weights_only=True,
+                                                 check_hash=True)
     except (urllib.error.URLError, OSError, RuntimeError) as err:
         if cached.exists():
             raise WeightsUnavailableError(f"cached weights {cached} are unreadable ({err}); delete the file "

@@ -113,6 +113,28 @@ def test_offline_without_cached_weights_names_file_and_url(monkeypatch):
     assert "--no-pretrained" in message
 
 
+def test_a_download_whose_checksum_differs_is_refused_and_not_cached(monkeypatch, tmp_path):
+    """torchvision names each file by its SHA-256 prefix (resnet50-11ad3fa6.pth): a download that does not hash to
+    it (cut short, altered on the way) must not land in the cache, where every later run would load it."""
+    import io
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    served = (tmp_path / "other.pth").read_bytes()
+
+    class Response(io.BytesIO):  # what urlopen answers, with another file's bytes
+        def info(self):
+            return self
+
+        def get_all(self, header):  # the response's headers: only Content-Length is asked
+            return [str(len(served))]
+
+    monkeypatch.setattr(torch.hub, "urlopen", lambda request: Response(served))
+    spec = get_backbone_spec("resnet50")
+    with pytest.raises(WeightsUnavailableError, match="invalid hash value"):
+        build_backbone("resnet50", 4, pretrained=True)
+    cached = hub_cache_path(spec.weights_url)
+    assert not cached.exists() and not list(cached.parent.glob("*.partial"))
+
+
 def test_weights_file_full_model_loads_exactly(tmp_path):
     torch.manual_seed(3)
     source = build_backbone("shufflenet_v2_x2_0", 3)
