@@ -481,7 +481,9 @@ def _run(argv: list[str] | None) -> None:
         _fail(err.format_message())
     except UserInputError as err:
         _fail(str(err), echo=not getattr(err, "replica", False))  # rank 0 says what all ranks of a run met
-    except (KeyboardInterrupt, click.Abort):
+    except (KeyboardInterrupt, click.Abort) as stopped:
+        if isinstance(stopped.__cause__, EOFError):  # click makes every EOFError an Abort: a file cut short, no Ctrl-C
+            raise stopped.__cause__ from None
         click.echo(INTERRUPTED_MESSAGE, err=True)
         sys.exit(INTERRUPTED)
     except Terminated:

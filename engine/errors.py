@@ -10,6 +10,12 @@ TERMINATED = 143  # 128 + SIGTERM, as shells report it
 TERMINATED_MESSAGE = "engine: stopped (SIGTERM); rerun the same command to continue"
 
 
+def first_sentence(error: BaseException) -> str:
+    """An error's message cut to its first sentence (torch's reasons for an unreadable file run to a paragraph of
+    advice), or its type's name where it has none."""
+    return str(error).strip().split(". ")[0] or type(error).__name__
+
+
 def how_it_ended(exit_code: int) -> str:
     """A child process's end in words: its exit code, or the signal that killed it (a negative code, as subprocess
     and torchrun give it). Such a process wrote no error of its own, so the signal is all there is to say."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import UserInputError
+from engine.errors import UserInputError, first_sentence
 
 METRICS_COLUMNS = ["epoch", "phase", "lr", "train_loss", "train_acc", "eval_acc", "images_per_s", "epoch_s", "eval_s"]
 CONFIG, FILES, METRICS, LOG, BEST, LAST, RESULT = (
@@ -89,9 +89,8 @@ def load_checkpoint(path: Path) -> dict:
         # Our own files: they hold numpy and Python RNG states besides tensors, so the full unpickler is needed.
         return torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        reason = str(err).strip().split(". ")[0] or type(err).__name__
-        raise UserInputError(f"{path} is not a readable checkpoint ({reason}); rerun with --force to train the run "
-                             f"from the start") from None
+        raise UserInputError(f"{path} is not a readable checkpoint ({first_sentence(err)}); rerun with --force to "
+                             f"train the run from the start") from None
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:

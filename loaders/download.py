@@ -5,14 +5,17 @@ killed process; it is renamed to `<file>` only once complete and, where a checks
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
+import lzma
 import socket
 import tarfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 from engine.errors import UserInputError, is_path_problem
@@ -110,10 +113,25 @@ def _lasting(err: Exception) -> str | None:
     return None
 
 
+# What a zip or tar cut short or damaged raises while it is read: gzip's end of stream (EOFError), its format
+# (gzip.BadGzipFile), zlib's and lzma's data errors, tarfile's and zipfile's own (a member's CRC among them).
+DAMAGED_ARCHIVE = (EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError, tarfile.TarError, zipfile.BadZipFile)
+
+
 def extract(archive: Path, into: Path) -> Path:
-    """Unpack a zip or tar (.tar, .tar.gz, .tgz) into `into`, refusing members that would land outside it."""
+    """Unpack a zip or tar (.tar, .tar.gz, .tgz) into `into`, refusing members that would land outside it. An
+    archive cut short or damaged is one line naming it."""
     into.mkdir(parents=True, exist_ok=True)
     log.info("extracting %s", archive)
+    try:
+        _extract(archive, into)
+    except DAMAGED_ARCHIVE as err:
+        raise UserInputError(f"{archive} is cut short or damaged ({type(err).__name__}: {err}); fetch it "
+                             f"again") from None
+    return into
+
+
+def _extract(archive: Path, into: Path) -> None:
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as bundle:
             for member in bundle.namelist():
@@ -123,6 +141,12 @@ def extract(archive: Path, into: Path) -> Path:
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as bundle:
             bundle.extractall(into, filter="data")
+    elif _starts_as_zip(archive):  # a zip's directory is at its end: cut short, it is no zip to is_zipfile
+        raise zipfile.BadZipFile("its directory, at the end of a zip, is missing")
     else:
         raise UserInputError(f"{archive} is neither a zip nor a tar archive")
-    return into
+
+
+def _starts_as_zip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"

@@ -43,6 +43,16 @@ def _fetch(spec, root: Path) -> tuple[list[Path], dict[str, str]]:
     return paths, checksums
 
 
+def _say_other_copies(spec, checksums: dict[str, str]) -> None:
+    """A --from file named as a published source but with another checksum is another version or a copy cut short:
+    said (its preparation may still succeed, from a mirror's repackaging), and its MD5 goes into meta.json."""
+    published = {source.filename: source.md5 for source in spec.files if source.md5}
+    for name, md5 in checksums.items():
+        if name in published and md5 != published[name]:
+            log.warning("%s is not the published file (MD5 %s, published %s): another version, or a copy cut "
+                        "short; preparing it all the same", name, md5, published[name])
+
+
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".gz")
 
 
@@ -130,6 +140,7 @@ def _prepare(spec, root: Path, target: Path, source: Path | None, split_by: str 
                 raise UserInputError(f"--from {source} does not exist")
             files = [source] if source.is_file() else _source_files(source)
             checksums = {path.name: md5_of(path) for path in files or []}
+            _say_other_copies(spec, checksums)
         else:
             files, checksums = _fetch(spec, root)
         raw = _unpack(files, work) if files is not None else source

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-import urllib.error
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from engine.errors import UserInputError, WeightsUnavailableError
+from engine.errors import UserInputError, WeightsUnavailableError, first_sentence
 from engine.results import CONFIG, read_json
 
 log = logging.getLogger("engine")
@@ -35,13 +34,13 @@ def load_pretrained_state(url: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, weights_only=True,
                                                  check_hash=True)
-    except (urllib.error.URLError, OSError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001 - a failed download or an unreadable file (torch.load's many kinds)
         if cached.exists():
-            raise WeightsUnavailableError(f"cached weights {cached} are unreadable ({err}); delete the file "
-                                          f"and retry, or train with --no-pretrained") from err
+            raise WeightsUnavailableError(f"cached weights {cached} are unreadable ({first_sentence(err)}); delete "
+                                          f"the file and retry, or train with --no-pretrained") from err
         raise WeightsUnavailableError(
-            f"pretrained weights not in the cache and not downloadable ({type(err).__name__}: {err}); "
-            f"download {url} to {cached}, or train with --no-pretrained") from err
+            f"pretrained weights not in the cache and not downloadable ({type(err).__name__}: "
+            f"{first_sentence(err)}); download {url} to {cached}, or train with --no-pretrained") from err
     return unwrap_state_dict(obj, cached)
 
 

@@ -171,6 +171,29 @@ def test_dtd_partition_one(tmp_path):
     assert meta["counts"] == {"train": 3, "test": 2} and "partition 1" in meta["split"]
 
 
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_an_archive_cut_short_is_one_line_naming_it_not_an_interrupt(tmp_path, capsys, caplog, kind):
+    """A --from copy cut short (an interrupted browser download) failed in gzip's EOFError, which click reported
+    as an interrupt, or, a zip, as no archive at all. It is named as damaged, and a checksum other than the
+    published file's is said first."""
+    files = {f"dtd/images/{c}/{c}_{i:04d}.jpg": np.random.default_rng(i).bytes(40000) for c in ("banded", "dotted")
+             for i in range(4)}
+    whole = (make_tar if kind == "tar.gz" else make_zip)(tmp_path / f"whole.{kind}", files)
+    cut = tmp_path / ("dtd-r1.0.1.tar.gz" if kind == "tar.gz" else "dtd.zip")
+    cut.write_bytes(whole.read_bytes()[:len(whole.read_bytes()) // 2])
+    with caplog.at_level(logging.WARNING, logger="engine"), pytest.raises(SystemExit) as exited:
+        main(["data", "prepare", "dtd", "--root", str(tmp_path / "data"), "--from", str(cut)])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exited.value.code == 2
+    reason = "EOFError: Compressed file ended" if kind == "tar.gz" else "BadZipFile: its directory, at the end"
+    assert error.startswith(f"engine: error: {cut} is cut short or damaged ({reason}") and error.endswith(
+        "; fetch it again")
+    if kind == "tar.gz":  # named as the published file: its checksum differs, and that is said
+        assert any(message.startswith("dtd-r1.0.1.tar.gz is not the published file (MD5 ")
+                   and "published fff73e5086ae6bdbea199a49dfb8a4c1)" in message for message in caplog.messages)
+    assert not (tmp_path / "data" / "dtd").exists()
+
+
 def test_food101_json_splits(tmp_path):
     files = {f"food-101/images/{c}/{i}.jpg": image_bytes((i, 0, 0)) for c in ("pizza", "sushi") for i in range(3)}
     files["food-101/meta/train.json"] = json.dumps({"pizza": ["pizza/0", "pizza/1"], "sushi": ["sushi/0"]}).encode()

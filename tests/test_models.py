@@ -7,7 +7,7 @@ import torch
 
 from engine.errors import UserInputError, WeightsUnavailableError
 from engine.models import build_backbone, get_backbone_spec, hub_cache_path, list_backbones
-from tests.conftest import REPO
+from tests.conftest import REPO, run_main
 
 PAPER_BACKBONES = {row["backbone"]: row for row in csv.DictReader(open(REPO / "engine" / "paper" / "backbones.csv"))}
 
@@ -111,6 +111,34 @@ def test_offline_without_cached_weights_names_file_and_url(monkeypatch):
     assert spec.weights_url in message
     assert str(hub_cache_path(spec.weights_url)) in message
     assert "--no-pretrained" in message
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04cut", bytes(range(256)) * 20])
+def test_an_unreadable_cached_file_is_named_with_what_to_do(content):
+    """Empty, a zip cut short, or not a torch file at all: one line (an empty one was read as an interrupt, the
+    others ended in torch.load's traceback), torch's reason cut to its first sentence."""
+    cached = hub_cache_path(get_backbone_spec("wavemix").weights_url)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(content)
+    with pytest.raises(WeightsUnavailableError) as caught:
+        build_backbone("wavemix", 3, pretrained=True)
+    message = str(caught.value)
+    assert message.startswith(f"cached weights {cached} are unreadable (") and message.endswith(
+        "); delete the file and retry, or train with --no-pretrained") and "If you are seeing" not in message
+
+
+def test_an_eof_error_is_not_reported_as_an_interrupt(monkeypatch, capsys):
+    """click turns every EOFError into its Abort, which reads as Ctrl-C; an EOFError nothing caught is a bug or a
+    file cut short, and keeps its traceback."""
+    from engine import models
+
+    def cut_short(*args, **kwargs):
+        raise EOFError("Ran out of input")
+
+    monkeypatch.setattr(models, "list_backbones", cut_short)
+    with pytest.raises(EOFError, match="Ran out of input"):
+        run_main(capsys, "backbones")
+    assert "interrupted" not in capsys.readouterr().err
 
 
 def test_a_download_whose_checksum_differs_is_refused_and_not_cached(monkeypatch, tmp_path):
