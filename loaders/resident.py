@@ -24,7 +24,7 @@ from PIL import Image
 
 from engine import distributed
 from engine.distributed import SINGLE, Shard
-from engine.errors import UserInputError
+from engine.errors import UserInputError, first_sentence
 from engine.locks import held_in_turn
 from engine.progress import Progress
 from engine.results import remove_unfinished_writes, replace_atomically
@@ -117,15 +117,36 @@ def decoded_images(index: DatasetIndex, samples: list[Sample], side: tuple[int, 
     """(N, H, W, 3) uint8 of the samples, from the disk cache, or decoded (and resized to `side` where a source
     image differs) and cached."""
     path = _cache_folder(index) / f"{_content_key(index, samples)}-{side[0]}x{side[1]}.npy"
-    if path.exists():
-        return np.load(path)
+    shape = (len(samples), side[0], side[1], 3)
+    copy = _read_copy(path, shape)
+    if copy is not None:
+        return copy
     # a grid's cells of one dataset start together on several GPUs: one decodes, using every core, the others
     # wait for its copy instead of each decoding the same images on a share of the cores
     with held_in_turn(path.with_name(f".{path.name}.lock"), f"decoding {index.name}'s images into {path}"):
-        if path.exists():
-            return np.load(path)
+        copy = _read_copy(path, shape, say_damage=True)
+        if copy is not None:
+            return copy
         remove_unfinished_writes(path.parent, path.name)  # a killed decode's
         return _decode_into(path, index, samples, side)
+
+
+def _read_copy(path: Path, shape: tuple[int, ...], say_damage: bool = False) -> np.ndarray | None:
+    """The decoded copy at `path`, or None where there is none or it is damaged (a disk fault, a copy cut short
+    by hand): it is a cache, decoded again rather than ending the run."""
+    if not path.exists():
+        return None
+    try:
+        copy = np.load(path)
+    except (ValueError, EOFError, OSError) as err:
+        problem = first_sentence(err)
+    else:
+        if copy.shape == shape and copy.dtype == np.uint8:
+            return copy
+        problem = f"{copy.dtype} {copy.shape}, not uint8 {shape}"
+    if say_damage:
+        log.warning("the decoded copy %s is damaged (%s): decoding again", path, problem)
+    return None
 
 
 def _decode_into(path: Path, index: DatasetIndex, samples: list[Sample], side: tuple[int, int]) -> np.ndarray:

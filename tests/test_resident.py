@@ -67,6 +67,26 @@ def test_runs_starting_together_decode_the_copy_once(tiny_dataset, monkeypatch):
     assert len(decoded) == len(index.train) and all((copy == copies[0]).all() for copy in copies)
 
 
+@pytest.mark.parametrize("damage", ["cut short", "another shape", "not numpy"])
+def test_a_damaged_decoded_copy_is_decoded_again(tiny_dataset, caplog, damage):
+    """The copy is a cache: a damaged one (a disk fault, a copy cut short by hand) is said and made again, where it
+    ended the run in numpy's traceback."""
+    import numpy as np
+
+    from engine.loaders.resident import decoded_images
+    index = scan_dataset(tiny_dataset)
+    first = decoded_images(index, index.train, (32, 32))
+    path = next((tiny_dataset / ".engine-cache").glob("*.npy"))
+    {"cut short": lambda: path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2]),
+     "another shape": lambda: np.save(path, first[:3]),
+     "not numpy": lambda: path.write_bytes(b"garbage")}[damage]()
+    with caplog.at_level("WARNING", logger="engine"):
+        again = decoded_images(index, index.train, (32, 32))
+    assert np.array_equal(again, first) and np.array_equal(np.load(path), first)
+    assert len(caplog.messages) == 1 and caplog.messages[0].startswith(f"the decoded copy {path} is damaged (")
+    assert caplog.messages[0].endswith("): decoding again")
+
+
 def test_images_of_different_sides_are_decoded_in_parallel_at_the_run_size_and_a_bad_one_is_named(tmp_path):
     from PIL import Image
 
