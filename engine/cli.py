@@ -123,12 +123,16 @@ def datasets(data_root: str | None) -> None:
 
 def _prepared_column(spec, root) -> str:
     """Whether the dataset is on disk under `root`: its prepared counts (and whether they differ from the paper's),
-    "yes" for the generated demo, "being prepared" by whom, or "no"."""
+    "yes" for the generated demo, "being prepared" by whom, "meta.json unreadable" (the other rows still listed),
+    or "no"."""
     from engine.loaders import is_ready, prepared_meta
     from engine.loaders.prepare import preparation_lock
     from engine.locks import holder
 
-    meta = prepared_meta(spec, root) if spec.obtain != "generated" else None
+    try:
+        meta = prepared_meta(spec, root) if spec.obtain != "generated" else None
+    except UserInputError:
+        return "meta.json unreadable (prepare it again with --force)"
     if meta:
         return f"{meta['counts']['train']}/{meta['counts']['test']}" + (" (differs)" if meta.get("count_warnings")
                                                                         else "")

@@ -242,6 +242,10 @@ def test_cli_prepare_then_train_from_the_prepared_layout(tmp_path, capsys):
                        str(tmp_path / "r"))
     assert trained.returncode == 0, trained.stderr
     assert json.loads((tmp_path / "r/mobilenet_v3_large/eurosat/f1/s0/config.json").read_text())["counts"]["test"] == 9
+    (root / "eurosat" / "meta.json").write_text('{"counts": ')  # damaged: the listing goes on and says so
+    listed = run_main(capsys, "datasets", "--data-root", str(root))
+    assert listed.returncode == 0 and any(line.startswith("eurosat") and " meta.json unreadable (prepare it again "
+                                          "with --force) " in line for line in listed.stdout.splitlines())
 
 
 def test_manual_datasets_say_what_to_do(tmp_path, capsys):
