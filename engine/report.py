@@ -243,7 +243,10 @@ def _csv(entries: list[Entry]) -> str:
 
 def write_plots(entries: list[Entry], folder: Path) -> list[Path]:
     """fraction_<dataset>.png for each dataset run at several fractions (Figures 1-2), and heatmap.png."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserInputError("--plots needs matplotlib: pip install 'engine[report]'") from None
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 

@@ -229,8 +229,9 @@ def children(pid: int) -> list[int]:
 
 def test_a_rank_killed_by_a_signal_is_named_with_it(tmp_path):
     """A rank the out-of-memory killer ends writes nothing; the launcher names the signal, not 'exit code -9'."""
-    out = tmp_path / "ddp"
-    launcher = engine(*DEMO, "--gpus", "2", "--device", "cpu", "--batch-size", "16", "--out", str(out))
+    out, data = tmp_path / "ddp", make_shaded_dataset(tmp_path / "d", {"train": 8, "test": 2}, side=16, darkest=0.4)
+    launcher = engine("train", "--backbone", "shufflenet_v2_x2_0", "--data", str(data), "--no-pretrained",
+                      "--image-size", "32", "--gpus", "2", "--device", "cpu", "--out", str(out))
     deadline = time.time() + 120
     while not list(out.rglob("config.json")) or len(children(launcher.pid)) < 2:  # both ranks at work
         if launcher.poll() is not None or time.time() > deadline:

@@ -1,6 +1,7 @@
 """`engine report`: tables from run folders beside the paper's numbers, in md, csv and latex; plots."""
 import csv
 import io
+import sys
 
 import pytest
 from PIL import Image
@@ -8,6 +9,7 @@ from PIL import Image
 from engine.cli import main
 from engine.report import paper_values
 from engine.results import write_json
+from tests.conftest import run_main
 
 # (dataset, fraction, backbone) -> test accuracy of seeds 0 and 1
 RUNS = {
@@ -81,6 +83,14 @@ def test_latex_and_plots(runs, capsys, tmp_path):
     curve = Image.open(tmp_path / "plots" / "fraction_cifar10.png")
     assert heat.format == curve.format == "PNG" and heat.size[0] > 200
     assert not (tmp_path / "plots" / "fraction_dtd.png").exists()  # one fraction only: no curve
+
+
+def test_plots_without_matplotlib_say_how_to_get_it_after_the_tables(runs, capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `pip install -e .` without the report extra
+    result = run_main(capsys, "report", str(runs), "--plots", str(tmp_path / "plots"))
+    assert result.returncode == 2 and "Table 1" in result.stdout
+    assert result.stderr.strip().splitlines()[-1] == ("engine: error: --plots needs matplotlib: pip install "
+                                                       "'engine[report]'")
 
 
 def test_tied_backbones_share_their_place_and_their_rank(tmp_path, capsys):
