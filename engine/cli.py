@@ -312,9 +312,8 @@ def grid(ctx: click.Context, backbones: str, datasets: str, seeds: str, fraction
     from engine.locks import held_alone
 
     grid_module.check_cell_flags(ctx.args)
-    _cell_settings(ctx.args)  # a bad flag (--gpus 0 among them) fails here, before its value is read
+    train_params = _cell_settings(ctx.args)  # a bad flag (--gpus 0 among them) fails here, before its value is read
     train_flags = grid_module.with_cell_gpus(ctx.args, gpus_per_task)
-    train_params = _cell_settings(train_flags)
     cells = grid_module.expand_cells(backbones, datasets, seeds, fractions)
     grid_module.check_done_cells(cells, Path(out), train_flags, train_params)
     if dry_run:

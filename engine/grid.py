@@ -218,11 +218,10 @@ def _builtin_datasets_left(cells: list[Cell], out: Path) -> list[str]:
     return [data for data in dict.fromkeys(cell.data for cell in _cells_left(cells, out)) if data in registry()]
 
 
-def datasets_waiting_for_user(cells: list[Cell], out: Path, train_params: dict) -> tuple[Path, list[str]]:
-    """The data root, and the built-in datasets with cells to run that only the user can make ready there."""
+def _waiting_for_user(datasets: list[str], train_params: dict) -> tuple[Path, list[str]]:
+    """The data root, and those of the built-in `datasets` that only the user can make ready there."""
     root = Path(train_params["data_root"]).expanduser() if train_params["data_root"] else default_data_root()
-    return root, [data for data in _builtin_datasets_left(cells, out)
-                  if waits_for_user(registry()[data], root, train_params["download"])]
+    return root, [data for data in datasets if waits_for_user(registry()[data], root, train_params["download"])]
 
 
 def prepare_datasets(cells: list[Cell], out: Path, train_params: dict) -> None:
@@ -230,11 +229,12 @@ def prepare_datasets(cells: list[Cell], out: Path, train_params: dict) -> None:
     as `engine train` would on first use, unless --no-download): an offline machine or a dataset to fetch by hand is
     said in one line, not in every cell's log, and Slurm cells find it prepared on a shared data root. Datasets to
     fetch by hand are all named at once, before any download, so that one rerun finds them all."""
-    root, waiting = datasets_waiting_for_user(cells, out, train_params)
+    datasets = _builtin_datasets_left(cells, out)
+    root, waiting = _waiting_for_user(datasets, train_params)
     if len(waiting) > 1:
         raise UserInputError(f"{len(waiting)} datasets of this grid are not prepared in {root}: {', '.join(waiting)}; "
                              f"`engine data prepare NAME --root {root}` prepares each, or says where to get it")
-    for data in waiting + _builtin_datasets_left(cells, out):  # one dataset waiting: its own message, first
+    for data in waiting + datasets:  # one dataset waiting: its own message, first
         resolve_dataset(data, train_params["data_root"], train_params["download"])
 
 
@@ -467,7 +467,7 @@ def dry_run(cells: list[Cell], out: Path, train_flags: list[str], train_params: 
     if unsized:
         lines.append(f"no estimate for the cells of {', '.join(sorted(unsized))}: not a built-in dataset, whose "
                      f"size is known ahead")
-    root, waiting = datasets_waiting_for_user(cells, out, train_params)
+    root, waiting = _waiting_for_user(_builtin_datasets_left(cells, out), train_params)
     if waiting:
         lines.append(f"not prepared in {root}, and the grid cannot fetch them: {', '.join(waiting)} "
                      f"(`engine data prepare NAME --root {root}` prepares each, or says where to get it)")
