@@ -57,6 +57,10 @@ def compiled(model: nn.Module, mode: str = "default") -> nn.Module:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    # said, since the first training and evaluation steps wait for it, silent on a bar or in a log file
+    log.info("compiling the model (torch.compile, mode %s): the first steps wait for it, a minute or so the first "
+             "time; its cache, %s, makes the next run of these shapes start faster", mode,
+             os.environ["TORCHINDUCTOR_CACHE_DIR"])
     # Static shapes: training drops its partial batch and evaluation pads its own, so the model sees two shapes
     # (the training and the evaluation batch); dynamo would otherwise turn the batch dimension dynamic when the
     # second appears, and compile the evaluation graph less specialised.

@@ -240,6 +240,18 @@ def test_a_long_epoch_in_a_log_file_says_how_far_it_is(monkeypatch, caplog):
     assert not caplog.records and row["train_loss"] > 0
 
 
+def test_compiling_is_said_before_the_first_steps_wait_for_it(tmp_path, monkeypatch, caplog):
+    """A compile holds the first steps a minute, silent on a bar or in a log file: it is said, with its cache."""
+    from engine import trainer
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    with caplog.at_level("INFO", logger="engine"):
+        trainer.compiled(nn.Linear(2, 2))  # lazy: nothing compiles until a call
+    assert caplog.messages == [f"compiling the model (torch.compile, mode default): the first steps wait for it, a "
+                               f"minute or so the first time; its cache, {tmp_path / 'inductor'}, makes the next "
+                               f"run of these shapes start faster"]
+
+
 def test_a_cuda_graph_mode_that_inductor_skipped_is_said_after_the_first_epoch(tmp_path, monkeypatch, caplog):
     from engine import trainer
 
