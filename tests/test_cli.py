@@ -37,6 +37,8 @@ def test_train_writes_a_complete_run_folder_and_skips_a_finished_run(tiny_datase
     rows = read_metrics(folder / "metrics.csv")
     assert [row["epoch"] for row in rows] == ["1", "2"]
     assert set(rows[0]) >= {"phase", "lr", "train_loss", "train_acc", "eval_acc", "images_per_s", "epoch_s"}
+    rates = [float(row["images_per_s"]) for row in rows]
+    assert result["images_per_s"] == pytest.approx(sum(rates) / 2, abs=1e-2)  # the median of two epochs
 
     again = run_main(capsys, "train", *FAST, "--data", str(tiny_dataset), "--max-epochs", "2", "--out", str(out))
     assert again.returncode == 0 and "is finished" in again.stderr and "epoch   1" not in again.stderr
@@ -384,6 +386,12 @@ def test_bad_dataset_folders_fail_with_one_line(capsys, tmp_path):
     (tmp_path / "hollow" / "train" / "yellow").mkdir()
     assert "train/yellow has no images" in one_line_error(capsys, *argv, str(tmp_path / "hollow"))
     assert not (tmp_path / "r").exists()
+
+
+def test_a_runs_rate_is_its_median_epochs_so_a_compile_does_not_pull_it_down():
+    from engine.run import typical_rate
+    first_compiled = [{"images_per_s": 0.56}, {"images_per_s": 130.0}, {"images_per_s": 128.0}]
+    assert typical_rate(first_compiled) == 128.0  # the mean would read 86.2
 
 
 def test_unreadable_image_fails_naming_the_file_and_leaves_no_result(tiny_dataset, tmp_path):
