@@ -8,6 +8,7 @@ the data root, or a path to a custom image folder.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from dataclasses import dataclass, field
 from functools import cache
@@ -20,6 +21,8 @@ from engine.errors import UserInputError
 from engine.loaders import sources
 from engine.loaders.demo import ensure_demo, is_current
 from engine.loaders.prepare import is_prepared, prepare_dataset, read_meta
+
+log = logging.getLogger("engine")
 
 # The paper resizes every dataset to 256x256 (BreakHis 448x672) and uses TrivialAugment except on BreakHis
 # and Galaxy10 (paper section 5); a custom folder gets the common case.
@@ -192,11 +195,20 @@ def _make_ready(spec: DatasetSpec, root: Path, download: bool) -> Path:
                          f"`engine data prepare {spec.name} --root {root} --from PATH`")
 
 
+@cache  # once a process, however often the dataset is resolved
+def _say_folder_of_a_builtin_name(name: str) -> None:
+    """A folder named as a built-in dataset, here: `--data NAME` means the built-in one (and may download it), which
+    the user who made the folder may not expect."""
+    log.warning("--data %s is the built-in dataset; for the folder %s here, give ./%s", name, name, name)
+
+
 def resolve_dataset(data: str, data_root: str | Path | None = None, download: bool = True) -> ResolvedDataset:
     """A registered dataset (made ready under the data root) or a custom folder at the path `data`."""
     root = Path(data_root).expanduser() if data_root else default_data_root()
     spec = registry().get(data)
     if spec is not None:
+        if Path(data).is_dir():
+            _say_folder_of_a_builtin_name(data)
         return ResolvedDataset(spec.name, _make_ready(spec, root, download), spec.image_size, spec.augment,
                                builtin=True)
     path = Path(data).expanduser()

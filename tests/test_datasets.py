@@ -248,6 +248,21 @@ def test_cli_prepare_then_train_from_the_prepared_layout(tmp_path, capsys):
                                           "with --force) " in line for line in listed.stdout.splitlines())
 
 
+def test_a_folder_named_as_a_builtin_dataset_is_pointed_out(tmp_path, monkeypatch, caplog):
+    """`--data eurosat` beside a folder eurosat/ of the user's means the built-in one (and would download it)."""
+    from engine.loaders import datasets
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "eurosat").mkdir()
+    datasets._say_folder_of_a_builtin_name.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="engine"), pytest.raises(UserInputError, match="--no-download"):
+        resolve_dataset("eurosat", tmp_path / "data", download=False)
+    assert caplog.messages == ["--data eurosat is the built-in dataset; for the folder eurosat here, give ./eurosat"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="engine"):
+        folder = resolve_dataset("./eurosat", tmp_path / "data", download=False)  # the folder, as the line says
+    assert not folder.builtin and folder.path.resolve() == tmp_path / "eurosat" and caplog.messages == []
+
+
 def test_manual_datasets_say_what_to_do(tmp_path, capsys):
     for name, expected in (("neu", "engine data prepare neu"), ("plantclef", "APPROXIMATE")):
         with pytest.raises(SystemExit) as exited:
