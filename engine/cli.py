@@ -104,11 +104,9 @@ DATA_ROOT_HELP = "Where built-in datasets live [default: $ENGINE_DATA or ~/.cach
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help=DATA_ROOT_HELP)
 def datasets(data_root: str | None) -> None:
     """List the built-in datasets: the paper's counts, how each is obtained, and whether it is prepared."""
-    from pathlib import Path
+    from engine.loaders import registry, resolve_data_root
 
-    from engine.loaders import default_data_root, registry
-
-    root = Path(data_root).expanduser() if data_root else default_data_root()
+    root = resolve_data_root(data_root)
     rows = [(spec.name, spec.domain, str(spec.classes), f"{spec.paper_counts['train']}/{spec.paper_counts['test']}",
              "x".join(map(str, spec.image_size)), "on" if spec.augment else "off", spec.obtain,
              _prepared_column(spec, root), spec.description) for spec in registry().values()]
@@ -161,9 +159,9 @@ def prepare(name: str, root: str | None, source: str | None, force: bool, split_
     or take --from; convert; check counts against the paper; write meta.json. Idempotent."""
     from pathlib import Path
 
-    from engine.loaders import default_data_root, get_dataset_spec, prepare_dataset, registry
+    from engine.loaders import get_dataset_spec, prepare_dataset, registry, resolve_data_root
 
-    root_path = Path(root).expanduser() if root else default_data_root()
+    root_path = resolve_data_root(root)
     if name == "all":
         if source:
             raise click.UsageError("--from takes one dataset's source, not `all`")

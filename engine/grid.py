@@ -22,8 +22,8 @@ import torch
 from engine.config import parse_image_size, run_folder
 from engine.distributed import die_with_parent
 from engine.errors import UserInputError, how_it_ended
-from engine.loaders import (CUSTOM_DEFAULT_AUGMENT, CUSTOM_DEFAULT_SIZE, default_data_root, registry, resolve_dataset,
-                            scan_dataset, waits_for_user)
+from engine.loaders import (CUSTOM_DEFAULT_AUGMENT, CUSTOM_DEFAULT_SIZE, registry, resolve_data_root,
+                            resolve_dataset, scan_dataset, waits_for_user)
 from engine.locks import holder
 from engine.models import get_backbone_spec, hub_cache_path, list_backbones, load_pretrained_state
 from engine.progress import readable_duration
@@ -220,7 +220,7 @@ def _builtin_datasets_left(cells: list[Cell], out: Path) -> list[str]:
 
 def _waiting_for_user(datasets: list[str], train_params: dict) -> tuple[Path, list[str]]:
     """The data root, and those of the built-in `datasets` that only the user can make ready there."""
-    root = Path(train_params["data_root"]).expanduser() if train_params["data_root"] else default_data_root()
+    root = resolve_data_root(train_params["data_root"])
     return root, [data for data in datasets if waits_for_user(registry()[data], root, train_params["download"])]
 
 

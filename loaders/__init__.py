@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from engine.errors import UnreadableImageError
 from engine.loaders.datasets import (CUSTOM_DEFAULT_AUGMENT, CUSTOM_DEFAULT_SIZE, DatasetSpec, ResolvedDataset,
-                                     default_data_root, get_dataset_spec, is_ready, prepared_meta, registry,
+                                     get_dataset_spec, is_ready, prepared_meta, registry, resolve_data_root,
                                      resolve_dataset, waits_for_user)
 from engine.loaders.prepare import prepare_dataset
 from engine.loaders.index import IMAGE_EXTENSIONS, SPLIT_SEED, DatasetIndex, scan_dataset
@@ -71,5 +71,5 @@ def select_samples(index: DatasetIndex, fraction: float, seed: int, select_on: s
 
 __all__ = ["CUSTOM_DEFAULT_AUGMENT", "CUSTOM_DEFAULT_SIZE", "fits_budget", "has_small_images", "ResidentBatches", "check_files", "leave_out", "unreadable_files", "DaliBatches", "dali_available", "DatasetSpec", "IMAGE_EXTENSIONS", "get_dataset_spec", "is_ready", "prepare_dataset", "prepared_meta",
            "registry", "PIPELINES", "SPLIT_SEED", "VAL_RATIO", "DatasetIndex", "ResolvedDataset",
-           "RunSamples", "Sample", "count_per_class", "default_data_root", "resolve_dataset", "scan_dataset",
+           "RunSamples", "Sample", "count_per_class", "resolve_data_root", "resolve_dataset", "scan_dataset",
            "select_samples", "stratified_fraction", "stratified_split"]

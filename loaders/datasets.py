@@ -163,8 +163,9 @@ class ResolvedDataset:
     builtin: bool
 
 
-def default_data_root() -> Path:
-    return Path(os.environ.get("ENGINE_DATA") or Path.home() / ".cache" / "engine" / "data").expanduser()
+def resolve_data_root(given: str | Path | None = None) -> Path:
+    """Where built-in datasets live: `given` (--data-root, --root), else $ENGINE_DATA, else ~/.cache/engine/data."""
+    return Path(given or os.environ.get("ENGINE_DATA") or Path.home() / ".cache" / "engine" / "data").expanduser()
 
 
 def is_ready(spec: DatasetSpec, root: Path) -> bool:
@@ -204,7 +205,7 @@ def _say_folder_of_a_builtin_name(name: str) -> None:
 
 def resolve_dataset(data: str, data_root: str | Path | None = None, download: bool = True) -> ResolvedDataset:
     """A registered dataset (made ready under the data root) or a custom folder at the path `data`."""
-    root = Path(data_root).expanduser() if data_root else default_data_root()
+    root = resolve_data_root(data_root)
     spec = registry().get(data)
     if spec is not None:
         if Path(data).is_dir():
