@@ -55,7 +55,7 @@ def read_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise UserInputError(f"weights file {path} is not a readable torch state dict "
-                             f"({type(err).__name__}: {err})") from err
+                             f"({type(err).__name__}: {first_sentence(err)})") from err
     return unwrap_state_dict(obj, path)
 
 
