@@ -45,6 +45,7 @@ def test_autotune_backs_off_and_picks_the_fastest_candidate(caplog):
     assert choice.largest_fitting == 100 and step.out_of_memory >= 1
     assert sorted(choice.images_per_s) == [48, 72, 100]
     assert choice.batch_size == 72 and "largest fitting 100" in choice.reason
+    assert "eager" in choice.reason  # its rates are not the compiled run's own
 
 
 def test_an_image_size_too_large_for_the_card_is_one_line_naming_it(monkeypatch, tiny_dataset, capsys):
