@@ -47,16 +47,16 @@ done
 # mobilenet (the lightest step, where DALI's work shows most), four experiments, most telling first. The rows above
 # ran their steps on a stream of their own, as engine train does, with each batch handed over on torch's stream
 # (the engine's since the fourteenth session). First the host waiting for each batch instead (DALI's iterator as it
-# ships: 0.71 of synthetic there, against 0.92-1.14); then the step on a high-priority stream (DALI's kernels then
-# run in its gaps), which would become the engine's if it reached 0.95 where the default does not; then the step
+# ships: 0.71 of synthetic there, against 0.92-1.14); then the step on a high-priority stream (meant to leave
+# DALI's kernels the step's gaps; the twenty-fourth session's H200: resnet50 0.936 against 0.94, no gain); then the step
 # on torch's default stream, CUDA's legacy one, as the ninth session ran it (any blocking stream or synchronous
 # copy of DALI's or nvJPEG's waits for it and holds it up); DALI's own hardware-decoder share (0.65) against the
 # engine's (0.9, from the ninth session's loader-alone rows). Each row's of_synthetic is against the synthetic
 # rate measured just before and after it: that rate drifted by up to 1.8x between runs in the fourteenth session.
 # MOBILENET_EXPERIMENTS (|-separated, e.g. '--dali-handover host|--training-stream high') runs only those of them,
 # when device time is short. EXPERIMENT_BACKBONES (comma-separated; default mobilenet_v3_large) runs them for other
-# backbones too: resnet50, GPU-bound, lost 7 % to DALI with the stream handover in the twenty-first session, where
-# a high-priority step should leave DALI's kernels only the step's gaps.
+# backbones too: resnet50, GPU-bound, lost 6-7 % to DALI with the stream handover (H100, H200). The end-to-end
+# rows' `streams.beside_top_kernels` (--kernels) name the DALI operators that take that time.
 experiment_backbones=${EXPERIMENT_BACKBONES:-mobilenet_v3_large}
 for backbone in ${experiment_backbones//,/ }; do
 for option in "--dali-handover host" "--training-stream high" "--training-stream legacy" \

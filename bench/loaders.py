@@ -9,7 +9,9 @@ A loader keeps up when its end-to-end rate is close to the synthetic one (`of_sy
 measured just before and after it, as the host's speed drifts between runs). The steps run where `engine train` runs
 them, on a CUDA stream of their own; `--training-stream legacy|high` are experiments: on torch's default stream
 (CUDA's legacy one, which any blocking stream or synchronous copy of DALI's would wait for and hold up), or on a
-stream of high priority, so that DALI's kernels (on its own stream, default priority) run in the training's gaps.
+stream of high priority, meant to leave DALI's kernels (on its own stream, default priority) the training's gaps
+(on an H200 it did not: resnet50 0.94 of synthetic either way, bench/NOTES.md, as DALI's blocks, once on the SMs,
+run to their end whatever the step's priority).
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup
             if kernels and device.type == "cuda":  # whether the loader's kernels run beside the step's, or between
                 batches = endless(pipeline)
                 row["streams"] = or_error(lambda: stream_concurrency(lambda: train_step(*next(batches)), device,
-                                                                     steps=5))
+                                                                     steps=5, top=kernels))
         if stream_choice != "engine":
             row["training_stream"] = stream_choice
     return row
@@ -124,11 +126,12 @@ def main(argv=None) -> list[dict]:
                         help="end to end: the step on a stream of its own, as engine train runs it (engine); on "
                              "torch's default stream, CUDA's legacy one, which synchronises with every blocking "
                              "stream and synchronous CUDA call of the process (legacy); on its own stream at high "
-                             "priority, so that DALI's kernels run in its gaps (high)")
+                             "priority, meant to leave DALI's kernels its gaps (high; no gain measured on an H200)")
     parser.add_argument("--kernels", type=kernel_count, default=0, metavar="N",
                         help="also profile each loader alone over 3 batches: its N costliest kernels (CPU: "
                              "operators) per batch, and the operators that copy; on a GPU, and end to end, how "
-                             "long the loader's and the step's kernels ran at the same time")
+                             "long the loader's and the step's kernels ran at the same time, and the N costliest "
+                             "kernels beside the step's stream (DALI's operators)")
     parser.add_argument("--quick", action="store_true", help="32 px, batch 8, 2 steps (smoke test)")
     args = parser.parse_args(argv)
     loaders = chosen_loaders(args.loaders)

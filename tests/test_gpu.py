@@ -236,6 +236,8 @@ def test_stream_concurrency_reads_each_streams_kernels_from_the_profiler():
     report = stream_concurrency(two_streams, device, steps=3)
     assert len(report["busy_ms_by_stream"]) == 2 and all(ms > 0 for ms in report["busy_ms_by_stream"].values())
     assert 0 <= report["concurrent_ms"] <= min(report["busy_ms_by_stream"].values()) <= report["span_ms"]
+    # the side stream's matmul, named (one of the two streams is the busiest: the other one's kernels are listed)
+    assert report["beside_top_kernels"] and all(kernel["ms"] > 0 for kernel in report["beside_top_kernels"])
 
 
 def test_the_engine_step_and_the_batch_autotuner_run_with_cudnn_algorithm_search(monkeypatch):
