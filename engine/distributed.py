@@ -20,6 +20,8 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -112,6 +114,9 @@ def join(device: str) -> Shard:
 
 # what a rank says and exits with when stopped: Ctrl-C, or SIGTERM (torchrun stopping its ranks, kill, Slurm)
 LEAVING = {signal.SIGINT: (INTERRUPTED_MESSAGE, INTERRUPTED), signal.SIGTERM: (TERMINATED_MESSAGE, TERMINATED)}
+
+
+STOP_EXIT_CODES = {code for _, code in LEAVING.values()}
 
 
 def _leave_when_stopped(signum, frame) -> None:
@@ -243,12 +248,16 @@ def launch(processes: int, device: str, argv: list[str]) -> int:
     args = get_args_parser().parse_args(["--standalone", "--nproc_per_node", str(processes), "--log-dir",
                                          log_dir.name, "--module", "engine", *argv])
     try:
-        run(args)
+        with stop_signals_outside_finalizers(SignalException):
+            run(args)
     except SignalException as err:  # Ctrl-C or SIGTERM: torchrun stopped the ranks; rank 0 said so
         return 128 + int(err.sigval)
     except ChildFailedError as err:
-        if any(failure.exitcode == USAGE_ERROR for failure in err.failures.values()):
+        exit_codes = {failure.exitcode for failure in err.failures.values()}
+        if USAGE_ERROR in exit_codes:
             return USAGE_ERROR  # bad input, named in one line by the rank that met it
+        if exit_codes <= STOP_EXIT_CODES:  # every rank left on Ctrl-C or SIGTERM (_leave_when_stopped), rank 0
+            return err.get_first_failure()[1].exitcode  # said so, and torchrun missed it (see just above)
         rank, failure = err.get_first_failure()  # the cause; the others were stopped because of it
         log.error("rank %d of %d ended, %s. Its messages, if any, are above; rerun the same command to continue "
                   "from the last finished epoch", rank, processes, how_it_ended(failure.exitcode))
@@ -256,6 +265,36 @@ def launch(processes: int, device: str, argv: list[str]) -> int:
     finally:
         log_dir.cleanup()
     return 0
+
+
+SIGNAL_RESEND_DELAY_S = 0.05  # the finalizer returns in microseconds; torchrun's loop looks every 0.1 s
+
+
+@contextmanager
+def stop_signals_outside_finalizers(signal_exception: type[BaseException]):
+    """torchrun turns Ctrl-C and SIGTERM into an exception in the launcher (its SignalException). One that lands
+    while a finalizer runs (a weakref callback: torchrun's rendezvous keeps a timer whose finalizer joins a thread)
+    cannot leave it: Python prints "Exception ignored in: <finalize object ...>" with its traceback and drops it,
+    so torchrun never hears of the stop. Seen once in the tests. Such an exception is sent again as its signal, a
+    moment later, from a thread: sent at once, its handler would run inside this hook, and raise there. One not
+    sent yet when the block ends is not sent: the launch is over, and the ranks' exit codes tell how it ended."""
+    previous, resends = sys.unraisablehook, []
+
+    def send_again(unraisable) -> None:
+        if isinstance(unraisable.exc_value, signal_exception):
+            resends.append(threading.Timer(SIGNAL_RESEND_DELAY_S, os.kill,
+                                           (os.getpid(), unraisable.exc_value.sigval)))
+            resends[-1].start()
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = send_again
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+        for resend in resends:
+            resend.cancel()
 
 
 def die_with_parent() -> None:

@@ -329,3 +329,51 @@ def test_ctrl_c_stops_every_rank_with_one_message(tiny_dataset, tmp_path, stop, 
     stderr = run.communicate(timeout=60)[1]
     assert run.returncode == exit_code and stderr.count(says) == 1 and "Traceback" not in stderr, stderr
     assert torchrun_leftovers(tmpdir) == []
+
+
+def test_a_stop_signal_that_lands_in_a_finalizer_reaches_the_launcher_after_it(capsys):
+    """torchrun's launcher learns of Ctrl-C by an exception its signal handler raises. Raised inside a finalizer,
+    Python would print it ("Exception ignored in: <finalize object ...>", a traceback) and drop it."""
+    import weakref
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException, _terminate_process_handler
+
+    class Timer:  # torchrun's rendezvous keep-alive timer: its finalizer joins a thread
+        pass
+
+    def finalizer():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)  # the handler runs here, in the finalizer
+
+    previous = signal.signal(signal.SIGINT, _terminate_process_handler)
+    try:
+        with distributed.stop_signals_outside_finalizers(SignalException), pytest.raises(SignalException) as stop:
+            timer = Timer()
+            weakref.finalize(timer, finalizer)
+            del timer  # the finalizer runs, the signal lands in it
+            time.sleep(1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert stop.value.sigval == signal.SIGINT and "Exception ignored" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("exit_codes, returned, error", [
+    ((130, 130), 130, False),  # Ctrl-C reached every rank, and torchrun missed it: rank 0 has said so
+    ((143, 130), 143, False),  # SIGTERM reached one rank first, torchrun stopped the other with SIGINT
+    ((130, 1), 130, True),  # one rank failed on its own: named
+])
+def test_ranks_that_all_left_on_a_stop_signal_end_the_launch_without_an_error(monkeypatch, caplog, exit_codes,
+                                                                              returned, error):
+    import torch.distributed.run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    def ranks_ended(args):
+        failures = {rank: ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=code, error_file="")
+                    for rank, code in enumerate(exit_codes)}
+        for rank, failure in failures.items():
+            failure.timestamp = rank  # the first rank's is the first failure
+        raise ChildFailedError("engine", failures)
+
+    monkeypatch.setattr(torch.distributed.run, "run", ranks_ended)
+    assert distributed.launch(2, "cpu", ["train"]) == returned
+    assert ("rank 0 of 2 ended" in caplog.text) == error
