@@ -21,11 +21,14 @@ threads=8
 # training stream lags behind the host (tests/test_dali.py's gpu tests)
 timeout 60 python3 -m pytest -q -m gpu tests/test_dali.py 2>&1 | tail -15 | tee "$out/dali_gpu_tests.log"
 python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
+# --workers 8: what engine train gives a loader on this 16-core machine (config.default_workers). The rows until the
+# twenty-fourth session ran 15, which left the host's training thread one core beside DALI's threads (a host-bound
+# step, mobilenet's, then drifted 1.9x in rate within a process; DALI alone ran faster with 8 threads than 15 there)
 # --kernels: where each loader's own time per batch goes (the ninth session's resident path made 0.9-1.1k img/s
 # alone on an H100, yet fed resnet50 at 2.8k img/s: its kernels and copies say whether it is the host or the GPU)
 for backbone in resnet50 mobilenet_v3_large; do
   timeout 80 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone "$backbone" --image-size 256 \
-    --batch-size 128 --workers 15 --steps 15 --loaders "$loaders" --kernels 8 2>&1 | grep -v -i deprecat \
+    --batch-size 128 --workers 8 --steps 15 --loaders "$loaders" --kernels 8 2>&1 | grep -v -i deprecat \
     | tee -a "$out/loaders.jsonl"
 done
 # DALI alone at the anchor's batch (256), then the anchor's own script beside it when carried (.anchors/, a copy
@@ -63,7 +66,7 @@ for option in "--dali-handover host" "--training-stream high" "--training-stream
     "--dali-hw-decoder-load 0.65"; do
   [ -n "${MOBILENET_EXPERIMENTS:-}" ] && [[ "|$MOBILENET_EXPERIMENTS|" != *"|$option|"* ]] && continue
   timeout 45 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone "$backbone" --loaders dali \
-    --image-size 256 --batch-size 128 --workers 15 --steps 15 $option 2>&1 | grep -v -i deprecat \
+    --image-size 256 --batch-size 128 --workers 8 --steps 15 $option 2>&1 | grep -v -i deprecat \
     | tee -a "$out/loaders.jsonl"
 done
 done
