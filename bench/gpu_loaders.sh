@@ -56,9 +56,9 @@ done
 # copy of DALI's or nvJPEG's waits for it and holds it up); DALI's own hardware-decoder share (0.65) against the
 # engine's (0.9, from the ninth session's loader-alone rows). Each row's of_synthetic is against the synthetic
 # rate measured just before and after it: that rate drifted by up to 1.8x between runs in the fourteenth session.
-# MOBILENET_EXPERIMENTS (|-separated, e.g. '--dali-handover host|--training-stream high') runs only those of them,
-# when device time is short. EXPERIMENT_BACKBONES (comma-separated; default mobilenet_v3_large) runs them for other
-# backbones too: resnet50, GPU-bound, lost 6-7 % to DALI with the stream handover (H100, H200). The end-to-end
+# MOBILENET_EXPERIMENTS (|-separated, e.g. '--dali-handover host|--training-stream high') runs only those of them
+# when device time is short (none: no experiment). EXPERIMENT_BACKBONES (comma-separated; default
+# mobilenet_v3_large) runs them for other backbones too: resnet50, GPU-bound, lost 6-7 % to DALI with the stream handover (H100, H200). The end-to-end
 # rows' `streams.beside_top_kernels` (--kernels) name the DALI operators that take that time.
 experiment_backbones=${EXPERIMENT_BACKBONES:-mobilenet_v3_large}
 for backbone in ${experiment_backbones//,/ }; do
