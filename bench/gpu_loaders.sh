@@ -58,8 +58,9 @@ done
 # rate measured just before and after it: that rate drifted by up to 1.8x between runs in the fourteenth session.
 # MOBILENET_EXPERIMENTS (|-separated, e.g. '--dali-handover host|--training-stream high') runs only those of them
 # when device time is short (none: no experiment). EXPERIMENT_BACKBONES (comma-separated; default
-# mobilenet_v3_large) runs them for other backbones too: resnet50, GPU-bound, lost 6-7 % to DALI with the stream handover (H100, H200). The end-to-end
-# rows' `streams.beside_top_kernels` (--kernels) name the DALI operators that take that time.
+# mobilenet_v3_large) runs them for other backbones too: resnet50, GPU-bound, lost 6-7 % to DALI with the stream
+# handover (H100, H200). The end-to-end rows' `streams.beside_top_kernels` (--kernels) name the DALI operators
+# that take that time.
 experiment_backbones=${EXPERIMENT_BACKBONES:-mobilenet_v3_large}
 for backbone in ${experiment_backbones//,/ }; do
 for option in "--dali-handover host" "--training-stream high" "--training-stream legacy" \
