@@ -283,7 +283,8 @@ def stream_concurrency(fn: Callable[[], object], device: torch.device, steps: in
         events = json.loads(trace.read_text()).get("traceEvents", [])
     overlap = stream_overlap(kernel_intervals(events))
     per_call = 1e3 * steps  # microseconds over all calls -> ms per call
-    beside = [{**kernel, "ms": round(kernel.pop("us") / per_call, 3)} for kernel in kernels_beside_busiest(events, top)]
+    beside = [{"stream": kernel["stream"], "name": kernel["name"], "ms": round(kernel["us"] / per_call, 3)}
+              for kernel in kernels_beside_busiest(events, top)]
     return {"busy_ms_by_stream": {str(stream): round(us / per_call, 3) for stream, us in overlap["busy"].items()},
             "concurrent_ms": round(overlap["concurrent"] / per_call, 3),
             "span_ms": round(overlap["span"] / per_call, 3), "beside_top_kernels": beside}
