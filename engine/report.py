@@ -170,9 +170,12 @@ def accuracy_tables(entries: list[Entry]) -> list[Table]:
     return tables
 
 
-def top_three_table(entries: list[Entry]) -> Table:
-    """Table 1: by mean rank over each domain's datasets (full training sets), and over all of them."""
+def top_three_tables(entries: list[Entry]) -> list[Table]:
+    """Table 1: by mean rank over each domain's datasets (full training sets), and over all of them. None without
+    a run on a full training set: the paper ranks on those alone, and an empty "overall" row reads as a fault."""
     full = [entry for entry in entries if entry.fraction == 1.0]
+    if not full:
+        return []
     rows = []
     for domain in list(dict.fromkeys(_domain(entry.dataset) for entry in full)) + ["overall"]:
         chosen = [entry for entry in full if domain == "overall" or _domain(entry.dataset) == domain]
@@ -182,7 +185,7 @@ def top_three_table(entries: list[Entry]) -> Table:
         order = sorted(ranks, key=lambda backbone: (statistics.fmean(ranks[backbone]), _backbone_order(backbone)))
         top = [f"{backbone} ({statistics.fmean(ranks[backbone]):.1f})" for backbone in order[:3]]
         rows.append([domain] + top + [""] * (3 - len(top)))
-    return Table("Top three backbones by mean rank (Table 1)", ["domain", "first", "second", "third"], rows)
+    return [Table("Top three backbones by mean rank (Table 1)", ["domain", "first", "second", "third"], rows)]
 
 
 def by_selection(entries: list[Entry]) -> dict[str, list[Entry]]:
@@ -202,7 +205,7 @@ def render(entries: list[Entry], fmt: str) -> str:
         # the paper's selection alone needs no word; any other, or a mix, says which each table is
         said = "" if list(groups) == ["test"] else f"; epochs selected on {select_on}"
         tables += [Table(table.title + said, table.header, table.rows)
-                   for table in accuracy_tables(chosen) + [top_three_table(chosen)]]
+                   for table in accuracy_tables(chosen) + top_three_tables(chosen)]
     return "\n".join({"md": _markdown, "latex": _latex}[fmt](table) for table in tables)
 
 

@@ -93,6 +93,13 @@ def test_plots_without_matplotlib_say_how_to_get_it_after_the_tables(runs, capsy
                                                        "'engine[report]'")
 
 
+def test_runs_on_fractions_alone_give_no_table_one(tmp_path, capsys):
+    """Table 1 ranks on full training sets, as the paper does: without one, no table of empty places."""
+    write_runs(tmp_path, {("demo", 0.1, "resnet50"): (40.0,), ("demo", 0.1, "convnext_tiny"): (50.0,)})
+    text = report(capsys, str(tmp_path))
+    assert "demo @0.1" in text and "Table 1" not in text
+
+
 def test_tied_backbones_share_their_place_and_their_rank(tmp_path, capsys):
     """Two backbones at 100 % on NEU are both first (¹), the next one is third (³), and each tied one counts
     1.5 towards the mean rank: a tie broken by name would make Table 1 favour one of them."""
