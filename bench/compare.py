@@ -18,9 +18,11 @@ geometric mean of the ratios over the backbones run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
+from typing import Callable
 
 import torch
 
@@ -28,6 +30,7 @@ from engine.bench.reference_loop import reference_epoch_rate
 from engine.bench.timing import TRAINING_STREAMS, step_stream
 from engine.errors import UserInputError
 from engine.grid import pick_names
+from engine.loaders import PIPELINES
 from engine.models import list_backbones
 from engine.profile import (TrainStep, endless, first_step_seconds, host_step_ms, images_per_s, synthetic_batch,
                             synthetic_rate)
@@ -40,14 +43,16 @@ MIN_TIMED_STEPS = 30
 
 
 def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: str, batch_size, steps: int | None,
-                 streams: tuple[str, ...] = ("engine",)):
+                 streams: tuple[str, ...] = ("engine",), other_loaders: tuple[str, ...] = ()):
     """The engine's epoch images/s over the files, its same (already compiled) step's rate on synthetic data on
     the device (their ratio says whether its loader keeps up), and the host's milliseconds to enqueue that step
     (near the step's own time, the host sets the pace, and the loader's host threads slow the step); and the
     seconds spent before the first timed step: the batch search and the first step (compilation), which say what
     a comparison of more backbones will cost. The step runs on `streams[0]` (bench.timing.TRAINING_STREAMS; the
     engine's own by default); each further choice times the same step and loader again on that stream, which
-    costs seconds where another row would cost a compile."""
+    costs seconds where another row would cost a compile. Each of `other_loaders` feeds the same step in turn
+    (as <loader>_loader): whether another of the engine's loaders would keep this step fed where the default
+    does not."""
     started = time.perf_counter()
     config, index = prepare_config(backbone=backbone, data=data, image_size=image_size, device=device,
                                    batch_size=batch_size, pretrained=False)
@@ -70,10 +75,19 @@ def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: 
         rates["training_stream"] = streams[0]
     for choice in streams[1:]:
         with step_stream(choice, device):
-            epoch_rate, synthetic_img_s = end_to_end(step, pipeline, batches, synthetic, steps, device)
-        rates[f"{choice}_stream"] = {"img_s": round(epoch_rate, 1), "synthetic_img_s": round(synthetic_img_s, 1),
-                                     "over_synthetic": round(epoch_rate / synthetic_img_s, 3)}
+            rates[f"{choice}_stream"] = rerun_row(*end_to_end(step, pipeline, batches, synthetic, steps, device))
+    for loader in other_loaders:
+        with step_stream(streams[0], device):  # its batches made where the step's stream orders them
+            other = make_batches(dataclasses.replace(config, loader=loader), index, index.train, train=True,
+                                 device=device)
+            rates[f"{loader}_loader"] = rerun_row(*end_to_end(step, other, endless(other), synthetic, steps, device))
     return rates, config, index
+
+
+def rerun_row(epoch_rate: float, synthetic_img_s: float) -> dict:
+    """The same step timed again another way (a stream, a loader): its rate end to end and on synthetic data."""
+    return {"img_s": round(epoch_rate, 1), "synthetic_img_s": round(synthetic_img_s, 1),
+            "over_synthetic": round(epoch_rate / synthetic_img_s, 3)}
 
 
 def end_to_end(step, pipeline, batches, synthetic: tuple, steps: int, device: torch.device) -> tuple[float, float]:
@@ -86,7 +100,7 @@ def compare_backbone(backbone: str, args, size: tuple[int, int], batch: int, ste
     """One row: the engine and the authors' loop on the same files, and where the row's wall time went."""
     started = time.perf_counter()
     engine, config, index = engine_rates(args.data, backbone, size, args.device, batch if args.quick else None,
-                                         steps, args.training_streams)
+                                         steps, args.training_streams, args.other_loaders)
     reference_started = time.perf_counter()
     reference_rate = reference_epoch_rate(str(index.root / "train"), backbone, size, batch,
                                           torch.device(config.device), max_steps=steps)
@@ -114,12 +128,15 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def stream_choices(text: str) -> tuple[str, ...]:
-    choices = tuple(text.split(","))
-    unknown = [choice for choice in choices if choice not in TRAINING_STREAMS]
-    if unknown or len(set(choices)) < len(choices):
-        raise argparse.ArgumentTypeError(f"{text!r}: each of {', '.join(TRAINING_STREAMS)} at most once")
-    return choices
+def comma_choices(allowed) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: comma-separated names from `allowed`, each at most once."""
+    def parse(text: str) -> tuple[str, ...]:
+        choices = tuple(text.split(","))
+        unknown = [choice for choice in choices if choice not in allowed]
+        if unknown or len(set(choices)) < len(choices):
+            raise argparse.ArgumentTypeError(f"{text!r}: each of {', '.join(allowed)} at most once")
+        return choices
+    return parse
 
 
 def main(argv=None) -> list[dict]:
@@ -134,11 +151,16 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--time-budget", type=positive_seconds, metavar="SECONDS",
                         help="start no backbone that would likely end past this many seconds from the start (the "
                              "longest row so far is the estimate); the backbones left are printed as not_run")
-    parser.add_argument("--training-streams", type=stream_choices, default=("engine",), metavar="CHOICES",
+    parser.add_argument("--training-streams", type=comma_choices(TRAINING_STREAMS), default=("engine",),
+                        metavar="CHOICES",
                         help="where the engine's step runs, comma-separated from " + ", ".join(TRAINING_STREAMS)
                              + " (bench.timing): the first gives the row, each further one times the same step "
                                "and loader again (as <choice>_stream), e.g. engine,high: whether DALI's kernels "
                                "cost the step less when the step's stream has the higher priority")
+    parser.add_argument("--other-loaders", type=comma_choices(tuple(PIPELINES)), default=(), metavar="LOADERS",
+                        help="comma-separated from " + ", ".join(PIPELINES) + ": each feeds the same compiled step "
+                             "again after the row's own loader (as <loader>_loader), e.g. resident: whether the "
+                             "copy decoded once keeps a GPU-bound step fed where DALI's kernels cost it 5-8 %%")
     args = parser.parse_args(argv)
     try:
         backbones = pick_names(args.backbones, list_backbones(), "backbone")

@@ -4,8 +4,8 @@
 # end to end over its own step on synthetic data (bench/compare.py); then `engine train` with every GPU default
 # (the autotuned batch now cached in ENGINE_PROFILES, the inductor cache warm) to see a whole run finish; then
 # `engine profile --packing` for the small backbone, where running several at once may pay. Logs in $OUT, about
-# 10 minutes on an H100 (packing ~4). Stage DALI first (bench/stage_gpu_site.sh, then its calls) so that /tmp/site holds it;
-# without it the engine uses the resident or torch loader (the log says which).
+# 10 minutes on an H100 (packing ~4). Stage DALI first (bench/stage_gpu_site.sh, then its calls) so that /tmp/site
+# holds it; without it the engine uses the resident or torch loader (the log says which).
 source bench/gpu_setup.sh
 export ENGINE_PROFILES=$out/profiles.json
 python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
@@ -13,19 +13,26 @@ python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 # gpu_wavemix.sh); each takes about 2 minutes (autotune, compile, an epoch of each loop), so 3 at most a call
 # unless COMPARE_BUDGET (below) bounds it;
 # BACKBONES=none skips the comparison (the train run and the packing alone: ~7 minutes)
-# (default: the seven not yet compared on a GPU, as many as COMPARE_BUDGET allows; resnet50 and mobilenet_v3_large
-# were compared on the ninth session's H100, convnext_tiny and regnet_y_3_2gf on the twenty-first's)
+# (default: the five not yet compared on a GPU, as many as COMPARE_BUDGET allows; resnet50 and mobilenet_v3_large
+# were compared on the ninth session's H100, convnext_tiny and regnet_y_3_2gf on the twenty-first's, resnet50,
+# shufflenet_v2_x2_0 and swin_t on the twenty-fourth's H200)
 # COMPARE_BUDGET: seconds for the comparison (default 300: two or three backbones); it starts no backbone that
 # would likely end past it and prints those left as not_run, so a long list (BACKBONES=all) measures what the
 # call's time allows and keeps every finished row. The hard limit gives the last backbone 120 s past its estimate.
 # COMPARE_STREAMS: where the engine's step runs (bench.compare --training-streams; default engine): engine,high
 # times each row's compiled step and loader again with the step's stream at high priority (seconds a row), to see
-# whether DALI's kernels then cost the step less (end to end 0.92-0.95 of synthetic on the 21st session's H100)
-backbones=${BACKBONES:-shufflenet_v2_x2_0,swin_t,efficientnet_v2_s,resnext50_32x4d,densenet161,swin_v2_t,wavemix}
+# whether DALI's kernels then cost the step less (end to end 0.92-0.95 of synthetic on the 21st session's H100;
+# on the 24th's H200 it moved three rows by -0.04 to +0.06, no consistent gain)
+# COMPARE_LOADERS: other loaders to feed each row's compiled step after DALI (bench.compare --other-loaders), e.g.
+# resident: whether the copy decoded once keeps GPU-bound steps at 0.95 of synthetic, where DALI's kernels cost
+# them 5-8 % (the twenty-fourth session's H200); seconds a row, the decode once for all rows
+backbones=${BACKBONES:-efficientnet_v2_s,resnext50_32x4d,densenet161,swin_v2_t,wavemix}
 budget=${COMPARE_BUDGET:-300}
 streams=${COMPARE_STREAMS:-engine}
+other_loaders=${COMPARE_LOADERS:-}
 [ "$backbones" != none ] && timeout $((budget + 120)) python3 -m engine.bench.compare --data /tmp/jpgs \
-  --backbones "$backbones" --time-budget "$budget" --training-streams "$streams" 2>&1 \
+  --backbones "$backbones" --time-budget "$budget" --training-streams "$streams" \
+  ${other_loaders:+--other-loaders "$other_loaders"} 2>&1 \
   | grep -v -i deprecat | tee "$out/compare.jsonl"
 # GRAPHS=1: CUDA graphs (--compile-mode reduce-overhead) against the default mode where the host's launches
 # should show most: mobilenet_v3_large at batch 32 (a 1 % fraction's batch), model only, then at batch 256 with
