@@ -240,7 +240,7 @@ KERNEL_NAME_CHARS = 160  # DALI's and cuDNN's kernel names are C++ templates a f
 def kernels_beside_busiest(trace_events: list[dict], top: int) -> list[dict]:
     """The kernels of every stream but the busiest (the training step's), most device time first: what a loader on
     its own streams (DALI's resize, TrivialAugmentWide, normalisation) runs beside the step. Summed by name per
-    stream, in microseconds. The twenty-fourth session measured DALI's streams at ~2 ms a batch of 128 beside
+    stream, in microseconds. The twenty-fourth session measured DALI's streams at ~3 ms a batch of 128 beside
     resnet50's step, and the step slower by about that much, without knowing which of DALI's operators took it."""
     kernels = [event for event in trace_events if event.get("cat") == "kernel" and "dur" in event]
     busy: dict[object, float] = {}
