@@ -128,9 +128,12 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def comma_choices(allowed) -> Callable[[str], tuple[str, ...]]:
-    """An argparse type: comma-separated names from `allowed`, each at most once."""
+def comma_choices(allowed, none: bool = False) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: comma-separated names from `allowed`, each at most once (or `none`, where allowed: no
+    name, for a script that always passes the flag)."""
     def parse(text: str) -> tuple[str, ...]:
+        if none and text == "none":
+            return ()
         choices = tuple(text.split(","))
         unknown = [choice for choice in choices if choice not in allowed]
         if unknown or len(set(choices)) < len(choices):
@@ -157,10 +160,12 @@ def main(argv=None) -> list[dict]:
                              + " (bench.timing): the first gives the row, each further one times the same step "
                                "and loader again (as <choice>_stream), e.g. engine,high: whether DALI's kernels "
                                "cost the step less when the step's stream has the higher priority")
-    parser.add_argument("--other-loaders", type=comma_choices(tuple(PIPELINES)), default=(), metavar="LOADERS",
-                        help="comma-separated from " + ", ".join(PIPELINES) + ": each feeds the same compiled step "
-                             "again after the row's own loader (as <loader>_loader), e.g. resident: whether the "
-                             "copy decoded once keeps a GPU-bound step fed where DALI's kernels cost it 5-8 %%")
+    parser.add_argument("--other-loaders", type=comma_choices(tuple(PIPELINES), none=True), default=(),
+                        metavar="LOADERS",
+                        help="none (the default), or comma-separated from " + ", ".join(PIPELINES) + ": each feeds "
+                             "the same compiled step again after the row's own loader (as <loader>_loader), e.g. "
+                             "resident: whether the copy decoded once keeps a GPU-bound step fed where DALI's "
+                             "kernels cost it 5-8 %%")
     args = parser.parse_args(argv)
     try:
         backbones = pick_names(args.backbones, list_backbones(), "backbone")

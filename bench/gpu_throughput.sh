@@ -29,10 +29,10 @@ python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 backbones=${BACKBONES:-efficientnet_v2_s,resnext50_32x4d,densenet161,swin_v2_t,wavemix}
 budget=${COMPARE_BUDGET:-300}
 streams=${COMPARE_STREAMS:-engine}
-other_loaders=${COMPARE_LOADERS:-}
+other_loaders=${COMPARE_LOADERS:-none}
 [ "$backbones" != none ] && timeout $((budget + 120)) python3 -m engine.bench.compare --data /tmp/jpgs \
   --backbones "$backbones" --time-budget "$budget" --training-streams "$streams" \
-  ${other_loaders:+--other-loaders "$other_loaders"} 2>&1 \
+  --other-loaders "$other_loaders" 2>&1 \
   | grep -v -i deprecat | tee "$out/compare.jsonl"
 # GRAPHS=1: CUDA graphs (--compile-mode reduce-overhead) against the default mode where the host's launches
 # should show most: mobilenet_v3_large at batch 32 (a 1 % fraction's batch), model only, then at batch 256 with

@@ -127,7 +127,7 @@ def test_compare_starts_no_backbone_past_its_time_budget_and_names_those_left(ca
     assert {"not_run": ["mobilenet_v3_large", "resnet50"], "reason": "--time-budget 0.01 s"} in lines
     assert lines[-1]["backbones"] == 1
     for bad in (["--time-budget", "0"], ["--training-streams", "engine,fast"], ["--training-streams", "high,high"],
-                ["--other-loaders", "ffcv"]):
+                ["--other-loaders", "ffcv"], ["--other-loaders", "none,resident"]):
         with pytest.raises(SystemExit) as refused:  # one line naming the option (argparse), exit 2
             compare.main(["--data", "demo", "--quick", "--device", "cpu", *bad])
         assert refused.value.code == 2
