@@ -256,9 +256,9 @@ def launch(processes: int, device: str, argv: list[str]) -> int:
         exit_codes = {failure.exitcode for failure in err.failures.values()}
         if USAGE_ERROR in exit_codes:
             return USAGE_ERROR  # bad input, named in one line by the rank that met it
-        if exit_codes <= STOP_EXIT_CODES:  # every rank left on Ctrl-C or SIGTERM (_leave_when_stopped), rank 0
-            return err.get_first_failure()[1].exitcode  # said so, and torchrun missed it (see just above)
         rank, failure = err.get_first_failure()  # the cause; the others were stopped because of it
+        if exit_codes <= STOP_EXIT_CODES:  # every rank left on Ctrl-C or SIGTERM (_leave_when_stopped), rank 0
+            return failure.exitcode  # said so, and torchrun missed it (stop_signals_outside_finalizers)
         log.error("rank %d of %d ended, %s. Its messages, if any, are above; rerun the same command to continue "
                   "from the last finished epoch", rank, processes, how_it_ended(failure.exitcode))
         return failure.exitcode if failure.exitcode > 0 else 1

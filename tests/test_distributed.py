@@ -360,7 +360,7 @@ def test_a_stop_signal_that_lands_in_a_finalizer_reaches_the_launcher_after_it(c
 @pytest.mark.parametrize("exit_codes, returned, error", [
     ((130, 130), 130, False),  # Ctrl-C reached every rank, and torchrun missed it: rank 0 has said so
     ((143, 130), 143, False),  # SIGTERM reached one rank first, torchrun stopped the other with SIGINT
-    ((130, 1), 130, True),  # one rank failed on its own: named
+    ((1, 143), 1, True),  # one rank failed on its own, torchrun stopped the other: named
 ])
 def test_ranks_that_all_left_on_a_stop_signal_end_the_launch_without_an_error(monkeypatch, caplog, exit_codes,
                                                                               returned, error):
