@@ -100,11 +100,13 @@ def expand_cells(backbones: str, datasets: str, seeds: str, fractions: str) -> l
         if data not in registry():
             resolve_dataset(data)
     _refuse_shared_names(dataset_names)
-    try:
-        seed_values = [int(seed) for seed in seeds.split(",")]
-        fraction_values = [float(fraction) for fraction in fractions.split(",")]
+    try:  # each once: a value given twice (0,0; 0.1,0.10) would make two cells of one run folder
+        seed_values = list(dict.fromkeys(int(seed) for seed in seeds.split(",")))
+        fraction_values = list(dict.fromkeys(float(fraction) for fraction in fractions.split(",")))
     except ValueError as err:
         raise UserInputError(f"--seeds takes integers and --fractions numbers, comma-separated ({err})") from None
+    if any(seed < 0 for seed in seed_values):  # as engine train's --seed, which every cell of it would fail on
+        raise UserInputError(f"seeds must be 0 or more, got {seeds}")
     if any(not 0 < fraction <= 1 for fraction in fraction_values):
         raise UserInputError(f"fractions must be in (0, 1], got {fractions}")
     return [Cell(backbone, data, seed, fraction) for data in dataset_names for fraction in fraction_values

@@ -28,6 +28,11 @@ def test_cells_expand_names_patterns_and_all(tmp_path):
         expand_cells("vgg*", "demo", "0", "1")
     with pytest.raises(UserInputError, match="fractions must be in"):
         expand_cells("resnet50", "demo", "0", "0")
+    # a value given twice is one cell: two would train into one run folder, one of them for nothing
+    twice = expand_cells("resnet50,resnet*", "demo", "0,1,0", "0.1,0.10,1")
+    assert [(cell.seed, cell.fraction) for cell in twice] == [(0, 0.1), (1, 0.1), (0, 1.0), (1, 1.0)]
+    with pytest.raises(UserInputError, match="seeds must be 0 or more, got 0,-1"):  # engine train refuses them
+        expand_cells("resnet50", "demo", "0,-1", "1")
     # a dataset neither built in nor a folder is refused before any cell runs
     with pytest.raises(UserInputError, match="unknown dataset 'nodata': not a built-in dataset"):
         expand_cells("resnet50", "demo,nodata", "0", "1")
