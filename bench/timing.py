@@ -237,21 +237,14 @@ def kernel_intervals(trace_events: list[dict]) -> dict[object, list[tuple[float,
 KERNEL_NAME_CHARS = 160  # DALI's and cuDNN's kernel names are C++ templates a few hundred characters long
 
 
-def kernels_beside_busiest(trace_events: list[dict], top: int) -> list[dict]:
-    """The kernels of every stream but the busiest (the training step's), most device time first: what a loader on
-    its own streams (DALI's resize, TrivialAugmentWide, normalisation) runs beside the step. Summed by name per
+def kernels_beside(trace_events: list[dict], main_stream: object, top: int) -> list[dict]:
+    """The kernels of every stream but `main_stream` (the training step's), most device time first: what a loader
+    on its own streams (DALI's resize, TrivialAugmentWide, normalisation) runs beside the step. Summed by name per
     stream, in microseconds. The twenty-fourth session measured DALI's streams at ~3 ms a batch of 128 beside
     resnet50's step, and the step slower by about that much, without knowing which of DALI's operators took it."""
-    kernels = [event for event in trace_events if event.get("cat") == "kernel" and "dur" in event]
-    busy: dict[object, float] = {}
-    for event in kernels:
-        busy[stream_of(event)] = busy.get(stream_of(event), 0.0) + event["dur"]
-    if not busy:
-        return []
-    busiest = max(busy, key=busy.get)
     totals: dict[tuple[object, str], float] = {}
-    for event in kernels:
-        if stream_of(event) != busiest:
+    for event in trace_events:
+        if event.get("cat") == "kernel" and "dur" in event and stream_of(event) != main_stream:
             key = (stream_of(event), event.get("name", "?"))
             totals[key] = totals.get(key, 0.0) + event["dur"]
     ranked = sorted(totals.items(), key=lambda item: -item[1])[:top]
@@ -283,8 +276,9 @@ def stream_concurrency(fn: Callable[[], object], device: torch.device, steps: in
         events = json.loads(trace.read_text()).get("traceEvents", [])
     overlap = stream_overlap(kernel_intervals(events))
     per_call = 1e3 * steps  # microseconds over all calls -> ms per call
+    main_stream = max(overlap["busy"], key=overlap["busy"].get, default=None)  # the busiest: the training's
     beside = [{"stream": kernel["stream"], "name": kernel["name"], "ms": round(kernel["us"] / per_call, 3)}
-              for kernel in kernels_beside_busiest(events, top)]
+              for kernel in kernels_beside(events, main_stream, top)]
     return {"busy_ms_by_stream": {str(stream): round(us / per_call, 3) for stream, us in overlap["busy"].items()},
             "concurrent_ms": round(overlap["concurrent"] / per_call, 3),
             "span_ms": round(overlap["span"] / per_call, 3), "beside_top_kernels": beside}

@@ -262,16 +262,16 @@ def test_stream_overlap_tells_a_loader_beside_the_step_from_one_taking_turns_wit
 
 def test_the_kernels_beside_the_step_are_named_by_their_time_on_the_other_streams():
     """bench.loaders --kernels: which of a loader's operators takes the GPU time it spends beside the step."""
-    from engine.bench.timing import kernels_beside_busiest
+    from engine.bench.timing import kernels_beside
 
     def kernel(stream, name, duration):
         return {"cat": "kernel", "name": name, "ts": 0, "dur": duration, "args": {"stream": stream}}
 
     events = [kernel(7, "conv", 30), kernel(7, "bn", 20), kernel(13, "resize", 4), kernel(13, "resize", 5),
               kernel(13, "normalize", 2), kernel(21, "warp_affine", 6), {"cat": "cpu_op", "name": "x", "dur": 99}]
-    beside = kernels_beside_busiest(events, top=2)
+    beside = kernels_beside(events, main_stream=7, top=2)
     assert beside == [{"stream": "13", "name": "resize", "us": 9}, {"stream": "21", "name": "warp_affine", "us": 6}]
-    assert kernels_beside_busiest([kernel(7, "conv", 30)], top=5) == []  # the step alone: nothing beside it
+    assert kernels_beside([kernel(7, "conv", 30)], main_stream=7, top=5) == []  # the step alone: nothing beside it
 
 
 @pytest.mark.parametrize("name, kind", [
