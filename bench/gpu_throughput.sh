@@ -34,17 +34,19 @@ other_loaders=${COMPARE_LOADERS:-none}
   --backbones "$backbones" --time-budget "$budget" --training-streams "$streams" \
   --other-loaders "$other_loaders" 2>&1 \
   | grep -v -i deprecat | tee "$out/compare.jsonl"
-# GRAPHS=1: CUDA graphs (--compile-mode reduce-overhead) against the default mode where the host's launches
-# should show most: mobilenet_v3_large at batch 32 (a 1 % fraction's batch), model only, then at batch 256 with
-# DALI (its end to end reached 0.71 of its synthetic rate in the ninth session; bench.compare above now prints
-# the host's milliseconds a step). The host's time a step, the rates, the skipped graphs: ~4 minutes
+# GRAPHS=1: CUDA graphs (--compile-mode reduce-overhead) against the default mode where the host's launches show
+# most, per backbone of GRAPHS_BACKBONES (default shufflenet_v2_x2_0: on the twenty-fourth session's H200 its host
+# took 33.2 ms to enqueue a compiled step the GPU ran in 29.6, and it reached 0.849 of synthetic end to end;
+# mobilenet_v3_large reached 0.711 on an H100): `engine profile` with DALI at the autotuned batch (the profile
+# store is this script's, so a backbone compared above is not tuned again): the host's time a step, the model's
+# and the end-to-end rates, the graphs skipped. About 100 s a mode (its compile, the autotune once)
 if [ "${GRAPHS:-0}" = 1 ]; then
+  graphs_backbones=${GRAPHS_BACKBONES:-shufflenet_v2_x2_0}
+  for backbone in ${graphs_backbones//,/ }; do
   for mode in default reduce-overhead; do
-    timeout 120 python3 -m engine profile --backbone mobilenet_v3_large --image-size 256 --batch-size 32 \
+    timeout 170 python3 -m engine profile --backbone "$backbone" --data /tmp/jpgs --image-size 256 --loader dali \
       --compile-mode "$mode" --steps 30 --json 2>>"$out/profile.log" | tee -a "$out/profile_modes.jsonl"
-    timeout 150 python3 -m engine profile --backbone mobilenet_v3_large --data /tmp/jpgs --image-size 256 \
-      --batch-size 256 --loader dali --compile-mode "$mode" --steps 20 --json 2>>"$out/profile.log" \
-      | tee -a "$out/profile_modes.jsonl"
+  done
   done
 fi
 # COMPARE_ONLY=1: stop here (~4-5 minutes in all), when the session has little device time left

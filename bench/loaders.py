@@ -6,12 +6,13 @@ end-to-end training images/s with each against the same model fed synthetic data
     python -m engine.bench.loaders --data /tmp/jpgs --loaders dali --loader-only --batch-size 256 --workers 8
 
 A loader keeps up when its end-to-end rate is close to the synthetic one (`of_synthetic`: against the synthetic rate
-measured just before and after it, as the host's speed drifts between runs). The steps run where `engine train` runs
-them, on a CUDA stream of their own; `--training-stream legacy|high` are experiments: on torch's default stream
-(CUDA's legacy one, which any blocking stream or synchronous copy of DALI's would wait for and hold up), or on a
-stream of high priority, meant to leave DALI's kernels (on its own stream, default priority) the training's gaps
-(on an H200 it did not: resnet50 0.94 of synthetic either way, bench/NOTES.md, as DALI's blocks, once on the SMs,
-run to their end whatever the step's priority).
+measured just before and after it, as the host's speed drifts between runs; `--rounds N` measures the two in turn N
+times and takes the median round, for a host-bound step whose rate drifts within a run). The steps run where
+`engine train` runs them, on a CUDA stream of their own; `--training-stream legacy|high` are experiments: on torch's
+default stream (CUDA's legacy one, which any blocking stream or synchronous copy of DALI's would wait for and hold
+up), or on a stream of high priority, meant to leave DALI's kernels (on its own stream, default priority) the
+training's gaps (on an H200 it did not: resnet50 0.94 of synthetic either way, bench/NOTES.md, as DALI's blocks,
+once on the SMs, run to their end whatever the step's priority).
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from engine.bench.timing import (TRAINING_STREAMS, kernel_breakdown, kernel_count, or_error, step_stream,
-                                 stream_concurrency)
+from engine.bench.timing import (TRAINING_STREAMS, kernel_breakdown, kernel_count, or_error, positive_count,
+                                 step_stream, stream_concurrency)
 from engine.config import parse_image_size
 from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
 from engine.loaders.dali_pipeline import DEFAULT_HANDOVER, HANDOVERS, HW_DECODER_LOAD
@@ -34,14 +35,15 @@ from engine.trainer import tune_convolutions
 
 
 def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup, train_step,
-                 dali_options=None, stream_choice="engine", kernels=0, synthetic=None) -> dict:
+                 dali_options=None, stream_choice="engine", kernels=0, synthetic=None, rounds=1) -> dict:
     """Images/s of one pipeline alone and, unless `train_step` is None, feeding the training step; with
     `kernels`, where the loader's own time per batch goes (device kernels and the operators that copy).
     `dali_options`: DaliBatches' keyword arguments set apart from the engine's defaults (reported in the row).
     With `synthetic` (a batch on the device), the end-to-end rate's share of the synthetic rate measured just
     before and just after it, on the same stream: on the fourteenth session's H100 mobilenet_v3_large's synthetic
     rate moved from 2342 to 4274 img/s between runs of the same command (its eager step is bound by the host's
-    launches, and the host's speed drifted), so a ratio against one rate measured minutes earlier says little."""
+    launches, and the host's speed drifted), so a ratio against one rate measured minutes earlier says little.
+    `rounds`: end to end and synthetic in turn that many times (end_to_end_rounds)."""
     if name == "dali" and not dali_available():
         raise RuntimeError("DALI is not installed")
     options = dict(dali_options or {}) if name == "dali" else {}
@@ -54,19 +56,38 @@ def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup
         row["kernels"] = or_error(lambda: kernel_breakdown(lambda: next(batches), device, steps=3, top=kernels))
     if train_step is not None:
         with step_stream(stream_choice, device):
-            if synthetic is not None:
-                row["synthetic_img_s"] = [round(synthetic_rate(train_step, synthetic, steps, warmup, device), 1)]
-            row["train_img_s"] = round(images_per_s(endless(pipeline), steps, warmup, train_step, device,
-                                                    drain=pipeline.queued_batches), 1)
-            if synthetic is not None:
-                row["synthetic_img_s"].append(round(synthetic_rate(train_step, synthetic, steps, warmup, device), 1))
-                row["of_synthetic"] = round(row["train_img_s"] / statistics.mean(row["synthetic_img_s"]), 3)
+            row.update(end_to_end_rounds(pipeline, train_step, synthetic, steps, warmup, device, rounds))
             if kernels and device.type == "cuda":  # whether the loader's kernels run beside the step's, or between
                 batches = endless(pipeline)
                 row["streams"] = or_error(lambda: stream_concurrency(lambda: train_step(*next(batches)), device,
                                                                      steps=5, top=kernels))
         if stream_choice != "engine":
             row["training_stream"] = stream_choice
+    return row
+
+
+def end_to_end_rounds(pipeline, train_step, synthetic, steps: int, warmup: int, device: torch.device,
+                      rounds: int = 1) -> dict:
+    """The step fed by the pipeline, `rounds` times, each between two synthetic rates (the one after a round is
+    the one before the next): each round's ratio is against the mean of the two around it, and the row's is their
+    median. A host-bound step's rate drifts within a process (mobilenet_v3_large's synthetic rate went 4799, 3068,
+    5867 img/s on one H200 in minutes; its single-round ratios read 0.80-1.14 over five runs), so one round says
+    little where several in turn do. Without `synthetic`, the loader-fed rate alone (the median of the rounds)."""
+    measure_synthetic = (lambda: round(synthetic_rate(train_step, synthetic, steps, warmup, device), 1)) \
+        if synthetic is not None else None
+    synthetic_rates = [measure_synthetic()] if measure_synthetic else []
+    train_rates, ratios = [], []
+    for _ in range(rounds):
+        train_rates.append(round(images_per_s(endless(pipeline), steps, warmup, train_step, device,
+                                              drain=pipeline.queued_batches), 1))
+        if measure_synthetic:
+            synthetic_rates.append(measure_synthetic())
+            ratios.append(round(train_rates[-1] / statistics.mean(synthetic_rates[-2:]), 3))
+    row = {"train_img_s": statistics.median(train_rates)}
+    if measure_synthetic:
+        row.update(synthetic_img_s=synthetic_rates, of_synthetic=statistics.median(ratios))
+    if rounds > 1:
+        row.update(train_img_s_rounds=train_rates, of_synthetic_rounds=ratios)
     return row
 
 
@@ -132,6 +153,10 @@ def main(argv=None) -> list[dict]:
                              "operators) per batch, and the operators that copy; on a GPU, and end to end, how "
                              "long the loader's and the step's kernels ran at the same time, and the N costliest "
                              "kernels beside the step's stream (DALI's operators)")
+    parser.add_argument("--rounds", type=positive_count, default=1, metavar="N",
+                        help="end to end: each loader's rate and the synthetic one measured in turn N times; "
+                             "of_synthetic is the median of the rounds' ratios (for a host-bound step, whose rate "
+                             "drifts within a process)")
     parser.add_argument("--quick", action="store_true", help="32 px, batch 8, 2 steps (smoke test)")
     args = parser.parse_args(argv)
     loaders = chosen_loaders(args.loaders)
@@ -157,7 +182,8 @@ def main(argv=None) -> list[dict]:
     for name in loaders:  # in the order asked: the default puts DALI first, so a time limit cuts the fallbacks
         try:
             rows.append(loader_rates(name, index, size, batch, device, args.workers, dtype, steps, warmup, train_step,
-                                     dali_options(args), args.training_stream, args.kernels, synthetic))
+                                     dali_options(args), args.training_stream, args.kernels, synthetic,
+                                     args.rounds))
         except Exception as err:  # noqa: BLE001 - one failing loader must not hide the others' numbers
             rows.append({"loader": name, "error": repr(err)[:300]})
         print(json.dumps(rows[-1]), flush=True)

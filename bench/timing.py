@@ -117,6 +117,13 @@ def kernel_count(text: str) -> int:
     return int(text)
 
 
+def positive_count(text: str) -> int:
+    """argparse type of a count that must be 1 or more (the benchmarks' --rounds)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a count of 1 or more, got {text!r}")
+    return int(text)
+
+
 def kernel_breakdown(fn: Callable[[], object], device: torch.device, steps: int, top: int) -> dict:
     """Where the device time of `steps` calls of `fn` goes: the `top` kernels and the time per kind, per call.
     On a GPU, device kernels (CUDA events); on the CPU, each operator's own (self) CPU time."""

@@ -72,6 +72,44 @@ def test_loader_benchmark_compares_every_pipeline_with_synthetic_data():
         assert row["of_synthetic"] == pytest.approx(2 * row["train_img_s"] / (before + after), rel=1e-2)
 
 
+def test_loader_benchmark_alternates_end_to_end_and_synthetic_rounds_and_takes_the_median_ratio():
+    from engine.bench import loaders
+    rows = loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--workers", "1", "--backbone",
+                         "mobilenet_v3_large", "--loaders", "resident", "--rounds", "3"])
+    row = rows[1]
+    assert "error" not in row, row
+    # synthetic, then (end to end, synthetic) three times: each round against the synthetic rates on either side
+    synthetic, trained = row["synthetic_img_s"], row["train_img_s_rounds"]
+    assert len(synthetic) == 4 and len(trained) == 3
+    expected = [2 * trained[i] / (synthetic[i] + synthetic[i + 1]) for i in range(3)]
+    assert row["of_synthetic_rounds"] == pytest.approx(expected, rel=1e-2)
+    assert row["of_synthetic"] == pytest.approx(sorted(expected)[1], rel=1e-2)  # the median round
+    assert row["train_img_s"] == sorted(trained)[1]
+    with pytest.raises(SystemExit):  # argparse: one line naming --rounds, exit 2
+        loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--rounds", "0"])
+
+
+def test_end_to_end_rounds_take_the_median_of_rates_that_drift(monkeypatch):
+    """A step whose rate drifts (a host-bound one): each round is judged against the synthetic rates measured
+    around it, so a drift common to both does not move the ratio, and one odd round does not move the median."""
+    from engine.bench import loaders
+    measured = iter([100.0, 90.0, 100.0, 45.0, 50.0, 70.0, 200.0])  # synthetic, then (loader, synthetic) x 3
+
+    class Pipeline:
+        queued_batches = 0
+
+    def fake_rate(*args, **kwargs):
+        return next(measured)
+
+    monkeypatch.setattr(loaders, "images_per_s", fake_rate)
+    monkeypatch.setattr(loaders, "synthetic_rate", fake_rate)
+    monkeypatch.setattr(loaders, "endless", lambda pipeline: iter(()))
+    row = loaders.end_to_end_rounds(Pipeline(), None, object(), 2, 1, torch.device("cpu"), rounds=3)
+    assert row["synthetic_img_s"] == [100.0, 100.0, 50.0, 200.0]
+    assert row["of_synthetic_rounds"] == [0.9, 0.6, 0.56]
+    assert row["of_synthetic"] == 0.6 and row["train_img_s"] == 70.0
+
+
 def test_loader_benchmark_measures_the_named_loaders_alone():
     from engine.bench import loaders
     rows = loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--workers", "1", "--loaders",
