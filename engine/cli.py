@@ -477,7 +477,7 @@ def _run(argv: list[str] | None) -> None:
                         obj={"argv": sys.argv[1:] if argv is None else list(argv)})
     except click.UsageError as err:
         command = err.ctx.command_path if err.ctx else "engine"  # e.g. `engine data prepare`, whole
-        _fail(f"{err.format_message()} (see `{command} --help`)")
+        _fail(f"{err.format_message()} ({_taken_elsewhere(err)}see `{command} --help`)")
     except click.ClickException as err:
         _fail(err.format_message())
     except UserInputError as err:
@@ -495,6 +495,17 @@ def _run(argv: list[str] | None) -> None:
             raise  # not about a path or disk the user can mend: the traceback is the report
         _fail(path_problem_message(err))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _taken_elsewhere(err: click.UsageError) -> str:
+    """For a flag this command does not take, the commands that do: a flag copied from one command's line to
+    another's (`--no-pretrained` from `engine train` to `engine profile`, which measures from random weights)."""
+    if not isinstance(err, click.NoSuchOption) or err.ctx is None:
+        return ""
+    takers = [f"`engine {name}`" for name, command in cli.commands.items()
+              if command is not err.ctx.command and any(err.option_name in param.opts + param.secondary_opts
+                                                        for param in command.params)]
+    return f"{' and '.join(takers)} take{'s' if len(takers) == 1 else ''} it; " if takers else ""
 
 
 def _fail(message: str, echo: bool = True) -> None:

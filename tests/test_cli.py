@@ -377,6 +377,15 @@ def test_a_usage_error_points_to_its_own_commands_help(capsys, argv, command):
     assert one_line_error(capsys, *argv).endswith(f"(see `{command} --help`)")
 
 
+def test_a_flag_of_another_command_is_named_as_theirs(capsys):
+    line = one_line_error(capsys, "profile", "--backbone", "resnet50", "--no-pretrained")
+    assert line == ("engine: error: No such option '--no-pretrained'. (`engine train` takes it; see "
+                    "`engine profile --help`)")
+    line = one_line_error(capsys, "train", "--backbone", "resnet50", "--data", "demo", "--packing")
+    assert line.endswith("(`engine profile` takes it; see `engine train --help`)")
+    assert "takes it" not in one_line_error(capsys, "train", "--backbone", "resnet50", "--no-such-flag")
+
+
 def test_bad_dataset_folders_fail_with_one_line(capsys, tmp_path):
     argv = ["train", "--backbone", "mobilenet_v3_large", "--no-pretrained", "--out", str(tmp_path / "r"), "--data"]
     assert "no folder at that path" in one_line_error(capsys, *argv, str(tmp_path / "missing"))
