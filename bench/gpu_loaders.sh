@@ -17,9 +17,11 @@ all=${LOADERS_ALL:-0}
 loaders=${LOADERS:-dali,resident}
 threads=8
 [ "$all" = 1 ] && loaders=dali,resident,torch && threads="8 15"
-# first, DALI's GPU correctness checks (seconds): a batch handed over without a copy must stay intact while the
-# training stream lags behind the host (tests/test_dali.py's gpu tests)
-timeout 60 python3 -m pytest -q -m gpu tests/test_dali.py 2>&1 | tail -15 | tee "$out/dali_gpu_tests.log"
+# first, DALI's GPU correctness checks (~25 s): a batch handed over without a copy must stay intact while the
+# training stream lags behind the host, and the images DALI's decoder misreads (tests/test_dali.py's gpu tests).
+# DALI_GPU_TESTS=0 skips them where no DALI code changed since they last passed on a GPU
+[ "${DALI_GPU_TESTS:-1}" = 1 ] && timeout 60 python3 -m pytest -q -m gpu tests/test_dali.py 2>&1 | tail -15 \
+  | tee "$out/dali_gpu_tests.log"
 python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 # --workers 8: what engine train gives a loader on this 16-core machine (config.default_workers). The rows until the
 # twenty-fourth session ran 15, which left the host's training thread one core beside DALI's threads (a host-bound
