@@ -126,6 +126,9 @@ def autotune(run_step: Callable[..., float | None], limit: int) -> BatchChoice:
                 raise
         finally:
             free_memory()
+    if not rates:  # each fitted with cuDNN's heuristic algorithms; none with the workspaces its timed search tries
+        raise UserInputError(f"batches up to {largest} fit in memory, but none of {candidates_below(largest)} did "
+                             f"when timed with cuDNN's algorithm search; give a smaller --batch-size")
     best = max(rates, key=rates.get)
     capped = " (capped by the training set)" if largest == limit else ""
     # "eager": the rates are the eager step's (training_step_rate), which a compiled run passes (resnet50 on an

@@ -48,6 +48,20 @@ def test_autotune_backs_off_and_picks_the_fastest_candidate(caplog):
     assert "eager" in choice.reason  # its rates are not the compiled run's own
 
 
+def test_batches_that_fit_only_untimed_are_one_line_not_a_traceback():
+    """The search asks what fits with cuDNN's heuristic algorithms; the candidates are timed with its algorithm
+    search, whose workspaces may need more. Where no candidate survives that, the user is told what to give."""
+    class FitsOnlyUntimed(FakeStep):
+        def __call__(self, batch: int, *, timed: bool = True) -> float | None:
+            if timed:
+                raise torch.OutOfMemoryError("CUDA out of memory (cuDNN workspace)")
+            return super().__call__(batch, timed=timed)
+
+    with pytest.raises(UserInputError, match=r"^batches up to 6 fit in memory, but none of \[6\] did when timed "
+                                             r"with cuDNN's algorithm search; give a smaller --batch-size$"):
+        autotune(FitsOnlyUntimed(capacity=6, best=6), limit=1000)
+
+
 def test_an_image_size_too_large_for_the_card_is_one_line_naming_it(monkeypatch, tiny_dataset, capsys):
     """Not even one image fits: the autotuner says so in the terms a user changes (the size), and an out-of-memory
     error mid-training (a --batch-size too large) ends in one line too, not a traceback."""
