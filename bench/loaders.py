@@ -73,19 +73,21 @@ def end_to_end_rounds(pipeline, train_step, synthetic, steps: int, warmup: int, 
     median. A host-bound step's rate drifts within a process (mobilenet_v3_large's synthetic rate went 4799, 3068,
     5867 img/s on one H200 in minutes; its single-round ratios read 0.80-1.14 over five runs), so one round says
     little where several in turn do. Without `synthetic`, the loader-fed rate alone (the median of the rounds)."""
-    measure_synthetic = (lambda: round(synthetic_rate(train_step, synthetic, steps, warmup, device), 1)) \
-        if synthetic is not None else None
-    synthetic_rates = [measure_synthetic()] if measure_synthetic else []
+    def synthetic_now() -> float:
+        return round(synthetic_rate(train_step, synthetic, steps, warmup, device), 1)
+
+    with_synthetic = synthetic is not None
+    synthetic_rates = [synthetic_now()] if with_synthetic else []
     train_rates, ratios = [], []
     for _ in range(rounds):
         train_rates.append(round(images_per_s(endless(pipeline), steps, warmup, train_step, device,
                                               drain=pipeline.queued_batches), 1))
-        if measure_synthetic:
-            synthetic_rates.append(measure_synthetic())
+        if with_synthetic:
+            synthetic_rates.append(synthetic_now())
             ratios.append(round(train_rates[-1] / statistics.mean(synthetic_rates[-2:]), 3))
-    row = {"train_img_s": statistics.median(train_rates)}
-    if measure_synthetic:
-        row.update(synthetic_img_s=synthetic_rates, of_synthetic=statistics.median(ratios))
+    row = {"train_img_s": round(statistics.median(train_rates), 1)}
+    if with_synthetic:
+        row.update(synthetic_img_s=synthetic_rates, of_synthetic=round(statistics.median(ratios), 3))
     if rounds > 1:
         row.update(train_img_s_rounds=train_rates, of_synthetic_rounds=ratios)
     return row
