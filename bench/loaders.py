@@ -24,7 +24,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from engine.bench.timing import (TRAINING_STREAMS, kernel_breakdown, kernel_count, or_error, positive_count,
+from engine.bench.timing import (TRAINING_STREAMS, kernel_breakdown, kernel_count, or_error, round_count,
                                  step_stream, stream_concurrency)
 from engine.config import parse_image_size
 from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
@@ -155,7 +155,7 @@ def main(argv=None) -> list[dict]:
                              "operators) per batch, and the operators that copy; on a GPU, and end to end, how "
                              "long the loader's and the step's kernels ran at the same time, and the N costliest "
                              "kernels beside the step's stream (DALI's operators)")
-    parser.add_argument("--rounds", type=positive_count, default=1, metavar="N",
+    parser.add_argument("--rounds", type=round_count, default=1, metavar="N",
                         help="end to end: each loader's rate and the synthetic one measured in turn N times; "
                              "of_synthetic is the median of the rounds' ratios (for a host-bound step, whose rate "
                              "drifts within a process)")

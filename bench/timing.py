@@ -110,18 +110,17 @@ def kernel_kind(name: str) -> str:
     return next((kind for kind, pattern in KERNEL_KINDS if re.search(pattern, name, re.IGNORECASE)), "other")
 
 
-def kernel_count(text: str) -> int:
-    """argparse type of the benchmarks' --kernels N: how many kernels to list, 0 for no profile."""
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a count of kernels (0 or more), got {text!r}")
-    return int(text)
+def count_of(what: str, minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of `what`, at least `minimum`."""
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"expected a count of {what} ({minimum} or more), got {text!r}")
+        return int(text)
+    return parse
 
 
-def positive_count(text: str) -> int:
-    """argparse type of a count that must be 1 or more (the benchmarks' --rounds)."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a count of 1 or more, got {text!r}")
-    return int(text)
+kernel_count = count_of("kernels", 0)  # the benchmarks' --kernels N: how many kernels to list, 0 for no profile
+round_count = count_of("rounds", 1)  # bench.loaders --rounds N
 
 
 def kernel_breakdown(fn: Callable[[], object], device: torch.device, steps: int, top: int) -> dict:
