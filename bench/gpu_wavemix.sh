@@ -24,10 +24,12 @@ has_part() { [[ ",$parts," == *",$1,"* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 # four pytest-xdist workers (the GPU image has it): the tests' time is mostly Triton compiling, one core each
 xdist=$(python3 -c 'import xdist' 2>/dev/null && echo '-n 4')
-has_part tests && timeout "${GPU_TESTS_LIMIT:-330}" python3 -m pytest -v $xdist --durations=10 -m gpu tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log"
+has_part tests && timeout "${GPU_TESTS_LIMIT:-330}" python3 -m pytest -v $xdist --durations=10 -m gpu \
+  tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log"
 # every launch configuration, forward and backward apart, beside the copy and the autotuned op (the plain-torch
 # compiled rows were measured in the third session)
-has_part dwt && timeout 120 python3 -m engine.bench.dwt --dtype bf16 --channels-last --configs 2>&1 | tee -a "$out/dwt.jsonl"
+has_part dwt && timeout 120 python3 -m engine.bench.dwt --dtype bf16 --channels-last --configs 2>&1 \
+  | tee -a "$out/dwt.jsonl"
 has_part step || exit 0
 # the reference first (the 4x target is against it), then ours from the most to the least important
 # (--kernels: where each variant's device time goes, by kernel and by kind, for the step's non-DWT share)

@@ -58,7 +58,8 @@ def _block_forward_with(dwt):
 def dwt_implementations(device: torch.device) -> dict:
     """name -> callable(x) returning the three levels."""
     reference = ReferenceDWT().to(device)
-    return {"reference": reference, "plain": lambda x: haar_dwt_torch(x, LEVELS), "fused": lambda x: haar_dwt(x, LEVELS)}
+    return {"reference": reference, "plain": lambda x: haar_dwt_torch(x, LEVELS),
+            "fused": lambda x: haar_dwt(x, LEVELS)}
 
 
 def use_dwt(model: torch.nn.Module, dwt) -> torch.nn.Module:

@@ -114,9 +114,9 @@ def datasets(data_root: str | None) -> None:
                   "prepared train/test", "description"), rows)
     click.echo(f"\nData root: {root}. obtain: auto = downloaded on first use or by `engine data prepare NAME`; "
                "manual = download it yourself, then `engine data prepare NAME --from PATH`; (differs): the prepared "
-               "counts are not the paper's (meta.json says how).\nYour own data: --data PATH, where PATH holds train/<class>/<image> and "
-               "test/<class>/<image> (optionally val/<class>/<image>),\nor just <class>/<image> folders, split "
-               "into train and test by a seeded stratified --test-split (default 0.2).")
+               "counts are not the paper's (meta.json says how).\nYour own data: --data PATH, where PATH holds "
+               "train/<class>/<image> and test/<class>/<image> (optionally val/<class>/<image>),\nor just "
+               "<class>/<image> folders, split into train and test by a seeded stratified --test-split (default 0.2).")
 
 
 def _prepared_column(spec, root) -> str:
@@ -207,7 +207,8 @@ def _prepare_every_downloadable(specs, root, force: bool) -> None:
               help="Train seeds 0..K-1 and write summary.json with the best (the paper's best of 3) and mean +- std.")
 @click.option("--image-size", callback=lambda ctx, param, value: value and parse_image_size(value),
               help="Resize to SIZE or HxW (e.g. 256 or 448x672) [default: the dataset's; 256 for a folder].")
-@click.option("--augment/--no-augment", default=None, help="TrivialAugmentWide [default: the dataset's; on for a folder].")
+@click.option("--augment/--no-augment", default=None,
+              help="TrivialAugmentWide [default: the dataset's; on for a folder].")
 @click.option("--pretrained/--no-pretrained", default=True, show_default=True,
               help="Start from the ImageNet weights (downloaded once into the torch hub cache).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,

@@ -69,7 +69,9 @@ def select_samples(index: DatasetIndex, fraction: float, seed: int, select_on: s
     return RunSamples(train, val, index.test, select_on)
 
 
-__all__ = ["CUSTOM_DEFAULT_AUGMENT", "CUSTOM_DEFAULT_SIZE", "fits_budget", "has_small_images", "ResidentBatches", "check_files", "leave_out", "unreadable_files", "DaliBatches", "dali_available", "DatasetSpec", "IMAGE_EXTENSIONS", "get_dataset_spec", "is_ready", "prepare_dataset", "prepared_meta",
-           "registry", "PIPELINES", "SPLIT_SEED", "VAL_RATIO", "DatasetIndex", "ResolvedDataset",
-           "RunSamples", "Sample", "count_per_class", "resolve_data_root", "resolve_dataset", "scan_dataset",
-           "select_samples", "stratified_fraction", "stratified_split"]
+__all__ = ["check_files", "count_per_class", "CUSTOM_DEFAULT_AUGMENT", "CUSTOM_DEFAULT_SIZE", "dali_available",
+           "DaliBatches", "DatasetIndex", "DatasetSpec", "fits_budget", "get_dataset_spec", "has_small_images",
+           "IMAGE_EXTENSIONS", "is_ready", "leave_out", "PIPELINES", "prepare_dataset", "prepared_meta", "registry",
+           "ResidentBatches", "resolve_data_root", "resolve_dataset", "ResolvedDataset", "RunSamples", "Sample",
+           "scan_dataset", "select_samples", "SPLIT_SEED", "stratified_fraction", "stratified_split",
+           "unreadable_files", "VAL_RATIO"]

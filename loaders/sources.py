@@ -276,8 +276,8 @@ def stanford_cars(raw: Path, out: Path) -> dict:
     """The devkit: devkit/cars_meta.mat (`class_names`), devkit/cars_train_annos.mat and
     cars_test_annos_withlabels.mat (`annotations`: fname, class 1-based), images in cars_train/ and cars_test/."""
     loadmat = optional_module("scipy.io").loadmat
-    names = [_folder_name(str(n)) for n in
-             loadmat(find_one(raw, "cars_meta.mat", "Stanford Cars' devkit/cars_meta.mat"), squeeze_me=True)["class_names"]]
+    meta = loadmat(find_one(raw, "cars_meta.mat", "Stanford Cars' devkit/cars_meta.mat"), squeeze_me=True)
+    names = [_folder_name(str(n)) for n in meta["class_names"]]
     for split, annotations, folder in (("train", "cars_train_annos.mat", "cars_train"),
                                        ("test", "cars_test_annos_withlabels.mat", "cars_test")):
         images = find_one(raw, folder, f"Stanford Cars' {folder}/ folder")

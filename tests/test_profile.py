@@ -124,7 +124,8 @@ def test_the_table_reads_a_packing_measurement_by_count():
     its neighbours."""
     from engine.cli import _readable
     packing = {"best_concurrency": 2, "total_images_per_s": {"1": 468.5, "2": 874.8}, "batch_sizes": {"1": 64, "2": 32}}
-    assert _readable(packing) == "best_concurrency 2, total_images_per_s (1: 468.5, 2: 874.8), batch_sizes (1: 64, 2: 32)"
+    assert _readable(packing) == ("best_concurrency 2, total_images_per_s (1: 468.5, 2: 874.8), "
+                                  "batch_sizes (1: 64, 2: 32)")
 
 
 def test_end_to_end_timing_starts_after_the_batches_a_loader_made_ahead():
