@@ -347,18 +347,19 @@ def typical_rate(history: list[dict]) -> float:
 
 @contextmanager
 def out_of_memory_advice(config: RunConfig):
-    """An out-of-memory error while training (a --batch-size or --image-size too large for the card) as one line
-    that says what to change, not a traceback; any other error passes as it is."""
+    """An out-of-memory error while training (a --batch-size or --image-size too large for the card, or on the CPU
+    for the machine) as one line that says what to change, not a traceback; any other error passes as it is."""
     try:
         yield
     except Exception as error:  # noqa: BLE001 - cuDNN and cuBLAS report a full card as RuntimeErrors of their own
         if not is_out_of_memory(error):
             raise
         said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # the batch autotune searches on a GPU only: on the CPU, auto is the fixed default
+        search = ", or let --batch-size auto find the largest batch that fits" if config.device == "cuda" else ""
         raise UserInputError(f"out of memory training {config.backbone} at batch {config.batch_size} and "
                              f"{config.image_size[0]}x{config.image_size[1]} on {config.device} ({said[:240]}); "
-                             f"lower --batch-size or --image-size, or let --batch-size auto find the largest batch "
-                             f"that fits") from None
+                             f"lower --batch-size or --image-size{search}") from None
 
 
 def _batch_note(config: RunConfig, train_images: int) -> str:

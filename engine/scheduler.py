@@ -45,9 +45,11 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 # How a full card shows besides torch's own "CUDA out of memory": cuDNN and cuBLAS allocate their handles outside
-# torch's allocator, and fail so when runs packed on the card (CUDA contexts, DALI's buffers) left no room.
+# torch's allocator, and fail so when runs packed on the card (CUDA contexts, DALI's buffers) left no room. On the
+# CPU, torch's allocator says "can't allocate memory" where the system refuses (a memory limit, a container's, or
+# overcommit off); where the kernel's out-of-memory killer ends the process instead, there is nothing to catch.
 OUT_OF_MEMORY_SIGNS = ("out of memory", "cudnn_status_alloc_failed", "cublas_status_alloc_failed",
-                       "cublas_status_not_initialized")
+                       "cublas_status_not_initialized", "can't allocate memory")
 
 
 def says_out_of_memory(message: str) -> bool:

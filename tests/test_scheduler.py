@@ -76,16 +76,35 @@ def test_an_image_size_too_large_for_the_card_is_one_line_naming_it(monkeypatch,
                           image_size=(4096, 4096), precision="bf16", compile_model=False, channels_last=True,
                           train_images=1000)
 
-    def full_card(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has 1 GiB free.\nmore")
-    monkeypatch.setattr(run, "fit", full_card)
+    def full_machine(*args, **kwargs):  # what torch's CPU allocator raises where the system refuses memory
+        raise RuntimeError(CPU_ALLOCATOR_FAILURE)
+    monkeypatch.setattr(run, "fit", full_machine)
     failed = run_main(capsys, "train", "--backbone", "mobilenet_v3_large", "--data", str(tiny_dataset),
                       "--no-pretrained", "--image-size", "32", "--batch-size", "8", "--out", str(tiny_dataset.parent))
     errors = [line for line in failed.stderr.splitlines() if line.startswith("engine: error:")]
     assert failed.returncode == 2 and "Traceback" not in failed.stderr and errors == [
-        "engine: error: out of memory training mobilenet_v3_large at batch 8 and 32x32 on cpu (CUDA out of memory. "
-        "Tried to allocate 2.00 GiB. GPU 0 has 1 GiB free.); lower --batch-size or --image-size, or let "
-        "--batch-size auto find the largest batch that fits"]
+        f"engine: error: out of memory training mobilenet_v3_large at batch 8 and 32x32 on cpu "
+        f"({CPU_ALLOCATOR_FAILURE}); lower --batch-size or --image-size"]
+
+
+CPU_ALLOCATOR_FAILURE = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                         "you tried to allocate 536870912 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def test_out_of_memory_on_a_gpu_also_points_to_the_batch_autotune():
+    """On a GPU `--batch-size auto` searches for the largest batch that fits, so the line offers it; on the CPU
+    (above) auto is a fixed default, so it does not."""
+    from engine.config import RunConfig
+    from engine.run import out_of_memory_advice
+    config = RunConfig("resnet50", "demo", "demo", "/d", (256, 256), augment=True, batch_size=512, device="cuda")
+    with pytest.raises(UserInputError) as raised, out_of_memory_advice(config):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has 1 GiB free.\nmore")
+    assert str(raised.value) == (
+        "out of memory training resnet50 at batch 512 and 256x256 on cuda (CUDA out of memory. Tried to allocate "
+        "2.00 GiB. GPU 0 has 1 GiB free.); lower --batch-size or --image-size, or let --batch-size auto find the "
+        "largest batch that fits")
+    with pytest.raises(ValueError, match="^shape mismatch$"), out_of_memory_advice(config):
+        raise ValueError("shape mismatch")  # any other error passes as it is
 
 
 def test_the_memory_search_skips_cudnns_algorithm_search_and_the_candidates_are_timed_with_it(monkeypatch):
@@ -136,6 +155,7 @@ def test_autotune_respects_the_training_set_limit():
     ("CUDA out of memory. Tried to allocate 2.00 GiB", True),
     ("cuDNN error: CUDNN_STATUS_ALLOC_FAILED", True),
     ("CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`", True),
+    ("DefaultCPUAllocator: can't allocate memory: you tried to allocate 536870912 bytes.", True),
     ("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED", False),
     ("shape mismatch", False),
 ])
