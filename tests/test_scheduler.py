@@ -83,7 +83,7 @@ def test_an_image_size_too_large_for_the_card_is_one_line_naming_it(monkeypatch,
                       "--no-pretrained", "--image-size", "32", "--batch-size", "8", "--out", str(tiny_dataset.parent))
     errors = [line for line in failed.stderr.splitlines() if line.startswith("engine: error:")]
     assert failed.returncode == 2 and "Traceback" not in failed.stderr and errors == [
-        f"engine: error: out of memory training mobilenet_v3_large at batch 8 and 32x32 on cpu "
+        "engine: error: out of memory training mobilenet_v3_large at batch 8 and 32x32 on cpu "
         f"({CPU_ALLOCATOR_FAILURE}); lower --batch-size or --image-size"]
 
 
