@@ -32,10 +32,9 @@ from engine.errors import UserInputError
 from engine.grid import pick_names
 from engine.loaders import PIPELINES
 from engine.models import list_backbones
-from engine.profile import (TrainStep, endless, first_step_seconds, host_step_ms, images_per_s, synthetic_batch,
-                            synthetic_rate)
+from engine.profile import TrainStep, endless, first_step_seconds, images_per_s, synthetic_batch, synthetic_rate
 from engine.run import make_batches, prepare_config
-from engine.scheduler import free_memory
+from engine.scheduler import free_memory, host_step_ms
 
 # at least this many steps timed, epoch after epoch: 2048 files at an autotuned batch of 256 are 8 steps, half
 # a second of a compiled resnet50, where one late batch would move the ratio by several percent
@@ -107,7 +106,7 @@ def compare_backbone(backbone: str, args, size: tuple[int, int], batch: int, ste
     now = time.perf_counter()
     return {"backbone": backbone, **engine,
             "engine_setup": f"{config.precision}, batch {config.batch_size}, {config.loader}"
-                            f"{', compile' if config.compile else ''}",
+                            f"{', compile ' + config.compile_mode if config.compile else ''}",
             "reference_img_s": round(reference_rate, 1), "reference_s": round(now - reference_started, 1),
             "ratio": round(engine["engine_img_s"] / reference_rate, 2), "wall_s": round(now - started, 1)}
 

@@ -22,7 +22,7 @@ from engine.bench.references import dwt_implementations, reference_wavemix, use_
 from engine.bench.timing import (kernel_breakdown, kernel_count, or_error, peak_memory_gib, reset_peak_memory,
                                  time_per_call)
 from engine.models.wavemix import wavemix_192_16
-from engine.profile import host_step_ms
+from engine.scheduler import host_step_ms
 from engine.trainer import FIRST_PHASE, begin_step, cudnn_benchmark, make_optimizer
 
 # How the model runs: eager; compiled by inductor (its default mode: the host launches each kernel every step);

@@ -35,7 +35,7 @@ class BatchSizeType(click.ParamType):
 
 BATCH_SIZE = BatchSizeType()
 COMPILE_MODE = click.option(
-    "--compile-mode", type=click.Choice(list(COMPILE_MODES)), default="default", show_default=True,
+    "--compile-mode", type=click.Choice(list(COMPILE_MODES)), default="auto", show_default=True,
     help="torch.compile's mode (with --compile). "
          + "; ".join(f"{mode}: {what}" for mode, what in COMPILE_MODES.items()) + ".")
 # The flags that shape a training step, shared by `engine train` and `engine profile` (which measures that step)

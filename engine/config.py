@@ -27,6 +27,9 @@ DEFAULT_OUT = "runs"
 
 # torch.compile's modes (`--compile-mode`), each with what it buys and what it costs
 COMPILE_MODES = {
+    "auto": "reduce-overhead on one GPU where the eager step at the run's batch is launch-bound (its host takes 0.8 "
+            "of the step's time or more to enqueue it; measured in seconds, kept in the profile store), else "
+            "default; the choice and why are logged and kept in config.json",
     "default": "inductor's fused kernels; the host launches each of them every step",
     "reduce-overhead": "the same kernels replayed as CUDA graphs, so the host's launch time goes: for small models "
                        "and batches, where the GPU waits for the host (`engine profile` says launch-bound); each "
@@ -57,7 +60,8 @@ class RunConfig:
     patience: int = PATIENCE
     precision: str = "fp32"  # bf16 | fp16 | fp32, resolved from "auto" before the run
     compile: bool = False
-    compile_mode: str = "default"  # one of COMPILE_MODES
+    compile_mode: str = "default"  # one of COMPILE_MODES, resolved from "auto" before the run
+    compile_mode_reason: str = ""  # "--compile-mode", or what auto measured
     channels_last: bool = True
     loader: str = "torch"
     device: str = "cpu"
@@ -70,7 +74,8 @@ class RunConfig:
     protocol: dict = field(default_factory=lambda: {"adamw": ADAMW, "sgd": SGD})
 
     # Fields that may change between a killed run and its resumption without changing what is computed.
-    RESUMABLE_CHANGES = ("workers", "out", "data", "data_path", "max_epochs", "batch_size_reason", "compile_mode")
+    RESUMABLE_CHANGES = ("workers", "out", "data", "data_path", "max_epochs", "batch_size_reason", "compile_mode",
+                         "compile_mode_reason")
     # Fields that say which experiment a run is: a finished run answers a command only while they are the same.
     # How it was computed (batch, precision, loader, device, compile) may differ: a rerun on another machine, where
     # the autotuner picks another batch, still finds its finished runs. max_epochs is judged by where the run
@@ -151,7 +156,10 @@ def resolve_precision(requested: str, device: str) -> str:
 
 
 def resolve_compile_mode(mode: str, compile_model: bool, device: str, world_size: int) -> str:
-    """The torch.compile mode, checked against the rest of the step's settings."""
+    """The torch.compile mode, checked against the rest of the step's settings (auto, the default, chooses among
+    them: scheduler.choose_compile_mode)."""
+    if mode == "auto":
+        return mode
     if mode != "default" and not compile_model:
         raise UserInputError(f"--compile-mode {mode} needs --compile")
     if mode in CUDA_GRAPH_MODES and world_size > 1:

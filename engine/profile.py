@@ -3,7 +3,6 @@ to the loader): the model on synthetic data (forward / backward / optimizer spli
 the loader alone, and both together, with a one-line verdict naming the bottleneck."""
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import replace
 from itertools import islice
@@ -16,16 +15,13 @@ import torch.nn.functional as F
 from engine.config import CUDA_GRAPH_MODES, RunConfig
 from engine.loaders import DatasetIndex, fits_budget
 from engine.models import build_backbone
-from engine.scheduler import synchronize, wait_for_copies
+from engine.scheduler import LAUNCH_BOUND, host_step_ms, synchronize, wait_for_copies
 from engine.progress import readable_rate
 from engine.run import make_batches, out_of_memory_advice
 from engine.trainer import (FIRST_PHASE, begin_step, compiled, cuda_graph_skips, input_dtype, make_optimizer,
                             make_precision, training_stream, tune_convolutions)
 
 INPUT_BOUND = 0.9  # end to end (or the loader alone) below this share of the model-only rate: the input side limits
-# the host's time to enqueue a step at this share of the step's time or more: the host, not the GPU, sets the pace
-# (and whatever else takes host time, a loader's threads included, slows the step down)
-LAUNCH_BOUND = 0.8
 
 
 def images_per_s(batches: Iterable, steps: int, warmup: int, work: Callable, device: torch.device,
@@ -62,23 +58,6 @@ def first_step_seconds(step: Callable, batch: tuple, device: torch.device) -> fl
     step(*batch)
     synchronize(device)
     return time.perf_counter() - started
-
-
-def host_step_ms(step: Callable, batch: tuple, device: torch.device, repeats: int = 5) -> float | None:
-    """Milliseconds the host takes to enqueue one step onto an idle GPU (the median of `repeats`, a
-    synchronisation before each, none inside). Training enqueues ahead of the GPU as long as this is under the
-    step's device time; at or above it, the GPU waits for the host. None on the CPU, where the work is done as it
-    is enqueued."""
-    if device.type != "cuda":
-        return None
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        started = time.perf_counter()
-        step(*batch)
-        times.append(time.perf_counter() - started)
-    synchronize(device)
-    return round(statistics.median(times) * 1e3, 2)
 
 
 def endless(pipeline) -> Iterable:
@@ -172,7 +151,8 @@ def _measure(config: RunConfig, index: DatasetIndex | None, steps: int, warmup: 
     report = {
         "backbone": config.backbone, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "image_size": list(config.image_size), "precision": config.precision, "compile": config.compile,
-        "compile_mode": config.compile_mode, "cuda_graph_skips": _graph_skips(config, device),
+        "compile_mode": config.compile_mode, "compile_mode_reason": config.compile_mode_reason,
+        "cuda_graph_skips": _graph_skips(config, device),
         "channels_last": config.channels_last, "batch_size": batch, "batch_size_reason": config.batch_size_reason,
         "first_step_s": round(first_step_s, 2), "model_images_per_s": round(model_rate, 1),
         "step_ms": round(batch / model_rate * 1e3, 2), "phase_ms": per_step_ms,

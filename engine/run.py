@@ -16,6 +16,7 @@ import sys
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from engine.loaders import (PIPELINES, DatasetIndex, check_files, count_per_clas
                             has_small_images, leave_out, resolve_dataset, scan_dataset, select_samples)
 from engine.loaders.batching import batch_taken
 from engine.models import build_backbone, check_image_size, get_backbone_spec
-from engine.scheduler import choose_batch_size, is_out_of_memory, keep_to_memory_share
+from engine.scheduler import choose_batch_size, choose_compile_mode, is_out_of_memory, keep_to_memory_share
 from engine.progress import readable_duration
 from engine.trainer import evaluate, fit, input_dtype, load_best, make_precision, training_stream, tune_convolutions
 
@@ -41,7 +42,7 @@ log = logging.getLogger("engine")
 def prepare_config(*, backbone: str, data: str, data_root: str | None = None, download: bool = True,
                    image_size: tuple[int, int] | None = None,
                    augment: bool | None = None, batch_size: int | str | None = None, device: str = "auto",
-                   precision: str = "auto", compile: bool | None = None, compile_mode: str = "default",
+                   precision: str = "auto", compile: bool | None = None, compile_mode: str = "auto",
                    workers: int | None = None, loader: str = "auto", **flags) -> tuple[RunConfig, DatasetIndex]:
     """Check the user's choices and fill in every default, so config.json says exactly what ran."""
     get_backbone_spec(backbone)  # an unknown name fails before any data is touched
@@ -55,17 +56,16 @@ def prepare_config(*, backbone: str, data: str, data_root: str | None = None, do
         if not weights.is_file():
             raise UserInputError(f"weights file {weights} does not exist")
         flags["weights"], flags["pretrained"] = str(weights), False  # the file replaces the ImageNet weights
-    precision, compile, batch_size, batch_size_reason = _step_settings(
-        backbone, device, precision, compile, batch_size, index.num_classes, image_size,
-        flags.get("channels_last", True), max(index.num_classes, round(flags.get("fraction", 1.0) * len(index.train))))
+    world_size = distributed.current().world_size
+    settings = step_settings(
+        backbone, device, precision, compile, compile_mode, batch_size, index.num_classes, image_size,
+        flags.get("channels_last", True), max(index.num_classes, round(flags.get("fraction", 1.0) * len(index.train))),
+        world_size)
     config = RunConfig(
         backbone=backbone, data=data, dataset=dataset.name, data_path=str(Path(dataset.path).resolve()),
         image_size=image_size, augment=dataset.augment if augment is None else augment,
-        num_classes=index.num_classes, batch_size=batch_size, batch_size_reason=batch_size_reason,
-        precision=precision, compile=compile,
-        compile_mode=resolve_compile_mode(compile_mode, compile, device, distributed.current().world_size),
-        loader=resolve_loader(loader, device, index, image_size), device=device,
-        world_size=distributed.current().world_size,
+        num_classes=index.num_classes, **settings._asdict(),
+        loader=resolve_loader(loader, device, index, image_size), device=device, world_size=world_size,
         workers=default_workers(device, distributed.local_processes()) if workers is None else workers, **flags)
     return config, index
 
@@ -90,28 +90,40 @@ def prepare_profile_config(*, backbone: str, data: str | None, image_size: tuple
     check_image_size(backbone, image_size)
     device = resolve_device(flags.get("device", "auto"))
     channels_last = flags.get("channels_last", True)
-    precision, compile_model, batch_size, reason = _step_settings(
-        backbone, device, flags.get("precision", "auto"), flags.get("compile"), flags.get("batch_size"), 1000,
-        image_size, channels_last, train_images=10**9)
-    compile_mode = resolve_compile_mode(flags.get("compile_mode", "default"), compile_model, device, world_size=1)
+    settings = step_settings(backbone, device, flags.get("precision", "auto"), flags.get("compile"),
+                             flags.get("compile_mode", "auto"), flags.get("batch_size"), 1000, image_size,
+                             channels_last, train_images=10**9, world_size=1)
     config = RunConfig(backbone=backbone, data="synthetic", dataset="synthetic", data_path="", image_size=image_size,
-                       augment=False, num_classes=1000, pretrained=False, batch_size=batch_size,
-                       batch_size_reason=reason, precision=precision, compile=compile_model,
-                       compile_mode=compile_mode, channels_last=channels_last, device=device)
+                       augment=False, num_classes=1000, pretrained=False, **settings._asdict(),
+                       channels_last=channels_last, device=device)
     return config, None
 
 
-def _step_settings(backbone: str, device: str, precision: str, compile_model: bool | None,
-                   batch_size: int | str | None, num_classes: int, image_size: tuple[int, int], channels_last: bool,
-                   train_images: int) -> tuple[str, bool, int, str]:
-    """(precision, compile, batch size, why that batch) for a resolved device: what shapes a training step."""
+class StepSettings(NamedTuple):
+    """What shapes a training step, each as RunConfig names it."""
+    precision: str
+    compile: bool
+    compile_mode: str
+    compile_mode_reason: str
+    batch_size: int
+    batch_size_reason: str
+
+
+def step_settings(backbone: str, device: str, precision: str, compile_model: bool | None, compile_mode: str,
+                  batch_size: int | str | None, num_classes: int, image_size: tuple[int, int], channels_last: bool,
+                  train_images: int, world_size: int) -> StepSettings:
+    """Precision, compile and its mode, and the batch, for a resolved device. The batch comes first: whether the
+    step is launch-bound (`--compile-mode auto`) depends on it."""
     precision = resolve_precision(precision, device)
     compile_model = (device == "cuda") if compile_model is None else compile_model
-    batch_size, reason = choose_batch_size(batch_size, device=device, default=DEFAULT_BATCH_SIZE[device],
-                                           backbone=backbone, num_classes=num_classes, image_size=image_size,
-                                           precision=precision, compile_model=compile_model,
-                                           channels_last=channels_last, train_images=train_images)
-    return precision, compile_model, batch_size, reason
+    resolve_compile_mode(compile_mode, compile_model, device, world_size)  # a named mode's conflicts, before the search
+    shape = dict(backbone=backbone, num_classes=num_classes, image_size=image_size, precision=precision,
+                 channels_last=channels_last)
+    batch_size, batch_reason = choose_batch_size(batch_size, device=device, default=DEFAULT_BATCH_SIZE[device],
+                                                 compile_model=compile_model, train_images=train_images, **shape)
+    compile_mode, mode_reason = choose_compile_mode(compile_mode, device=device, compile_model=compile_model,
+                                                    world_size=world_size, batch_size=batch_size, **shape)
+    return StepSettings(precision, compile_model, compile_mode, mode_reason, batch_size, batch_reason)
 
 
 def resolve_loader(requested: str, device: str, index: DatasetIndex, image_size: tuple[int, int]) -> str:
@@ -357,9 +369,12 @@ def out_of_memory_advice(config: RunConfig):
         said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         # the batch autotune searches on a GPU only: on the CPU, auto is the fixed default
         search = ", or let --batch-size auto find the largest batch that fits" if config.device == "cuda" else ""
+        # the batch search measures eagerly: CUDA graphs' memory pool comes on top of the batch it found
+        graphs = (f", or --compile-mode default (CUDA graphs, {config.compile_mode}, keep a memory pool of their "
+                  f"own)" if config.uses_cuda_graphs and config.device == "cuda" else "")
         raise UserInputError(f"out of memory training {config.backbone} at batch {config.batch_size} and "
                              f"{config.image_size[0]}x{config.image_size[1]} on {config.device} ({said[:240]}); "
-                             f"lower --batch-size or --image-size{search}") from None
+                             f"lower --batch-size or --image-size{search}{graphs}") from None
 
 
 def _batch_note(config: RunConfig, train_images: int) -> str:

@@ -1,6 +1,8 @@
 """Batch-size autotune (`--batch-size auto`): the largest batch whose training step fits under a memory cap,
 then the fastest of a few candidates at or below it, measured with the real step; cached in a profile store so
-a grid pays for each (GPU, torch, backbone, size, precision, compile) once.
+a grid pays for each (GPU, torch, backbone, size, precision, compile) once. Then the compile mode
+(`--compile-mode auto`): CUDA graphs where the eager step at that batch is launch-bound, measured and stored
+beside the batch. Last, packing: how many runs share one GPU best.
 
 The search takes the step as a function, so its logic is tested on the CPU with an injected memory model.
 """
@@ -10,6 +12,7 @@ import gc
 import json
 import logging
 import os
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -181,8 +184,8 @@ def save_profile(key: str, entry: dict, path: Path | None = None) -> None:
 def cached_or_tuned(key: str, run_step: Callable[..., float | None], limit: int, path: Path | None = None
                     ) -> BatchChoice:
     """The stored choice for `key` (if it respects today's limit), else a fresh autotune, stored."""
-    stored = read_profiles(path).get(key)
-    if stored and stored["batch_size"] <= limit:
+    stored = read_profiles(path).get(key) or {}
+    if stored.get("batch_size") and stored["batch_size"] <= limit:  # an entry may hold only the compile mode's share
         return BatchChoice(stored["batch_size"], f"profile store ({stored['reason']})", stored["largest_fitting"],
                            {int(b): r for b, r in stored.get("images_per_s", {}).items()})
     choice = autotune(run_step, limit)
@@ -196,15 +199,11 @@ def cached_or_tuned(key: str, run_step: Callable[..., float | None], limit: int,
 STEPS_TO_PEAK = 2
 
 
-def training_step_rate(backbone: str, num_classes: int, image_size: tuple[int, int], precision: str,
-                       channels_last: bool, device: torch.device, steps: int = 6, warmup: int = 3):
-    """A function batch -> images/s of the real training step (forward, backward, AdamW step) on synthetic
-    data. Eager: a compiled model would recompile for every candidate, and it needs no more memory than eager.
-    Six timed steps: with three, an H100 ranked mobilenet_v3_large's batch 128 at half the rate of 192 (4.5k vs
-    8.7k img/s at 128 px, bench/NOTES.md), which one step's jitter explains and the model does not.
-    With `timed=False` (the memory search's question, whether a batch fits) only STEPS_TO_PEAK steps run and
-    nothing is timed: the search tries ~10 sizes, up to thousands of images a step on a large dataset, where nine
-    steps each would take minutes."""
+def synthetic_steps(backbone: str, num_classes: int, image_size: tuple[int, int], precision: str,
+                    channels_last: bool, device: torch.device) -> Callable[[int], Callable[[], None]]:
+    """A function batch -> the real eager training step (forward, backward, AdamW step) on a synthetic batch of
+    that size, one model and optimizer for every batch. Eager: a compiled model would recompile for every
+    candidate, and it needs no more memory than eager."""
     from engine.models import build_backbone
     from engine.trainer import FIRST_PHASE, make_optimizer, make_precision, tune_convolutions
 
@@ -214,7 +213,7 @@ def training_step_rate(backbone: str, num_classes: int, image_size: tuple[int, i
     optimizer = make_optimizer(FIRST_PHASE, model)
     step_precision = make_precision(precision, device.type)
 
-    def run(batch: int, *, timed: bool = True) -> float | None:
+    def make_step(batch: int) -> Callable[[], None]:
         images = torch.randn(batch, 3, *image_size, device=device).contiguous(memory_format=memory_format)
         labels = torch.randint(0, num_classes, (batch,), device=device)
 
@@ -225,18 +224,42 @@ def training_step_rate(backbone: str, num_classes: int, image_size: tuple[int, i
             step_precision.backward(loss)
             step_precision.step(optimizer)
 
+        return step
+
+    return make_step
+
+
+def training_step_rate(backbone: str, num_classes: int, image_size: tuple[int, int], precision: str,
+                       channels_last: bool, device: torch.device, steps: int = 6, warmup: int = 3):
+    """A function batch -> images/s of the real eager training step on synthetic data (synthetic_steps).
+    Six timed steps: with three, an H100 ranked mobilenet_v3_large's batch 128 at half the rate of 192 (4.5k vs
+    8.7k img/s at 128 px, bench/NOTES.md), which one step's jitter explains and the model does not.
+    With `timed=False` (the memory search's question, whether a batch fits) only STEPS_TO_PEAK steps run and
+    nothing is timed: the search tries ~10 sizes, up to thousands of images a step on a large dataset, where nine
+    steps each would take minutes."""
+    make_step = synthetic_steps(backbone, num_classes, image_size, precision, channels_last, device)
+
+    def run(batch: int, *, timed: bool = True) -> float | None:
+        step = make_step(batch)
         for _ in range(warmup if timed else STEPS_TO_PEAK):
             step()
         synchronize(device)
         if not timed:
             return None
-        started = time.perf_counter()
-        for _ in range(steps):
-            step()
-        synchronize(device)
-        return batch * steps / (time.perf_counter() - started)
+        return batch / seconds_per_step(step, device, steps)
 
     return run
+
+
+def seconds_per_step(step: Callable[[], None], device: torch.device, steps: int) -> float:
+    """Wall seconds a step takes in a run of `steps` back to back: the GPU's pace, or the host's where the host
+    is the slower (launch-bound)."""
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - started) / steps
 
 
 def synchronize(device: torch.device) -> None:
@@ -269,6 +292,94 @@ def choose_batch_size(requested: int | str | None, *, device: str, default: int,
     packed = f" in {share:.3g} of the GPU ({MEMORY_SHARE_ENV})" if share < 1 else ""
     log.info("batch size %d%s: %s", choice.batch_size, packed, choice.reason)
     return choice.batch_size, f"autotuned{packed}: {choice.reason}"
+
+
+# --- The compile mode: CUDA graphs where the host sets the pace (`--compile-mode auto`) ------------------------------
+# The host's time to enqueue a step at this share of the step's time or more: the host, not the GPU, sets the pace
+# (and whatever else takes host time, a loader's threads included, slows the step down). `engine profile`'s verdict
+# says launch-bound from the same share.
+LAUNCH_BOUND = 0.8
+
+
+def host_step_ms(step: Callable, batch: tuple, device: torch.device, repeats: int = 5) -> float | None:
+    """Milliseconds the host takes to enqueue one step onto an idle GPU (the median of `repeats`, a
+    synchronisation before each, none inside). Training enqueues ahead of the GPU as long as this is under the
+    step's device time; at or above it, the GPU waits for the host. None on the CPU, where the work is done as it
+    is enqueued."""
+    if device.type != "cuda":
+        return None
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        step(*batch)
+        times.append(time.perf_counter() - started)
+    synchronize(device)
+    return round(statistics.median(times) * 1e3, 2)
+
+
+def eager_host_share(make_step: Callable[[int], Callable[[], None]], batch: int, device: torch.device,
+                     steps: int = 6, warmup: int = 3) -> float:
+    """The host's time to enqueue one eager step onto an idle GPU over the step's time in a run of steps: about 1
+    where the host sets the pace (launch-bound), well under it where the GPU does."""
+    step = make_step(batch)
+    for _ in range(warmup):
+        step()
+    host_ms = host_step_ms(step, (), device)
+    return host_ms / (seconds_per_step(step, device, steps) * 1e3)
+
+
+def graphs_where_launch_bound(share: float, batch: int) -> tuple[str, str]:
+    """(compile mode, why) for an eager step whose host takes `share` of its time to enqueue it. The eager step
+    stands in for the compiled one, which is not built until training starts: compiling fuses kernels, so it
+    launches fewer, but each of inductor's launches costs the host more (shufflenet_v2_x2_0 on an H100: 27.6 ms of
+    host for a 32.2 ms compiled step, and CUDA graphs ran it 1.51x faster, bench/NOTES.md)."""
+    bound = share >= LAUNCH_BOUND
+    why = (f"auto: the eager step at batch {batch} is {'launch' if bound else 'GPU'}-bound (the host takes "
+           f"{share:.0%} of its time to enqueue it)")
+    if bound:
+        return "reduce-overhead", why + ": CUDA graphs replay it in one launch"
+    return "default", why
+
+
+def cached_or_measured_share(key: str, batch: int, measure: Callable[[int], float], path: Path | None = None
+                             ) -> float:
+    """The stored eager host share at `batch` under the profile store's `key`, else measured and stored."""
+    stored = (read_profiles(path).get(key) or {}).get("eager_host_share", {})
+    if str(batch) in stored:
+        return stored[str(batch)]
+    share = round(measure(batch), 3)
+    # read again under save_profile's lock would be safer against a packed run's write; a lost entry is only
+    # measured again, in seconds
+    save_profile(key, {"eager_host_share": {**stored, str(batch): share}}, path)
+    return share
+
+
+def choose_compile_mode(requested: str, *, device: str, compile_model: bool, world_size: int, backbone: str,
+                        num_classes: int, image_size: tuple[int, int], precision: str, channels_last: bool,
+                        batch_size: int) -> tuple[str, str]:
+    """(compile mode, why). A named mode is taken as it is; `auto` (the default) gives CUDA graphs to a compiled
+    run on one GPU whose eager step is launch-bound at its batch (measured in seconds, once per profile key and
+    batch), and torch.compile's default mode to every other run."""
+    if requested != "auto":
+        return requested, "--compile-mode"
+    if not compile_model:
+        return "default", "auto: not compiled"
+    if device != "cuda":
+        return "default", "auto: CUDA graphs need a GPU"
+    if world_size > 1:
+        return "default", "auto: CUDA graphs run on one GPU only in this engine"
+    key = profile_key(torch.cuda.get_device_name(), backbone, image_size, precision, compile_model, channels_last,
+                      memory_share())
+    cuda = torch.device("cuda")
+    try:
+        share = cached_or_measured_share(key, batch_size, lambda batch: eager_host_share(
+            synthetic_steps(backbone, num_classes, image_size, precision, channels_last, cuda), batch, cuda))
+    finally:
+        free_memory()
+    mode, why = graphs_where_launch_bound(share, batch_size)
+    log.info("compile mode %s: %s", mode, why)
+    return mode, why
 
 
 # --- Packing: several runs on one GPU -----------------------------------------------------------------------

@@ -33,6 +33,7 @@ def test_train_writes_a_complete_run_folder_and_skips_a_finished_run(tiny_datase
     config = json.loads((folder / "config.json").read_text())
     assert (config["backbone"], config["num_classes"], config["image_size"]) == ("mobilenet_v3_large", 3, [32, 32])
     assert (config["batch_size"], config["precision"], config["device"]) == (8, "fp32", "cpu")
+    assert (config["compile_mode"], config["compile_mode_reason"]) == ("default", "auto: not compiled")
     assert config["counts"] == {"train": 36, "selection": 12, "test": 12}
     rows = read_metrics(folder / "metrics.csv")
     assert [row["epoch"] for row in rows] == ["1", "2"]
@@ -328,7 +329,8 @@ def test_a_run_from_before_compile_modes_resumes_and_a_new_mode_does_not_change_
     from engine.config import RunConfig, resolve_compile_mode
     config = RunConfig(backbone="resnet50", data="demo", dataset="demo", data_path="/d", image_size=(64, 64),
                        augment=True, compile=True, compile_mode="reduce-overhead")
-    saved = {key: value for key, value in config.to_json().items() if key != "compile_mode"}
+    saved = {key: value for key, value in config.to_json().items()
+             if key not in ("compile_mode", "compile_mode_reason")}
     assert config.differences(saved) == []
     with pytest.raises(UserInputError, match="one GPU only"):
         resolve_compile_mode("reduce-overhead", True, "cuda", world_size=2)

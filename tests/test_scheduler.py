@@ -105,6 +105,12 @@ def test_out_of_memory_on_a_gpu_also_points_to_the_batch_autotune():
         "largest batch that fits")
     with pytest.raises(ValueError, match="^shape mismatch$"), out_of_memory_advice(config):
         raise ValueError("shape mismatch")  # any other error passes as it is
+    graphed = RunConfig("resnet50", "demo", "demo", "/d", (256, 256), augment=True, batch_size=512, device="cuda",
+                        compile=True, compile_mode="reduce-overhead")
+    with pytest.raises(UserInputError) as raised, out_of_memory_advice(graphed):
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+    assert str(raised.value).endswith("fits, or --compile-mode default (CUDA graphs, reduce-overhead, keep a memory "
+                                      "pool of their own)")
 
 
 def test_the_memory_search_skips_cudnns_algorithm_search_and_the_candidates_are_timed_with_it(monkeypatch):
@@ -203,6 +209,105 @@ def test_the_real_step_measures_images_per_second_on_cpu():
     rate = scheduler.training_step_rate("mobilenet_v3_large", 3, (32, 32), "fp32", True, torch.device("cpu"),
                                         steps=1, warmup=1)
     assert rate(4) > 0
+
+
+def test_host_step_time_is_the_median_enqueue_time_after_a_synchronisation_each(monkeypatch):
+    """On a GPU the host's part of a step is timed with the device idle before each (so a full launch queue
+    cannot block it): the median of the repeats, in milliseconds."""
+    import time
+
+    calls = []
+    monkeypatch.setattr(scheduler, "synchronize", lambda device: calls.append("sync"))
+    durations = iter([0.030, 0.010, 0.011, 0.012, 0.500])  # one slow outlier (a recompile, a page fault)
+
+    def step(images, labels):
+        calls.append("step")
+        time.sleep(next(durations))
+
+    host_ms = scheduler.host_step_ms(step, (None, None), torch.device("cuda"))
+    assert 11.5 <= host_ms < 20 and calls == ["sync", "step"] * 5 + ["sync"]
+    assert scheduler.host_step_ms(step, (None, None), torch.device("cpu")) is None
+
+
+class FakeGpu:
+    """A GPU whose steps the host enqueues in `host_s` each, and which runs each in `device_s` once synchronised."""
+
+    def __init__(self, host_s: float, device_s: float):
+        self.host_s, self.device_s, self.queued = host_s, device_s, 0
+
+    def make_step(self, batch: int):
+        def step():
+            time.sleep(self.host_s)
+            self.queued += 1
+        return step
+
+    def synchronize(self, device):
+        time.sleep(max(0.0, self.queued * self.device_s - self.host_s * self.queued))  # what the host did not cover
+        self.queued = 0
+
+
+@pytest.mark.parametrize("host_s, device_s, launch_bound", [(0.001, 0.012, False), (0.012, 0.004, True)])
+def test_the_eager_host_share_tells_a_launch_bound_step_from_a_gpu_bound_one(monkeypatch, host_s, device_s,
+                                                                             launch_bound):
+    gpu = FakeGpu(host_s, device_s)
+    monkeypatch.setattr(scheduler, "synchronize", gpu.synchronize)
+    share = scheduler.eager_host_share(gpu.make_step, 8, torch.device("cuda"), steps=4, warmup=1)
+    assert (share >= scheduler.LAUNCH_BOUND) == launch_bound
+    assert share < 0.5 if not launch_bound else 0.8 <= share <= 1.2
+
+
+@pytest.mark.parametrize("share, mode, words", [(0.97, "reduce-overhead", "launch-bound (the host takes 97%"),
+                                                (0.8, "reduce-overhead", "CUDA graphs replay it in one launch"),
+                                                (0.3, "default", "GPU-bound (the host takes 30%")])
+def test_cuda_graphs_go_to_launch_bound_steps_only(share, mode, words):
+    chosen, why = scheduler.graphs_where_launch_bound(share, 192)
+    assert chosen == mode and why.startswith("auto: the eager step at batch 192 is") and words in why
+
+
+def test_the_host_share_is_measured_once_per_key_and_batch_beside_the_batch_choice(tmp_path):
+    path = tmp_path / "profiles.json"
+    key = profile_key("NVIDIA H100", "shufflenet_v2_x2_0", (256, 256), "bf16", True, True)
+    measured = []
+
+    def measure(batch):
+        measured.append(batch)
+        return 0.9612
+
+    assert scheduler.cached_or_measured_share(key, 192, measure, path) == 0.961
+    assert scheduler.cached_or_measured_share(key, 192, measure, path) == 0.961 and measured == [192]
+    scheduler.cached_or_measured_share(key, 128, measure, path)  # another batch is another question
+    assert measured == [192, 128] and read_profiles(path)[key]["eager_host_share"] == {"192": 0.961, "128": 0.961}
+    # an entry holding only the share is no batch choice: the autotune still runs for it, and keeps the share
+    choice = cached_or_tuned(key, FakeStep(capacity=100, best=72), limit=1000, path=path)
+    assert choice.batch_size == 72 and not choice.reason.startswith("profile store")
+    assert read_profiles(path)[key]["eager_host_share"]["192"] == 0.961
+
+
+def test_compile_mode_auto_measures_only_a_compiled_run_on_one_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "FakeGPU")
+    monkeypatch.setattr(scheduler, "synthetic_steps", lambda *args: "steps")
+    shares = []
+    monkeypatch.setattr(scheduler, "eager_host_share", lambda steps, batch, device: shares.append(batch) or 0.95)
+    shape = dict(backbone="shufflenet_v2_x2_0", num_classes=3, image_size=(64, 64), precision="bf16",
+                 channels_last=True, batch_size=192)
+    choose = scheduler.choose_compile_mode
+    assert choose("max-autotune", device="cuda", compile_model=True, world_size=1, **shape) == ("max-autotune",
+                                                                                              "--compile-mode")
+    assert choose("auto", device="cuda", compile_model=False, world_size=1, **shape) == ("default",
+                                                                                       "auto: not compiled")
+    assert choose("auto", device="cpu", compile_model=True, world_size=1, **shape)[1] == "auto: CUDA graphs need a GPU"
+    assert choose("auto", device="cuda", compile_model=True, world_size=2, **shape)[0] == "default"  # DDP: no graphs
+    assert shares == []  # none of those measured anything
+    mode, why = choose("auto", device="cuda", compile_model=True, world_size=1, **shape)
+    assert mode == "reduce-overhead" and "launch-bound" in why and shares == [192]
+    assert choose("auto", device="cuda", compile_model=True, world_size=1, **shape)[0] == "reduce-overhead"
+    assert shares == [192]  # the second run read the profile store
+
+
+def test_the_real_eager_steps_share_one_model_across_batches_on_cpu():
+    make_step = scheduler.synthetic_steps("mobilenet_v3_large", 3, (32, 32), "fp32", True, torch.device("cpu"))
+    make_step(2)()
+    make_step(4)()  # another batch, the same model and optimizer
 
 
 def test_packing_takes_more_runs_only_when_they_pay():
