@@ -253,6 +253,17 @@ def test_the_engine_step_and_the_batch_autotuner_run_with_cudnn_algorithm_search
         assert torch.backends.cudnn.benchmark is True
 
 
+def test_the_eager_host_share_tells_launch_bound_from_gpu_bound_on_a_real_gpu():
+    """--compile-mode auto's measure on the hardware: a small model at a small batch (hundreds of tiny kernels) is
+    launch-bound, four long matmuls a step are not."""
+    from engine import scheduler
+    cuda = torch.device("cuda")
+    small = scheduler.synthetic_steps("mobilenet_v3_large", 3, (32, 32), "bf16", True, cuda)
+    assert scheduler.eager_host_share(small, 8, cuda) >= scheduler.LAUNCH_BOUND
+    matrix = torch.randn(8192, 8192, device=cuda)
+    assert scheduler.eager_host_share(lambda batch: lambda: [matrix @ matrix for _ in range(4)], 1, cuda) < 0.2
+
+
 def test_engine_trains_on_the_gpu_with_its_gpu_defaults_but_compile(tiny_dataset, tmp_path):
     """The trainer's GPU path end to end as a user runs it: bf16, channels_last, the resident loader (small
     images), fused AdamW, accuracy accumulated on the device, the padded evaluation batch, the background
