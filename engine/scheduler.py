@@ -375,6 +375,14 @@ def choose_compile_mode(requested: str, *, device: str, compile_model: bool, wor
     try:
         share = cached_or_measured_share(key, batch_size, lambda batch: eager_host_share(
             synthetic_steps(backbone, num_classes, image_size, precision, channels_last, cuda), batch, cuda))
+    except Exception as error:  # noqa: BLE001 - a --batch-size too large for the eager step; re-raise the rest
+        if not is_out_of_memory(error):
+            raise
+        # the compiled step may still fit (inductor keeps fewer activations): training says so, or runs out in its
+        # own one line
+        why = f"auto: the eager step at batch {batch_size} does not fit in memory to be measured"
+        log.warning("compile mode default: %s", why)
+        return "default", why
     finally:
         free_memory()
     mode, why = graphs_where_launch_bound(share, batch_size)

@@ -304,6 +304,27 @@ def test_compile_mode_auto_measures_only_a_compiled_run_on_one_gpu(monkeypatch):
     assert shares == [192]  # the second run read the profile store
 
 
+def test_compile_mode_auto_where_the_eager_step_does_not_fit_says_so_and_compiles_as_usual(monkeypatch, caplog):
+    """A --batch-size the eager step cannot hold (the compiled one may: inductor keeps fewer activations) is no
+    traceback: the mode is default, with a warning; any other failure of the measure is raised."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "FakeGPU")
+    monkeypatch.setattr(scheduler, "synthetic_steps", lambda *args: "steps")
+    shape = dict(backbone="resnet50", num_classes=3, image_size=(64, 64), precision="bf16", channels_last=True,
+                 batch_size=4096, device="cuda", compile_model=True, world_size=1)
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    monkeypatch.setattr(scheduler, "eager_host_share", out_of_memory)
+    with caplog.at_level("WARNING", logger="engine"):
+        mode, why = scheduler.choose_compile_mode("auto", **shape)
+    assert (mode, why) == ("default", "auto: the eager step at batch 4096 does not fit in memory to be measured")
+    assert why in caplog.text
+    monkeypatch.setattr(scheduler, "eager_host_share", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        scheduler.choose_compile_mode("auto", **shape)
+
+
 def test_the_real_eager_steps_share_one_model_across_batches_on_cpu():
     make_step = scheduler.synthetic_steps("mobilenet_v3_large", 3, (32, 32), "fp32", True, torch.device("cpu"))
     make_step(2)()
