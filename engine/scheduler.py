@@ -185,7 +185,8 @@ def cached_or_tuned(key: str, run_step: Callable[..., float | None], limit: int,
                     ) -> BatchChoice:
     """The stored choice for `key` (if it respects today's limit), else a fresh autotune, stored."""
     stored = read_profiles(path).get(key) or {}
-    if stored.get("batch_size") and stored["batch_size"] <= limit:  # an entry may hold only the compile mode's share
+    # a store written before the eager host share had entries of its own may hold an entry with the share alone
+    if stored.get("batch_size") and stored["batch_size"] <= limit:
         return BatchChoice(stored["batch_size"], f"profile store ({stored['reason']})", stored["largest_fitting"],
                            {int(b): r for b, r in stored.get("images_per_s", {}).items()})
     choice = autotune(run_step, limit)
@@ -342,16 +343,21 @@ def graphs_where_launch_bound(share: float, batch: int) -> tuple[str, str]:
     return "default", why
 
 
+def host_share_key(key: str, batch: int) -> str:
+    """The profile store's key for the eager host share at `batch`: an entry of its own beside the batch choice
+    under `key`, so that each is written whole under the store's lock and neither is mistaken for the other."""
+    return f"{key}|eager host share at batch {batch}"
+
+
 def cached_or_measured_share(key: str, batch: int, measure: Callable[[int], float], path: Path | None = None
                              ) -> float:
     """The stored eager host share at `batch` under the profile store's `key`, else measured and stored."""
-    stored = (read_profiles(path).get(key) or {}).get("eager_host_share", {})
-    if str(batch) in stored:
-        return stored[str(batch)]
+    share_key = host_share_key(key, batch)
+    stored = read_profiles(path).get(share_key)
+    if stored:
+        return stored["eager_host_share"]
     share = round(measure(batch), 3)
-    # read again under save_profile's lock would be safer against a packed run's write; a lost entry is only
-    # measured again, in seconds
-    save_profile(key, {"eager_host_share": {**stored, str(batch): share}}, path)
+    save_profile(share_key, {"eager_host_share": share}, path)
     return share
 
 

@@ -11,7 +11,7 @@ from engine import scheduler
 from engine.errors import UserInputError
 from engine.run import prepare_profile_config
 from engine.scheduler import (autotune, batch_limit, cached_or_tuned, choose_batch_size, largest_fitting_batch,
-                              profile_key, read_profiles)
+                              host_share_key, profile_key, read_profiles, save_profile)
 
 
 class FakeStep:
@@ -276,11 +276,19 @@ def test_the_host_share_is_measured_once_per_key_and_batch_beside_the_batch_choi
     assert scheduler.cached_or_measured_share(key, 192, measure, path) == 0.961
     assert scheduler.cached_or_measured_share(key, 192, measure, path) == 0.961 and measured == [192]
     scheduler.cached_or_measured_share(key, 128, measure, path)  # another batch is another question
-    assert measured == [192, 128] and read_profiles(path)[key]["eager_host_share"] == {"192": 0.961, "128": 0.961}
-    # an entry holding only the share is no batch choice: the autotune still runs for it, and keeps the share
+    assert measured == [192, 128]
+    # each share is an entry of its own, none inside the batch choice's: the autotune still runs for the key, and
+    # its entry holds the batch choice alone
+    stored = read_profiles(path)
+    assert [stored[host_share_key(key, batch)]["eager_host_share"] for batch in (192, 128)] == [0.961, 0.961]
     choice = cached_or_tuned(key, FakeStep(capacity=100, best=72), limit=1000, path=path)
     assert choice.batch_size == 72 and not choice.reason.startswith("profile store")
-    assert read_profiles(path)[key]["eager_host_share"]["192"] == 0.961
+    assert "eager_host_share" not in read_profiles(path)[key]
+    assert scheduler.cached_or_measured_share(key, 192, measure, path) == 0.961 and measured == [192, 128]
+    # a store from before: the share inside the key's entry, alone, is no batch choice either
+    older = tmp_path / "older.json"
+    save_profile(key, {"eager_host_share": {"192": 0.961}}, older)
+    assert cached_or_tuned(key, FakeStep(capacity=100, best=72), limit=1000, path=older).batch_size == 72
 
 
 def test_compile_mode_auto_measures_only_a_compiled_run_on_one_gpu(monkeypatch):
