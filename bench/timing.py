@@ -119,6 +119,19 @@ def count_of(what: str, minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def share_of(what: str) -> Callable[[str], float]:
+    """An argparse type: a share of `what`, from 0 to 1."""
+    def parse(text: str) -> float:
+        try:
+            share = float(text)
+        except ValueError:
+            share = -1.0
+        if not 0 <= share <= 1:
+            raise argparse.ArgumentTypeError(f"expected a share of {what} from 0 to 1, got {text!r}")
+        return share
+    return parse
+
+
 kernel_count = count_of("kernels", 0)  # the benchmarks' --kernels N: how many kernels to list, 0 for no profile
 round_count = count_of("rounds", 1)  # bench.loaders --rounds N
 
