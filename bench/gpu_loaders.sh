@@ -34,8 +34,8 @@ python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 loader_backbones=${LOADER_BACKBONES:-resnet50,mobilenet_v3_large}
 for backbone in ${loader_backbones//,/ }; do
   timeout 80 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone "$backbone" --image-size 256 \
-    --batch-size 128 --workers 8 --steps 15 --rounds 3 --loaders "$loaders" --kernels 8 2>&1 | grep -v -i deprecat \
-    | tee -a "$out/loaders.jsonl"
+    --batch-size 128 --workers 8 --steps 15 --rounds 3 --loaders "$loaders" --kernels 8 2>&1 \
+    | grep --line-buffered -v -i deprecat | tee -a "$out/loaders.jsonl"
 done
 # DALI alone at the anchor's batch (256), then the anchor's own script beside it when carried (.anchors/, a copy
 # of ../shared/device/dali_anchor.py: same card, same call), on its own files
@@ -47,41 +47,38 @@ for thread_count in $threads; do
 for hw_load in ${hw_loads//,/ }; do
   timeout 40 python3 -m engine.bench.loaders --data /tmp/jpgs --loaders dali --loader-only --image-size 256 \
     --batch-size 256 --workers "$thread_count" --steps 24 --dali-hw-decoder-load "$hw_load" 2>&1 \
-    | grep -v -i deprecat | tee -a "$out/loaders.jsonl"
+    | grep --line-buffered -v -i deprecat | tee -a "$out/loaders.jsonl"
 done
 done
 # from a file, not stdin: DALI's conditionals (its TrivialAugmentWide) read the pipeline function's source
 [ -f .anchors/dali_anchor.py ] && sed 's#/tmp/jpgs#/tmp/anchor_jpgs#' .anchors/dali_anchor.py > /tmp/dali_anchor.py \
-  && timeout 60 python3 /tmp/dali_anchor.py 2>&1 | grep -v -i deprecat | tee "$out/dali_anchor.log"
-# mobilenet (the lightest step, where DALI's work shows most), six experiments, most telling first. The rows above ran
-# their steps on a stream of their own, as engine train does, with each batch handed over on torch's stream (the
-# engine's since the fourteenth session). First half the images decoded, resized and augmented on DALI's CPU threads and
-# copied over as uint8 (the twenty-eighth session's idea: their warp and resize kernels, ~2.3 ms a batch of 128 beside
-# resnet50's step, leave the SMs; its row's `streams` says how much of DALI's GPU time is left beside the step, a
-# steadier measure than the end-to-end rate; 8 threads carry ~1.9k img/s of that work, so a host-bound step such as
-# mobilenet's may lose what a GPU-bound one gains). Then every JPEG to the hardware decoder (1.0 against the engine's
-# 0.9): below DALI's hybrid_huffman_threshold (1 Mpixel, every image here) the share the hardware decoder does not take
-# is Huffman-decoded on a CPU thread and then IDCT'd and colour-converted by nvJPEG's kernels on the SMs, where they
-# slow a GPU-bound step down (resnet50 lost 6-7 % to DALI's ~2.4 ms of kernels a batch beside the step; the hardware
-# decoder uses no SMs); DALI alone ran 1.0 within 2 % of 0.9 on the H200. Then the host waiting for each batch instead
-# (DALI's iterator as it ships: 0.71 of synthetic there, against 0.92-1.14); then the step on a high-priority stream
-# (meant to leave DALI's kernels the step's gaps; the twenty-fourth session's H200: resnet50 0.936 against 0.94, no
-# gain); then the step on torch's default stream, CUDA's legacy one, as the ninth session ran it (any blocking stream or
-# synchronous copy of DALI's or nvJPEG's waits for it and holds it up); DALI's own hardware-decoder share (0.65) against
-# the engine's (0.9, from the ninth session's loader-alone rows). Each row's of_synthetic is against the synthetic rate
-# measured just before and after it: that rate drifted by up to 1.8x between runs in the fourteenth session, and each
-# row names its kernels beside the step (--kernels), to set against the first rows'.
+  && timeout 60 python3 /tmp/dali_anchor.py 2>&1 | grep --line-buffered -v -i deprecat | tee "$out/dali_anchor.log"
+# mobilenet (the lightest step, where DALI's work shows most), five experiments, most telling first. The rows above
+# ran their steps on a stream of their own, as engine train does, with each batch handed over on torch's stream
+# (the engine's since the fourteenth session). First every JPEG to the hardware decoder (1.0 against the engine's
+# 0.9): below DALI's hybrid_huffman_threshold (1 Mpixel, every image here) the share the hardware decoder does not
+# take is Huffman-decoded on a CPU thread and then IDCT'd and colour-converted by nvJPEG's kernels on the SMs,
+# where they slow a GPU-bound step down (resnet50 lost 6-7 % to DALI's ~2.4 ms of kernels a batch beside the
+# step; the hardware decoder uses no SMs); DALI alone ran 1.0 within 2 % of 0.9 on the H200. Then the host
+# waiting for each batch instead (DALI's iterator as it ships: 0.71 of synthetic there, against 0.92-1.14); then
+# the step on a high-priority stream (meant to leave DALI's kernels the step's gaps; the twenty-fourth session's
+# H200: resnet50 0.936 against 0.94, no gain); then the step on torch's default stream, CUDA's legacy one, as the
+# ninth session ran it (any blocking stream or synchronous copy of DALI's or nvJPEG's waits for it and holds it
+# up); DALI's own hardware-decoder share (0.65) against the engine's (0.9, from the ninth session's loader-alone
+# rows). Each row's of_synthetic is against the synthetic rate measured just before and after it: that rate
+# drifted by up to 1.8x between runs in the fourteenth session, and each row names its kernels beside the step
+# (--kernels), to set against the first rows'.
 # EXPERIMENTS (|-separated, e.g. '--dali-hw-decoder-load 1.0|--training-stream high') runs only those of them when
 # device time is short (none: no experiment). EXPERIMENT_BACKBONES (comma-separated; default mobilenet_v3_large)
 # runs them for other backbones too: resnet50, GPU-bound, lost 6-7 % to DALI with the stream handover (H100, H200).
 experiment_backbones=${EXPERIMENT_BACKBONES:-mobilenet_v3_large}
 for backbone in ${experiment_backbones//,/ }; do
-for option in "--dali-cpu-share 0.5" "--dali-hw-decoder-load 1.0" "--dali-handover host" "--training-stream high" \
-    "--training-stream legacy" "--dali-hw-decoder-load 0.65"; do
+for option in "--dali-hw-decoder-load 1.0" "--dali-handover host" "--training-stream high" "--training-stream legacy" \
+    "--dali-hw-decoder-load 0.65"; do
   [ -n "${EXPERIMENTS:-}" ] && [[ "|$EXPERIMENTS|" != *"|$option|"* ]] && continue
   timeout 50 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone "$backbone" --loaders dali \
-    --image-size 256 --batch-size 128 --workers 8 --steps 15 --rounds 3 --kernels 8 $option 2>&1 | grep -v -i deprecat \
-    | tee -a "$out/loaders.jsonl"
+    --image-size 256 --batch-size 128 --workers 8 --steps 15 --rounds 3 --kernels 8 $option 2>&1 \
+    | grep --line-buffered -v -i deprecat | tee -a "$out/loaders.jsonl"
 done
 done
 [ "$all" = 1 ] || exit 0

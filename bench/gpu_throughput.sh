@@ -32,10 +32,12 @@ backbones=${BACKBONES:-resnext50_32x4d,densenet161,swin_v2_t,wavemix}
 budget=${COMPARE_BUDGET:-300}
 streams=${COMPARE_STREAMS:-engine}
 other_loaders=${COMPARE_LOADERS:-none}
+# grep --line-buffered: each row reaches the log as it is printed, so a call cut short by the device's time limit
+# keeps the rows that finished (grep buffers a pipe's output; the twenty-ninth session lost a finished row so)
 [ "$backbones" != none ] && timeout $((budget + 120)) python3 -m engine.bench.compare --data /tmp/jpgs \
   --backbones "$backbones" --time-budget "$budget" --training-streams "$streams" \
   --other-loaders "$other_loaders" 2>&1 \
-  | grep -v -i deprecat | tee "$out/compare.jsonl"
+  | grep --line-buffered -v -i deprecat | tee "$out/compare.jsonl"
 # GRAPHS=1: CUDA graphs (--compile-mode reduce-overhead) against the default mode where the host's launches show
 # most, per backbone of GRAPHS_BACKBONES (default shufflenet_v2_x2_0: on the twenty-fourth session's H200 its host
 # took 33.2 ms to enqueue a compiled step the GPU ran in 29.6, and it reached 0.849 of synthetic end to end;

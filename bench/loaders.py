@@ -28,7 +28,7 @@ from engine.bench.timing import (TRAINING_STREAMS, kernel_breakdown, kernel_coun
                                  share_of, step_stream, stream_concurrency)
 from engine.config import parse_image_size
 from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
-from engine.loaders.dali_pipeline import CPU_SHARE, DEFAULT_HANDOVER, HANDOVERS, HW_DECODER_LOAD
+from engine.loaders.dali_pipeline import DEFAULT_HANDOVER, HANDOVERS, HW_DECODER_LOAD
 from engine.models import build_backbone
 from engine.profile import endless, images_per_s, synthetic_rate
 from engine.trainer import tune_convolutions
@@ -112,8 +112,7 @@ def training_step(backbone: str, num_classes: int, device: torch.device):
 
 def dali_options(args) -> dict:
     """The DALI settings the command line moved from the engine's defaults."""
-    given = {"hw_decoder_load": args.dali_hw_decoder_load, "handover": args.dali_handover,
-             "cpu_share": args.dali_cpu_share}
+    given = {"hw_decoder_load": args.dali_hw_decoder_load, "handover": args.dali_handover}
     return {key: value for key, value in given.items() if value is not None}
 
 
@@ -146,10 +145,6 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--dali-handover", choices=HANDOVERS, default=None,
                         help="how DALI's GPU batches pass to torch (loaders/dali_pipeline.py; default: the engine's, "
                              f"{DEFAULT_HANDOVER}): the host waits for each, or torch's stream does")
-    parser.add_argument("--dali-cpu-share", type=share_of("the images"), default=None, metavar="SHARE",
-                        help="share of images DALI decodes, resizes and augments on its CPU threads and copies to "
-                             f"the GPU as uint8 (default: the engine's, {CPU_SHARE}): their kernels leave the SMs "
-                             "to the step, if the threads keep up (about 240 img/s each)")
     parser.add_argument("--training-stream", choices=TRAINING_STREAMS, default="engine",
                         help="end to end: the step on a stream of its own, as engine train runs it (engine); on "
                              "torch's default stream, CUDA's legacy one, which synchronises with every blocking "

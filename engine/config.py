@@ -27,9 +27,10 @@ DEFAULT_OUT = "runs"
 
 # torch.compile's modes (`--compile-mode`), each with what it buys and what it costs
 COMPILE_MODES = {
-    "auto": "reduce-overhead on one GPU where the eager step at the run's batch is launch-bound (its host takes 0.8 "
-            "of the step's time or more to enqueue it; measured in seconds, kept in the profile store), else "
-            "default; the choice and why are logged and kept in config.json",
+    "auto": "reduce-overhead on one GPU where the compiled step will be launch-bound: the host takes 0.6 of the "
+            "eager step's time at the run's batch or more to enqueue it (compiling raises that share; measured in "
+            "seconds, kept in the profile store), else default; the choice and why are logged and kept in "
+            "config.json",
     "default": "inductor's fused kernels; the host launches each of them every step",
     "reduce-overhead": "the same kernels replayed as CUDA graphs, so the host's launch time goes: for small models "
                        "and batches, where the GPU waits for the host (`engine profile` says launch-bound); each "

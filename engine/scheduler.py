@@ -1,8 +1,8 @@
 """Batch-size autotune (`--batch-size auto`): the largest batch whose training step fits under a memory cap,
 then the fastest of a few candidates at or below it, measured with the real step; cached in a profile store so
 a grid pays for each (GPU, torch, backbone, size, precision, compile) once. Then the compile mode
-(`--compile-mode auto`): CUDA graphs where the eager step at that batch is launch-bound, measured and stored
-beside the batch. Last, packing: how many runs share one GPU best.
+(`--compile-mode auto`): CUDA graphs where the step at that batch will be launch-bound once compiled, judged by
+the eager step's host share, measured and stored beside the batch. Last, packing: how many runs share one GPU best.
 
 The search takes the step as a function, so its logic is tested on the CPU with an injected memory model.
 """
@@ -300,6 +300,14 @@ def choose_batch_size(requested: int | str | None, *, device: str, default: int,
 # (and whatever else takes host time, a loader's threads included, slows the step down). `engine profile`'s verdict
 # says launch-bound from the same share.
 LAUNCH_BOUND = 0.8
+# `--compile-mode auto` judges the compiled step by the eager one (the compiled step does not exist before training
+# starts), and compiling raises the host's share: inductor launches fewer kernels for less GPU time, each costing the
+# host more. On an H100 at batch 256, shufflenet_v2_x2_0's eager host share was 0.765 while its compiled step took
+# the host 35.7 ms for 30.5 ms on the GPU (1.17); efficientnet_v2_s's eager share was 0.758 and its compiled host
+# 90.0 ms for 89.0 (bench/NOTES.md, twenty-ninth session): about 1.3-1.5x. So an eager share of 0.6 or more means
+# a compiled step at LAUNCH_BOUND or beyond. Graphs given to a GPU-bound step cost little (its launches were not the
+# pace); graphs withheld from a launch-bound one cost shufflenet 1.53x end to end.
+EAGER_LAUNCH_BOUND = 0.6
 
 
 def host_step_ms(step: Callable, batch: tuple, device: torch.device, repeats: int = 5) -> float | None:
@@ -331,13 +339,12 @@ def eager_host_share(make_step: Callable[[int], Callable[[], None]], batch: int,
 
 
 def graphs_where_launch_bound(share: float, batch: int) -> tuple[str, str]:
-    """(compile mode, why) for an eager step whose host takes `share` of its time to enqueue it. The eager step
-    stands in for the compiled one, which is not built until training starts: compiling fuses kernels, so it
-    launches fewer, but each of inductor's launches costs the host more (shufflenet_v2_x2_0 on an H100: 27.6 ms of
-    host for a 32.2 ms compiled step, and CUDA graphs ran it 1.51x faster, bench/NOTES.md)."""
-    bound = share >= LAUNCH_BOUND
-    why = (f"auto: the eager step at batch {batch} is {'launch' if bound else 'GPU'}-bound (the host takes "
-           f"{share:.0%} of its time to enqueue it)")
+    """(compile mode, why) for an eager step whose host takes `share` of its time to enqueue it: CUDA graphs from
+    EAGER_LAUNCH_BOUND up, where the compiled step, which is not built until training starts, will be launch-bound
+    (shufflenet_v2_x2_0 on an H100: graphs ran it 1.51x faster model only, bench/NOTES.md)."""
+    bound = share >= EAGER_LAUNCH_BOUND
+    why = (f"auto: the host takes {share:.0%} of the eager step's time at batch {batch} to enqueue it, so the "
+           f"compiled step is {'launch' if bound else 'GPU'}-bound (graphs from {EAGER_LAUNCH_BOUND:.0%})")
     if bound:
         return "reduce-overhead", why + ": CUDA graphs replay it in one launch"
     return "default", why
@@ -365,8 +372,8 @@ def choose_compile_mode(requested: str, *, device: str, compile_model: bool, wor
                         num_classes: int, image_size: tuple[int, int], precision: str, channels_last: bool,
                         batch_size: int) -> tuple[str, str]:
     """(compile mode, why). A named mode is taken as it is; `auto` (the default) gives CUDA graphs to a compiled
-    run on one GPU whose eager step is launch-bound at its batch (measured in seconds, once per profile key and
-    batch), and torch.compile's default mode to every other run."""
+    run on one GPU whose step at its batch will be launch-bound once compiled (the eager step's host share,
+    measured in seconds, once per profile key and batch), and torch.compile's default mode to every other run."""
     if requested != "auto":
         return requested, "--compile-mode"
     if not compile_model:

@@ -1,8 +1,7 @@
 """The DALI input pipeline: decode (nvJPEG on the GPU, `device="mixed"`), resize with antialiasing,
 TrivialAugmentWide and normalisation inside DALI (to float16 for mixed-precision runs), handed to torch as NCHW
 batches that are channels_last in memory. Without a GPU the same operators run on the CPU (`device_id=None`),
-which is how the tests run it. `cpu_share` (an experiment, none by default) sends that share of the images, drawn
-per image, through the CPU operators on a GPU too, copied over as uint8 and merged back into their batch.
+which is how the tests run it.
 
 Same files as the torch pipeline (it reads the run's file list), one full reshuffle per epoch (the list is
 first permuted with the run's seed, since DALI's own reshuffle starts after the first epoch). In a distributed
@@ -46,13 +45,6 @@ HW_DECODER_LOAD = 0.9
 # stalls the host that a light model's step is bound by.
 HANDOVERS = ("host", "stream")
 DEFAULT_HANDOVER = "stream"
-# The share of images (drawn per image) decoded, resized and augmented on DALI's CPU threads and copied to the GPU
-# as uint8, rather than on the GPU: a GPU-bound step loses DALI's kernels beside it (resnet50: ~2.3 ms of warp and
-# resize a batch of 128, 5-6 % of its step on an H100), and each image moved to the CPU takes its share of them
-# off the SMs. The threads must keep up: one makes ~240 img/s of this work (bench/NOTES.md, twenty-eighth
-# session), so 8 can carry ~1.9k img/s, and a share above what they carry leaves the step waiting. An experiment
-# (`bench.loaders --dali-cpu-share`) until a GPU measures it; the engine's share is none.
-CPU_SHARE = 0.0
 # DALI's own TrivialAugmentWide calls `fn.experimental.filter` and `fn.experimental.equalize`, which DALI now
 # flags as deprecated aliases: two warnings per pipeline that name DALI's code, not ours, and that no user can act
 # on. DALI raises them under `simplefilter("default")` inside its own `catch_warnings`, so a filter cannot silence
@@ -84,40 +76,27 @@ def dali_available() -> bool:
 
 def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment: bool, train: bool,
                     half: bool, batch_size: int, device: torch.device, seed: int, workers: int, shard_id: int,
-                    num_shards: int, hw_decoder_load: float = HW_DECODER_LOAD, cpu_share: float = CPU_SHARE):
+                    num_shards: int, hw_decoder_load: float = HW_DECODER_LOAD):
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.auto_aug import trivial_augment
 
     on_gpu = device.type == "cuda"
 
-    def prepared(encoded, where: str):
-        """Decoded (`where`: mixed, nvJPEG and the hardware decoder, or cpu), resized and augmented."""
+    @pipeline_def(enable_conditionals=True)
+    def pipeline():
+        encoded, label = fn.readers.file(files=files, labels=labels, name=READER, shuffle_after_epoch=train,
+                                         shard_id=shard_id, num_shards=num_shards, pad_last_batch=not train)
         # adjust_orientation off: the pixels as stored, as PIL (the torch and resident loaders, and the authors'
         # ImageFolder) reads them; DALI would otherwise turn photos by their EXIF orientation tag, and no other
         # loader would
-        decoder = {"device": where, "adjust_orientation": False}
-        if where == "mixed":
+        decoder = {"device": "mixed" if on_gpu else "cpu", "adjust_orientation": False}
+        if on_gpu:
             decoder["hw_decoder_load"] = hw_decoder_load
         images = fn.decoders.image(encoded, output_type=types.RGB, **decoder)
         images = fn.resize(images, size=list(image_size), antialias=True)
         if augment and train:
             images = trivial_augment.trivial_augment_wide(images, num_magnitude_bins=31, fill_value=0,
                                                           interp_type=types.INTERP_NN, max_translate_abs=32)
-        return images
-
-    @pipeline_def(enable_conditionals=True)
-    def pipeline():
-        encoded, label = fn.readers.file(files=files, labels=labels, name=READER, shuffle_after_epoch=train,
-                                         shard_id=shard_id, num_shards=num_shards, pad_last_batch=not train)
-        where = "mixed" if on_gpu else "cpu"
-        if cpu_share > 0:  # a Python number: the same graph for every batch
-            if fn.random.coin_flip(probability=cpu_share, dtype=types.BOOL):  # DALI's conditional: per sample
-                images = prepared(encoded, "cpu")
-                images = images.gpu() if on_gpu else images  # uint8, a copy, no SMs
-            else:
-                images = prepared(encoded, where)
-        else:
-            images = prepared(encoded, where)
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT16 if half else types.FLOAT,
                                           output_layout="HWC", mean=[m * 255 for m in IMAGENET_MEAN],
                                           std=[s * 255 for s in IMAGENET_STD])
@@ -195,13 +174,11 @@ class DaliBatches(BatchCounts):
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
                  batch_size: int, train: bool, device: torch.device, seed: int, workers: int, channels_last: bool,
                  dtype: torch.dtype = torch.float32, shard: Shard = SINGLE, hw_decoder_load: float = HW_DECODER_LOAD,
-                 handover: str = DEFAULT_HANDOVER, cpu_share: float = CPU_SHARE):
+                 handover: str = DEFAULT_HANDOVER):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         if handover not in HANDOVERS:
             raise ValueError(f"unknown DALI handover {handover!r}; choose from {', '.join(HANDOVERS)}")
-        if not 0 <= cpu_share <= 1:
-            raise ValueError(f"DALI's CPU share is a fraction of the images, from 0 to 1, not {cpu_share}")
         self._set_counts(len(samples), batch_size, train, shard)
         if train:  # DALI's reader shards the whole list, so its reshuffle after each epoch spans every rank
             order, reader_shard = shard.even(np.random.default_rng(seed).permutation(len(samples))), shard
@@ -214,7 +191,7 @@ class DaliBatches(BatchCounts):
                                half=dtype != torch.float32,
                                batch_size=self.batch_size, device=device, seed=seed, workers=workers,
                                shard_id=reader_shard.rank, num_shards=reader_shard.world_size,
-                               hw_decoder_load=hw_decoder_load, cpu_share=cpu_share)
+                               hw_decoder_load=hw_decoder_load)
         if handover == "stream" and device.type == "cuda":
             _bind_outputs_to_current_stream(pipe, device)
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL

@@ -118,16 +118,6 @@ def test_loader_benchmark_measures_the_named_loaders_alone():
         loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--kernels", "-1"])
 
 
-def test_loader_benchmark_splits_dalis_images_with_its_cpu_threads_on_request():
-    from engine.bench import loaders
-    rows = loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--workers", "1", "--loaders", "dali",
-                         "--loader-only", "--dali-cpu-share", "0.5"])
-    assert [(row["loader"], row["cpu_share"]) for row in rows] == [("dali", 0.5)] and rows[0]["loader_only_img_s"] > 0
-    for share in ("1.5", "half"):
-        with pytest.raises(SystemExit):  # argparse: one line naming --dali-cpu-share, exit 2
-            loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--dali-cpu-share", share])
-
-
 def test_compare_runs_the_engine_and_the_authors_loop_on_the_same_files():
     from engine.bench import compare
     rows = compare.main(["--data", "demo", "--quick", "--device", "cpu", "--backbones", "mobilenet_v3_large,wavemix",

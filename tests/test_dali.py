@@ -23,10 +23,9 @@ def shaded_dataset(tmp_path):
     return make_shaded_dataset(tmp_path / "d", {"train": 10, "test": 4}, side=32, darkest=0.5)
 
 
-def batches(kind, index, samples, train, augment=False, batch_size=5, seed=0, dtype=torch.float32, **options):
+def batches(kind, index, samples, train, augment=False, batch_size=5, seed=0, dtype=torch.float32):
     return PIPELINES[kind](index, samples, image_size=(16, 16), augment=augment, batch_size=batch_size, train=train,
-                           device=torch.device("cpu"), seed=seed, workers=1, channels_last=True, dtype=dtype,
-                           **options)
+                           device=torch.device("cpu"), seed=seed, workers=1, channels_last=True, dtype=dtype)
 
 
 def pixel_means(images):
@@ -119,32 +118,6 @@ def test_every_loader_reads_each_image_mode_as_the_same_picture(tmp_path, mode):
     for kind in ("torch", "resident"):
         assert (decoded[kind] - decoded["dali"]).abs().max() < 0.1, kind
         assert torch.allclose(pixel_means(decoded[kind]), pixel_means(decoded["dali"]), atol=1.0), kind
-
-
-def test_images_split_between_dalis_cpu_threads_and_the_rest_come_back_in_their_places(shaded_dataset):
-    """`cpu_share`: each image drawn to DALI's CPU threads goes through its own branch of the pipeline (on a GPU:
-    decoded there rather than by nvJPEG, copied over as uint8) and is merged back into its batch. On the CPU both
-    branches run the same operators, so the batches must equal those of the unsplit pipeline, image for image, and
-    each image still carries its own label."""
-    index = scan_dataset(shaded_dataset)
-    unsplit = list(batches("dali", index, index.test, train=False).epoch(0))
-    for share in (0.5, 1.0):
-        split = list(batches("dali", index, index.test, train=False, cpu_share=share).epoch(0))
-        assert [len(labels) for _, labels in split] == [5, 5, 2]
-        for (images, labels), (expected_images, expected_labels) in zip(split, unsplit):
-            assert torch.equal(labels, expected_labels) and torch.equal(images, expected_images)
-    # augmenting (both branches draw their own TrivialAugmentWide), an epoch still holds each training image once
-    augmented = list(batches("dali", index, index.train, train=True, augment=True, cpu_share=0.5).epoch(1))
-    assert all(images.shape == (5, 3, 16, 16) and images.is_contiguous(memory_format=torch.channels_last)
-               for images, _ in augmented)
-    assert sorted(torch.cat([labels for _, labels in augmented]).tolist()) == sorted(l for _, l in index.train)
-
-
-@pytest.mark.parametrize("share", [-0.1, 1.5])
-def test_a_cpu_share_outside_0_to_1_is_refused(shaded_dataset, share):
-    index = scan_dataset(shaded_dataset)
-    with pytest.raises(ValueError, match="from 0 to 1"):
-        batches("dali", index, index.test, train=False, cpu_share=share)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -350,16 +323,15 @@ def test_the_stream_handover_binds_every_batch_dalis_iterator_asks_for(shaded_da
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("handover, cpu_share", [("host", 0.0), ("stream", 0.0), ("stream", 0.5)])
+@pytest.mark.parametrize("handover", ["host", "stream"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gpu_batches_stay_intact_while_the_training_stream_lags_behind(shaded_dataset, dtype, handover, cpu_share):
+def test_gpu_batches_stay_intact_while_the_training_stream_lags_behind(shaded_dataset, dtype, handover):
     """DALI hands its own buffers to torch (DLPack, no copy) and the host runs ahead of the GPU: a batch's memory
     must still hold that batch when the training stream, busy with earlier steps, reads it, although the host has
     moved on and DALI keeps decoding into its buffers. Each batch is read (and, in a bf16 run, cast) behind a long
     kernel on the consumer's stream (the training's own, as engine train runs); DALI's CPU operators, on the same
     files in file order, say what it must be. For both handovers (loaders/dali_pipeline.py): the host waiting for
-    each batch, or torch's stream; and with half the images decoded on DALI's CPU threads and copied over
-    (`cpu_share`), each back in its place in its batch."""
+    each batch, or torch's stream."""
     from engine.trainer import training_stream
     index = scan_dataset(shaded_dataset)
 
@@ -368,8 +340,7 @@ def test_gpu_batches_stay_intact_while_the_training_stream_lags_behind(shaded_da
         with training_stream(torch.device(device)):
             pipeline = PIPELINES["dali"](index, index.train, image_size=(16, 16), augment=False, batch_size=5,
                                          train=False, device=torch.device(device), seed=0, workers=2,
-                                         channels_last=True, dtype=dtype, handover=handover,
-                                         cpu_share=cpu_share)
+                                         channels_last=True, dtype=dtype, handover=handover)
             for epoch in (0, 1):
                 for images, labels in pipeline.epoch(epoch):
                     if device == "cuda":

@@ -252,16 +252,19 @@ def test_the_eager_host_share_tells_a_launch_bound_step_from_a_gpu_bound_one(mon
     gpu = FakeGpu(host_s, device_s)
     monkeypatch.setattr(scheduler, "synchronize", gpu.synchronize)
     share = scheduler.eager_host_share(gpu.make_step, 8, torch.device("cuda"), steps=4, warmup=1)
-    assert (share >= scheduler.LAUNCH_BOUND) == launch_bound
+    assert (share >= scheduler.EAGER_LAUNCH_BOUND) == launch_bound
     assert share < 0.5 if not launch_bound else 0.8 <= share <= 1.2
 
 
-@pytest.mark.parametrize("share, mode, words", [(0.97, "reduce-overhead", "launch-bound (the host takes 97%"),
-                                                (0.8, "reduce-overhead", "CUDA graphs replay it in one launch"),
-                                                (0.3, "default", "GPU-bound (the host takes 30%")])
-def test_cuda_graphs_go_to_launch_bound_steps_only(share, mode, words):
+# 0.765: shufflenet_v2_x2_0's eager share at batch 256 on an H100, whose compiled step was launch-bound (its host
+# 35.7 ms for 30.5 ms on the GPU) when the rule's line stood at 0.8 and gave it no graphs
+@pytest.mark.parametrize("share, mode, words", [(0.97, "reduce-overhead", "takes 97% of the eager step's time"),
+                                                (0.765, "reduce-overhead", "compiled step is launch-bound"),
+                                                (0.6, "reduce-overhead", "CUDA graphs replay it in one launch"),
+                                                (0.3, "default", "compiled step is GPU-bound")])
+def test_cuda_graphs_go_to_steps_that_will_be_launch_bound_once_compiled(share, mode, words):
     chosen, why = scheduler.graphs_where_launch_bound(share, 192)
-    assert chosen == mode and why.startswith("auto: the eager step at batch 192 is") and words in why
+    assert chosen == mode and why.startswith("auto: the host takes") and "at batch 192" in why and words in why
 
 
 def test_the_host_share_is_measured_once_per_key_and_batch_beside_the_batch_choice(tmp_path):
