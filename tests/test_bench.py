@@ -118,6 +118,15 @@ def test_loader_benchmark_measures_the_named_loaders_alone():
         loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--kernels", "-1"])
 
 
+@pytest.mark.parametrize("share", ["1.5", "-0.1", "half", "nan"])
+def test_loader_benchmark_refuses_a_decoder_share_outside_0_to_1_in_one_line(capsys, share):
+    from engine.bench import loaders
+    with pytest.raises(SystemExit) as exit_:
+        loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--dali-hw-decoder-load", share])
+    assert exit_.value.code == 2
+    assert f"--dali-hw-decoder-load: expected a share of the JPEGs from 0 to 1, got '{share}'" in capsys.readouterr().err
+
+
 def test_compare_runs_the_engine_and_the_authors_loop_on_the_same_files():
     from engine.bench import compare
     rows = compare.main(["--data", "demo", "--quick", "--device", "cpu", "--backbones", "mobilenet_v3_large,wavemix",
