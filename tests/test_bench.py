@@ -124,7 +124,8 @@ def test_loader_benchmark_refuses_a_decoder_share_outside_0_to_1_in_one_line(cap
     with pytest.raises(SystemExit) as exit_:
         loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--dali-hw-decoder-load", share])
     assert exit_.value.code == 2
-    assert f"--dali-hw-decoder-load: expected a share of the JPEGs from 0 to 1, got '{share}'" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f"--dali-hw-decoder-load: expected a share of the JPEGs from 0 to 1, got '{share}'" in error
 
 
 def test_compare_runs_the_engine_and_the_authors_loop_on_the_same_files():
