@@ -1,19 +1,24 @@
 """TrivialAugmentWide on a batch of uint8 images on the device: torchvision's transform image by image (what the
-resident loader did before) against the batched implementation (loaders/augment.py), same images, same seeds.
+resident loader did before) against the batched implementation (loaders/augment.py), with and without the
+normalisation after it, and the fused kernel that does both in one launch (kernels/trivial_augment.py; where it
+runs: CUDA with triton, or TRITON_INTERPRET=1), same images, same seeds.
 
-    python -m engine.bench.augment --device cuda --size 64 --batch 256     # on a GPU
+    python -m engine.bench.augment --device cuda --size 64 --batch 256     # on a GPU (the resident path's case)
+    python -m engine.bench.augment --device cuda --size 256 --batch 128    # DALI's batches, augmented by the engine
     python -m engine.bench.augment --quick --device cpu                     # smoke run
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import torch
 from torchvision.transforms import v2
 
 from engine.bench.timing import time_per_call
-from engine.loaders.augment import trivial_augment_wide
+from engine.loaders.augment import augment_and_normalise, draw, fused_available, trivial_augment_wide
+from engine.loaders.torch_pipeline import DeviceNormaliser
 
 
 def per_image(images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
@@ -25,7 +30,20 @@ def per_image(images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
     return out
 
 
-IMPLEMENTATIONS = {"torchvision per image": per_image, "batched": trivial_augment_wide}
+def normalised(fused: bool):
+    """Augmented and normalised as the loaders hand a batch over: bf16, channels_last."""
+    def run(images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        normalise = DeviceNormaliser(images.device, torch.channels_last, torch.bfloat16)
+        return augment_and_normalise(images, [draw(seed) for seed in seeds], normalise, fused)
+    return run
+
+
+IMPLEMENTATIONS = {"torchvision per image": per_image, "batched": trivial_augment_wide,
+                   "batched, normalised": normalised(fused=False), "fused kernel, normalised": normalised(fused=True)}
+
+
+def kernel_runs(device: torch.device) -> bool:
+    return fused_available(device) or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def main(argv=None) -> list[dict]:
@@ -41,6 +59,9 @@ def main(argv=None) -> list[dict]:
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     seeds, rows = list(range(batch)), []  # the same draws for both
     for name, augment in IMPLEMENTATIONS.items():
+        if name.startswith("fused") and not kernel_runs(device):
+            print(json.dumps({"implementation": name, "skipped": f"the kernel needs triton and a GPU, not {device}"}))
+            continue
         seconds = time_per_call(lambda: augment(images, seeds), device, warmup=2, iterations=iterations)
         rows.append({"implementation": name, "device": str(device), "size": size, "batch": batch,
                      "ms_per_batch": round(seconds * 1e3, 2), "images_per_s": round(batch / seconds, 1)})

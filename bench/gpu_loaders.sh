@@ -71,15 +71,22 @@ done
 # EXPERIMENTS (|-separated, e.g. '--dali-hw-decoder-load 1.0|--training-stream high') runs only those of them when
 # device time is short (none: no experiment). EXPERIMENT_BACKBONES (comma-separated; default mobilenet_v3_large)
 # runs them for other backbones too: resnet50, GPU-bound, lost 6-7 % to DALI with the stream handover (H100, H200).
+# First of them: the engine's fused TrivialAugmentWide kernel in place of DALI's augmentation and normalisation
+# (--dali-augmenter engine): DALI's ~1.9 ms of those kernels a batch beside the step become one launch on the
+# step's stream (predicted ~0.1-0.2 ms at batch 128, 256 px); its loader-alone row says what the host's draws and
+# tables cost.
 experiment_backbones=${EXPERIMENT_BACKBONES:-mobilenet_v3_large}
 for backbone in ${experiment_backbones//,/ }; do
-for option in "--dali-hw-decoder-load 1.0" "--dali-handover host" "--training-stream high" "--training-stream legacy" \
-    "--dali-hw-decoder-load 0.65"; do
+for option in "--dali-augmenter engine" "--dali-hw-decoder-load 1.0" "--dali-handover host" "--training-stream high" \
+    "--training-stream legacy" "--dali-hw-decoder-load 0.65"; do
   [ -n "${EXPERIMENTS:-}" ] && [[ "|$EXPERIMENTS|" != *"|$option|"* ]] && continue
   timeout 50 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone "$backbone" --loaders dali \
     --image-size 256 --batch-size 128 --workers 8 --steps 15 --rounds 3 --kernels 8 $option 2>&1 \
     | grep --line-buffered -v -i deprecat | tee -a "$out/loaders.jsonl"
 done
 done
+# TrivialAugmentWide alone at DALI's batches (256 px, 128): the batched torch operations, with the normalisation,
+# and the fused kernel (its first launch compiles it: the warm-up takes that)
+timeout 60 python3 -m engine.bench.augment --device cuda --size 256 --batch 128 2>&1 | tee -a "$out/augment.jsonl"
 [ "$all" = 1 ] || exit 0
 timeout 25 python3 -m engine.bench.augment --device cuda --size 64 --batch 256 2>&1 | tee -a "$out/augment.jsonl"

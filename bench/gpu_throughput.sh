@@ -14,9 +14,10 @@ python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 # gpu_wavemix.sh); each takes about 2 minutes (autotune, compile, an epoch of each loop), so 3 at most a call
 # unless COMPARE_BUDGET (below) bounds it;
 # BACKBONES=none skips the comparison (the train run and the packing alone: ~7 minutes)
-# (default: the four not yet compared on a GPU, as many as COMPARE_BUDGET allows; resnet50 and mobilenet_v3_large
+# (default: the two not yet compared on a GPU, as many as COMPARE_BUDGET allows; resnet50 and mobilenet_v3_large
 # were compared on the ninth session's H100, convnext_tiny and regnet_y_3_2gf on the twenty-first's, resnet50,
-# shufflenet_v2_x2_0 and swin_t on the twenty-fourth's H200, efficientnet_v2_s on the twenty-seventh's H100)
+# shufflenet_v2_x2_0 and swin_t on the twenty-fourth's H200, efficientnet_v2_s on the twenty-seventh's H100,
+# shufflenet_v2_x2_0, efficientnet_v2_s, resnext50_32x4d and densenet161 on the thirtieth's H200: 97-205 s each)
 # (efficientnet_v2_s: 243 s on the twenty-seventh session's H100, its autotune and first compiled step 206 s of it)
 # COMPARE_BUDGET: seconds for the comparison (default 300: two or three backbones); it starts no backbone that
 # would likely end past it and prints those left as not_run, so a long list (BACKBONES=all) measures what the
@@ -28,7 +29,7 @@ python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 # COMPARE_LOADERS: other loaders to feed each row's compiled step after DALI (bench.compare --other-loaders), e.g.
 # resident: whether the copy decoded once keeps GPU-bound steps at 0.95 of synthetic, where DALI's kernels cost
 # them 5-8 % (the twenty-fourth session's H200); seconds a row, the decode once for all rows
-backbones=${BACKBONES:-resnext50_32x4d,densenet161,swin_v2_t,wavemix}
+backbones=${BACKBONES:-swin_v2_t,wavemix}
 budget=${COMPARE_BUDGET:-300}
 streams=${COMPARE_STREAMS:-engine}
 other_loaders=${COMPARE_LOADERS:-none}

@@ -28,7 +28,8 @@ from engine.bench.timing import (TRAINING_STREAMS, kernel_breakdown, kernel_coun
                                  share_of, step_stream, stream_concurrency)
 from engine.config import parse_image_size
 from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
-from engine.loaders.dali_pipeline import DEFAULT_HANDOVER, HANDOVERS, HW_DECODER_LOAD
+from engine.loaders.dali_pipeline import (AUGMENTERS, DEFAULT_AUGMENTER, DEFAULT_HANDOVER, HANDOVERS,
+                                          HW_DECODER_LOAD)
 from engine.models import build_backbone
 from engine.profile import endless, images_per_s, synthetic_rate
 from engine.trainer import tune_convolutions
@@ -112,7 +113,8 @@ def training_step(backbone: str, num_classes: int, device: torch.device):
 
 def dali_options(args) -> dict:
     """The DALI settings the command line moved from the engine's defaults."""
-    given = {"hw_decoder_load": args.dali_hw_decoder_load, "handover": args.dali_handover}
+    given = {"hw_decoder_load": args.dali_hw_decoder_load, "handover": args.dali_handover,
+             "augmenter": args.dali_augmenter}
     return {key: value for key, value in given.items() if value is not None}
 
 
@@ -145,6 +147,10 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--dali-handover", choices=HANDOVERS, default=None,
                         help="how DALI's GPU batches pass to torch (loaders/dali_pipeline.py; default: the engine's, "
                              f"{DEFAULT_HANDOVER}): the host waits for each, or torch's stream does")
+    parser.add_argument("--dali-augmenter", choices=AUGMENTERS, default=None,
+                        help="who runs TrivialAugmentWide and the normalisation of DALI's training batches "
+                             f"(loaders/dali_pipeline.py; default: the engine's, {DEFAULT_AUGMENTER}): DALI, beside "
+                             "the step, or the engine's fused kernel on the step's stream")
     parser.add_argument("--training-stream", choices=TRAINING_STREAMS, default="engine",
                         help="end to end: the step on a stream of its own, as engine train runs it (engine); on "
                              "torch's default stream, CUDA's legacy one, which synchronises with every blocking "

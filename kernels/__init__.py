@@ -1,4 +1,5 @@
-"""Fused kernels. `haar_dwt(x, levels)`: the multi-level Haar DWT that WaveMix uses.
+"""Fused kernels. `haar_dwt(x, levels)`: the multi-level Haar DWT that WaveMix uses; kernels/trivial_augment.py:
+TrivialAugmentWide and the normalisation of a batch in one launch (loaders/augment.py plans and calls it).
 
 `haar_dwt` is one operator (`torch.ops.engine.haar_dwt`) with a registered backward and fake implementation,
 so autograd and torch.compile (fullgraph) see a single op. On CUDA it runs the fused Triton kernels; elsewhere
@@ -13,10 +14,13 @@ import torch
 from engine.kernels.haar_torch import (check_levels, haar_dwt_backward_torch, haar_dwt_torch, memory_format_of)
 
 log = logging.getLogger("engine")
-_warned_no_triton = False
+# The fused TrivialAugmentWide's per-image paths: kernels/trivial_augment.py branches on them, loaders/augment.py
+# plans each image's. Here, where importing them needs no triton.
+AUGMENT_LUT, AUGMENT_WARP, AUGMENT_COLOUR, AUGMENT_SHARPNESS = 0, 1, 2, 3
+_said: set[str] = set()
 
 
-def _triton_available() -> bool:
+def triton_available() -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -24,15 +28,19 @@ def _triton_available() -> bool:
     return True
 
 
+def warn_once(message: str) -> None:
+    """A slower path must not hide: say it, once a process."""
+    if message not in _said:
+        log.warning(message)
+        _said.add(message)
+
+
 def _use_triton(tensor: torch.Tensor) -> bool:
-    global _warned_no_triton
     if not tensor.is_cuda:
         return False
-    if _triton_available():
+    if triton_available():
         return True
-    if not _warned_no_triton:  # a slower path must not hide: say it once
-        log.warning("triton is not installed: the Haar DWT runs as plain torch ops on the GPU (slower)")
-        _warned_no_triton = True
+    warn_once("triton is not installed: the Haar DWT runs as plain torch ops on the GPU (slower)")
     return False
 
 

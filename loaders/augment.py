@@ -16,11 +16,15 @@ import math
 from collections import defaultdict
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from engine import kernels
+from engine.kernels import AUGMENT_COLOUR as COLOUR, AUGMENT_LUT as LUT, AUGMENT_SHARPNESS as SHARPNESS
+from engine.kernels import AUGMENT_WARP as WARP
 from engine.loaders.batching import to_device_async
 from engine.trainer import cudnn_benchmark
 
@@ -32,17 +36,33 @@ SPACE = {name: (magnitudes(NUM_BINS, 0, 0), signed)
 NAMES = tuple(SPACE)
 
 
+def _magnitude(name: str, magnitude_bin: int, negative: bool) -> float:
+    magnitudes, signed = SPACE[name]
+    if magnitudes is None:
+        return 0.0
+    magnitude = float(magnitudes[magnitude_bin])
+    return -magnitude if signed and negative else magnitude
+
+
 def draw(seed: int) -> tuple[str, float]:
     """The (operation, magnitude) torchvision's TrivialAugmentWide draws after torch.manual_seed(seed)."""
     generator = torch.Generator().manual_seed(seed)
     name = NAMES[int(torch.randint(len(NAMES), (), generator=generator))]
-    magnitudes, signed = SPACE[name]
-    if magnitudes is None:
+    if SPACE[name][0] is None:
         return name, 0.0
-    magnitude = float(magnitudes[int(torch.randint(NUM_BINS, (), generator=generator))])
-    if signed and torch.rand((), generator=generator) <= 0.5:
-        magnitude *= -1
-    return name, magnitude
+    magnitude_bin = int(torch.randint(NUM_BINS, (), generator=generator))
+    return name, _magnitude(name, magnitude_bin, SPACE[name][1] and bool(torch.rand((), generator=generator) <= 0.5))
+
+
+def random_draws(generator: np.random.Generator, count: int) -> list[tuple[str, float]]:
+    """`count` draws from TrivialAugmentWide's distribution (an operation, then a magnitude bin and a sign, each
+    uniform), made together: for batches that carry no image identity to seed each by (DALI's), where 128 torch
+    generators a batch would cost the host milliseconds."""
+    operations = generator.integers(len(NAMES), size=count)
+    magnitude_bins = generator.integers(NUM_BINS, size=count)
+    negative = generator.random(count) <= 0.5
+    return [(NAMES[operation], _magnitude(NAMES[operation], magnitude_bin, sign))
+            for operation, magnitude_bin, sign in zip(operations.tolist(), magnitude_bins.tolist(), negative.tolist())]
 
 
 def _values(values, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -52,9 +72,13 @@ def _values(values, device: torch.device, dtype: torch.dtype | None = None) -> t
 
 def trivial_augment_wide(images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
     """(N, C, H, W) uint8 -> the same, image i augmented as torchvision would after torch.manual_seed(seeds[i])."""
+    return augmented(images, [draw(seed) for seed in seeds])
+
+
+def augmented(images: torch.Tensor, draws: list[tuple[str, float]]) -> torch.Tensor:
+    """(N, C, H, W) uint8 -> the same, image i through `draws[i]` = (operation, magnitude)."""
     groups = defaultdict(list)
-    for slot, seed in enumerate(seeds):
-        name, magnitude = draw(seed)
+    for slot, (name, magnitude) in enumerate(draws):
         groups[name].append((slot, magnitude))
     out = images.clone()
     for name, members in groups.items():
@@ -105,32 +129,46 @@ def _along(axis: int, value: float) -> tuple[float, float]:
     return (value, 0.0) if axis == 0 else (0.0, value)
 
 
+def _shear_matrix(height: int, width: int, magnitude: float, axis: int) -> list[float]:
+    corner = (-0.5 * width, -0.5 * height)  # TrivialAugment shears about the top-left corner
+    return _inverse_affine(corner, 0.0, (0.0, 0.0), _along(axis, math.degrees(math.atan(magnitude))))
+
+
+def _translate_matrix(magnitude: float, axis: int) -> list[float]:
+    return _inverse_affine((0.0, 0.0), 0.0, _along(axis, float(int(magnitude))), (0.0, 0.0))
+
+
+def _rotate_matrix(angle: float) -> list[float]:
+    return _inverse_affine((0.0, 0.0), -angle, (0.0, 0.0), (0.0, 0.0))
+
+
+def _quarter_turns(angle: float, height: int, width: int) -> int | None:
+    """torchvision rotates by rot90, exactly, for multiples of 90 degrees (of 180 only, on a non-square image)."""
+    turns = {0.0: 0, 180.0: 2, **({90.0: 1, 270.0: 3} if height == width else {})}
+    return turns.get(angle % 360)
+
+
 def _shear(images, magnitudes, axis: int):
     height, width = images.shape[-2:]
-    corner = (-0.5 * width, -0.5 * height)  # TrivialAugment shears about the top-left corner
-    return _warp(images, [_inverse_affine(corner, 0.0, (0.0, 0.0), _along(axis, math.degrees(math.atan(m))))
-                          for m in magnitudes])
+    return _warp(images, [_shear_matrix(height, width, m, axis) for m in magnitudes])
 
 
 def _translate(images, magnitudes, axis: int):
-    return _warp(images, [_inverse_affine((0.0, 0.0), 0.0, _along(axis, float(int(m))), (0.0, 0.0))
-                          for m in magnitudes])
+    return _warp(images, [_translate_matrix(m, axis) for m in magnitudes])
 
 
 def _rotate(images, magnitudes):
-    """torchvision's rotate: exact rot90 for multiples of 90 degrees (of 180 only, on a non-square image), else
-    the warp about the centre."""
-    square = images.shape[-1] == images.shape[-2]
-    quarter_turns = {0.0: 0, 180.0: 2, **({90.0: 1, 270.0: 3} if square else {})}
+    """torchvision's rotate: exact rot90 for quarter turns (`_quarter_turns`), else the warp about the centre."""
+    height, width = images.shape[-2:]
     out = torch.empty_like(images)
-    warped = [(slot, m % 360) for slot, m in enumerate(magnitudes) if m % 360 not in quarter_turns]
+    warped = [(slot, m % 360) for slot, m in enumerate(magnitudes) if _quarter_turns(m, height, width) is None]
     for slot, m in enumerate(magnitudes):
-        if m % 360 in quarter_turns:
-            out[slot] = torch.rot90(images[slot], k=quarter_turns[m % 360], dims=(-2, -1))
+        turns = _quarter_turns(m, height, width)
+        if turns is not None:
+            out[slot] = torch.rot90(images[slot], k=turns, dims=(-2, -1))
     if warped:
         slots = _values([slot for slot, _ in warped], images.device)
-        out[slots] = _warp(images[slots], [_inverse_affine((0.0, 0.0), -angle, (0.0, 0.0), (0.0, 0.0))
-                                           for _, angle in warped])
+        out[slots] = _warp(images[slots], [_rotate_matrix(angle) for _, angle in warped])
     return out
 
 
@@ -201,3 +239,157 @@ OPERATIONS = {
     "AutoContrast": lambda images, magnitudes: TF.autocontrast(images),
     "Equalize": lambda images, magnitudes: TF.equalize(images),
 }
+
+
+# --- The fused kernel's plan (kernels/trivial_augment.py): a mode, six parameters and a table per image --------------
+# The kernel samples every pixel once, so each operation above is recast as what it does to one pixel: a table
+# of 256 values per channel, a warp matrix, or a blend's weights. Tables that need no pixels are made on the host;
+# those that need an image's statistics (its mean luma, its extremes, its histogram) on the device, by the same
+# tensor arithmetic as torchvision's, over the images that drew them.
+IDENTITY_TABLE = np.arange(256, dtype=np.uint8)
+_TABLE_INPUT = np.arange(256, dtype=np.float32)
+
+
+def _posterize_table(bits: float) -> np.ndarray:
+    bits = int(bits)
+    return IDENTITY_TABLE & np.uint8(((1 << bits) - 1) << (8 - bits) if bits < 8 else 255)
+
+
+def _solarize_table(magnitude: float) -> np.ndarray:
+    return np.where(_TABLE_INPUT >= np.float32(255.0 * magnitude), 255 - IDENTITY_TABLE, IDENTITY_TABLE)
+
+
+HOST_TABLES = {  # operation -> magnitude -> (256,) uint8, every channel alike
+    "Identity": lambda magnitude: IDENTITY_TABLE,
+    "Brightness": lambda magnitude: np.clip(_TABLE_INPUT * np.float32(1.0 + magnitude), 0, 255).astype(np.uint8),
+    "Posterize": _posterize_table,
+    "Solarize": _solarize_table,
+}
+
+
+def _table_input(count: int, device: torch.device) -> torch.Tensor:
+    """(count, 1, 1, 256) uint8: every pixel value, as an 'image' the per-pixel arithmetic runs over."""
+    return torch.arange(256, dtype=torch.uint8, device=device).expand(count, 1, 1, 256)
+
+
+def _contrast_tables(images: torch.Tensor, magnitudes: list[float]) -> torch.Tensor:
+    means = _grey(images).mean(dim=(-3, -2, -1), keepdim=True)
+    tables = _blend(_table_input(len(images), images.device), means, [1.0 + m for m in magnitudes])
+    return tables.view(len(images), 1, 256).expand(-1, 3, -1)
+
+
+def _autocontrast_tables(images: torch.Tensor, magnitudes: list[float]) -> torch.Tensor:
+    """torchvision's autocontrast_image per channel; torch.where instead of its masked assignment, which would
+    synchronise the device."""
+    pixels = images.float()
+    minimum, maximum = pixels.amin(dim=(-2, -1), keepdim=True), pixels.amax(dim=(-2, -1), keepdim=True)
+    flat = maximum == minimum
+    inverse_scale = torch.where(flat, 1.0, maximum.sub(minimum).mul_(1.0 / 255))
+    minimum = torch.where(flat, 0.0, minimum)
+    values = _table_input(1, images.device).float()
+    return values.sub(minimum).div_(inverse_scale).clamp_(0, 255).to(torch.uint8).view(len(images), 3, 256)
+
+
+def _equalize_tables(images: torch.Tensor, magnitudes: list[float]) -> torch.Tensor:
+    """torchvision's equalize_image, stopped at its lookup table (identity where it leaves a channel as it is)."""
+    flat = images.flatten(start_dim=-2).long()
+    histogram = flat.new_zeros(flat.shape[:-1] + (256,), dtype=torch.int32)
+    histogram.scatter_add_(dim=-1, index=flat, src=histogram.new_ones(1).expand_as(flat))
+    cumulative = histogram.cumsum(dim=-1)
+    last = cumulative.argmax(dim=-1, keepdim=True)
+    step = (flat.shape[-1] - histogram.gather(dim=-1, index=last)).div_(255, rounding_mode="floor")
+    tables = cumulative[..., :-1].add(step // 2).div_(step.clamp(min=1), rounding_mode="floor").clamp_(0, 255)
+    tables = torch.cat([tables.new_zeros(tables.shape[:-1] + (1,)), tables], dim=-1).to(torch.uint8)
+    return torch.where(step.ne(0), tables, _table_input(1, images.device).view(1, 1, 256))
+
+
+DEVICE_TABLES = {"Contrast": _contrast_tables, "AutoContrast": _autocontrast_tables, "Equalize": _equalize_tables}
+
+
+def _rotation_for_kernel(height: int, width: int, angle: float) -> list[float] | None:
+    """The inverse matrix of a rotation, None for none; a quarter turn's with exact 0 and 1 entries, so that
+    nearest sampling lands on whole pixels as torchvision's rot90 does."""
+    turns = _quarter_turns(angle, height, width)
+    if turns == 0:
+        return None
+    matrix = _rotate_matrix(angle % 360)
+    return matrix if turns is None else [float(round(value)) for value in matrix]
+
+
+MATRICES = {  # operation -> (height, width, magnitude) -> inverse affine matrix (None: the identity)
+    "ShearX": lambda height, width, m: _shear_matrix(height, width, m, 0),
+    "ShearY": lambda height, width, m: _shear_matrix(height, width, m, 1),
+    "TranslateX": lambda height, width, m: _translate_matrix(m, 0),
+    "TranslateY": lambda height, width, m: _translate_matrix(m, 1),
+    "Rotate": _rotation_for_kernel,
+}
+BLENDS = {  # operation -> (kernel mode, magnitude -> its float32 parameters), as _colour and _sharpness blend
+    "Color": (COLOUR, lambda m: [1.0 + m, 1.0 - (1.0 + m)]),
+    "Sharpness": (SHARPNESS, lambda m: [1.0 - (1.0 + m)]),
+}
+
+
+def _kernel_matrix(matrix: list[float], height: int, width: int) -> np.ndarray:
+    """torchvision's float32 theta divided by half the sides, as its _affine_grid rescales it."""
+    return np.float32(matrix) / np.float32([0.5 * width] * 3 + [0.5 * height] * 3)
+
+
+def fused_plan(images: torch.Tensor, draws: list[tuple[str, float]]):
+    """(modes, params, tables) on the images' device for `kernels.trivial_augment.augment_normalise`: image i
+    through `draws[i]` = (operation, magnitude), as `draw` returns them."""
+    count, _, height, width = images.shape
+    modes, params = np.full(count, LUT, np.int32), np.zeros((count, 6), np.float32)
+    tables = np.tile(IDENTITY_TABLE, (count, 3, 1))
+    on_device = defaultdict(list)
+    for slot, (name, magnitude) in enumerate(draws):
+        if name in MATRICES:
+            matrix = MATRICES[name](height, width, magnitude)
+            if matrix is not None:
+                modes[slot], params[slot] = WARP, _kernel_matrix(matrix, height, width)
+        elif name in BLENDS:
+            modes[slot], weights = BLENDS[name][0], BLENDS[name][1](magnitude)
+            params[slot, :len(weights)] = weights
+        elif name in HOST_TABLES:
+            tables[slot] = HOST_TABLES[name](magnitude)
+        else:
+            on_device[name].append((slot, magnitude))
+    device = images.device
+    tables = to_device_async(torch.from_numpy(tables), device)
+    for name, members in on_device.items():
+        slots = _values([slot for slot, _ in members], device)
+        tables[slots] = DEVICE_TABLES[name](images[slots], [magnitude for _, magnitude in members])
+    return to_device_async(torch.from_numpy(modes), device), to_device_async(torch.from_numpy(params), device), tables
+
+
+def fused_trivial_augment(images: torch.Tensor, draws: list[tuple[str, float]], mean: torch.Tensor,
+                          inverse_std: torch.Tensor, dtype: torch.dtype,
+                          memory_format: torch.memory_format) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> TrivialAugmentWide by `draws`, normalised ((v - mean) * inverse_std, 0..255 scale,
+    3 values each) to `dtype` in `memory_format`, by one kernel over the batch (plus the statistics some
+    operations need). CUDA tensors, or CPU tensors under TRITON_INTERPRET=1."""
+    from engine.kernels.trivial_augment import augment_normalise
+
+    modes, params, tables = fused_plan(images, draws)
+    return augment_normalise(images, modes, params, tables, mean.reshape(3).float(), inverse_std.reshape(3).float(),
+                             dtype, memory_format)
+
+
+def fused_available(device: torch.device) -> bool:
+    """Whether the fused kernel runs for batches on `device`: CUDA, with triton. Elsewhere the batched torch
+    operations above do the same work (on a GPU without triton that is slower, and said once)."""
+    if device.type != "cuda":
+        return False
+    if kernels.triton_available():
+        return True
+    kernels.warn_once("triton is not installed: TrivialAugmentWide runs as batched torch ops on the GPU (slower)")
+    return False
+
+
+def augment_and_normalise(images: torch.Tensor, draws: list[tuple[str, float]], normalise, fused: bool):
+    """(N, 3, H, W) uint8 on the device -> augmented by `draws` and normalised by `normalise` (a
+    torch_pipeline.DeviceNormaliser: its mean, scale, dtype and memory format), by the fused kernel or by the
+    batched torch operations and the normaliser: the same numbers (tests/test_augment.py)."""
+    if fused:
+        return fused_trivial_augment(images, draws, normalise.mean, normalise.inverse_std, normalise.dtype,
+                                     normalise.memory_format)
+    return normalise.images(augmented(images, draws))

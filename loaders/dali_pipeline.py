@@ -11,10 +11,13 @@ exactly once per pass; its last batch is partial.
 
 TrivialAugmentWide is set to torchvision's parameters: 31 magnitude bins, translation up to 32 pixels, fill 0,
 nearest-neighbour interpolation. Remaining differences (README): DALI's own random streams, and its
-implementations of sharpness, equalize and posterize, which are close to but not bit-identical with PIL's.
+implementations of sharpness, equalize and posterize, which are close to but not bit-identical with PIL's. With
+`augmenter="engine"` DALI only decodes and resizes, and the engine's TrivialAugmentWide (torchvision's operations)
+and normalisation follow on torch's stream (`AUGMENTERS`).
 """
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from contextlib import contextmanager
@@ -24,10 +27,13 @@ import torch
 
 from engine.distributed import SINGLE, Shard
 from engine.errors import UnreadableImageError
+from engine.loaders.augment import augment_and_normalise, fused_available, random_draws
 from engine.loaders.batching import BatchCounts
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
-from engine.loaders.torch_pipeline import IMAGENET_MEAN, IMAGENET_STD
+from engine.loaders.torch_pipeline import IMAGENET_MEAN, IMAGENET_STD, DeviceNormaliser
+
+log = logging.getLogger("engine")
 
 READER = "reader"
 PREFETCH_BATCHES = 3
@@ -45,6 +51,14 @@ HW_DECODER_LOAD = 0.9
 # stalls the host that a light model's step is bound by.
 HANDOVERS = ("host", "stream")
 DEFAULT_HANDOVER = "stream"
+# Who augments a training batch. "dali": DALI's trivial_augment_wide and crop_mirror_normalize, inside the pipeline,
+# as kernels on DALI's stream beside the training step (~1.9 ms of GPU time a batch of 128 at 256 px on an H100,
+# warp_affine 1.2 ms of it: what keeps a GPU-bound step at 0.93-0.95 of its synthetic rate, bench/NOTES.md). "engine":
+# DALI decodes and resizes to uint8, and the engine's TrivialAugmentWide (torchvision's operations; random draws,
+# `augment.random_draws`) and normalisation follow on torch's stream, on a GPU as one fused kernel a batch
+# (kernels/trivial_augment.py). Not yet measured on a GPU: "dali" stays the default until it is.
+AUGMENTERS = ("dali", "engine")
+DEFAULT_AUGMENTER = "dali"
 # DALI's own TrivialAugmentWide calls `fn.experimental.filter` and `fn.experimental.equalize`, which DALI now
 # flags as deprecated aliases: two warnings per pipeline that name DALI's code, not ours, and that no user can act
 # on. DALI raises them under `simplefilter("default")` inside its own `catch_warnings`, so a filter cannot silence
@@ -76,7 +90,8 @@ def dali_available() -> bool:
 
 def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment: bool, train: bool,
                     half: bool, batch_size: int, device: torch.device, seed: int, workers: int, shard_id: int,
-                    num_shards: int, hw_decoder_load: float = HW_DECODER_LOAD):
+                    num_shards: int, hw_decoder_load: float = HW_DECODER_LOAD, uint8_out: bool = False):
+    """DALI's pipeline of the files; `uint8_out`: decoded and resized only, for the engine to augment."""
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.auto_aug import trivial_augment
 
@@ -94,6 +109,8 @@ def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment:
             decoder["hw_decoder_load"] = hw_decoder_load
         images = fn.decoders.image(encoded, output_type=types.RGB, **decoder)
         images = fn.resize(images, size=list(image_size), antialias=True)
+        if uint8_out:
+            return images, label.gpu() if on_gpu else label
         if augment and train:
             images = trivial_augment.trivial_augment_wide(images, num_magnitude_bins=31, fill_value=0,
                                                           interp_type=types.INTERP_NN, max_translate_abs=32)
@@ -174,11 +191,13 @@ class DaliBatches(BatchCounts):
     def __init__(self, index: DatasetIndex, samples: list[Sample], *, image_size: tuple[int, int], augment: bool,
                  batch_size: int, train: bool, device: torch.device, seed: int, workers: int, channels_last: bool,
                  dtype: torch.dtype = torch.float32, shard: Shard = SINGLE, hw_decoder_load: float = HW_DECODER_LOAD,
-                 handover: str = DEFAULT_HANDOVER):
+                 handover: str = DEFAULT_HANDOVER, augmenter: str = DEFAULT_AUGMENTER):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         if handover not in HANDOVERS:
             raise ValueError(f"unknown DALI handover {handover!r}; choose from {', '.join(HANDOVERS)}")
+        if augmenter not in AUGMENTERS:
+            raise ValueError(f"unknown DALI augmenter {augmenter!r}; choose from {', '.join(AUGMENTERS)}")
         self._set_counts(len(samples), batch_size, train, shard)
         if train:  # DALI's reader shards the whole list, so its reshuffle after each epoch spans every rank
             order, reader_shard = shard.even(np.random.default_rng(seed).permutation(len(samples))), shard
@@ -186,12 +205,20 @@ class DaliBatches(BatchCounts):
             order, reader_shard = shard.take(np.arange(len(samples)), train=False), SINGLE
         files = [str(index.root / samples[i][0]) for i in order]
         labels = [samples[i][1] for i in order]
-        self.channels_last, self.device, self.dtype = channels_last, device, dtype
+        self.channels_last, self.device, self.dtype, self.seed = channels_last, device, dtype, seed
+        # the engine augments (and normalises) this split's batches: DALI hands over uint8
+        self.engine_augments = augment and train and augmenter == "engine"
+        if self.engine_augments:
+            self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format,
+                                              dtype)
+            self.fused_augment = fused_available(device)
+            log.info("DALI decodes and resizes; TrivialAugmentWide and the normalisation by %s", "one fused kernel "
+                     "a batch" if self.fused_augment else "batched torch operations")
         pipe = _build_pipeline(files, labels, image_size=image_size, augment=augment, train=train,
                                half=dtype != torch.float32,
                                batch_size=self.batch_size, device=device, seed=seed, workers=workers,
                                shard_id=reader_shard.rank, num_shards=reader_shard.world_size,
-                               hw_decoder_load=hw_decoder_load)
+                               hw_decoder_load=hw_decoder_load, uint8_out=self.engine_augments)
         if handover == "stream" and device.type == "cuda":
             _bind_outputs_to_current_stream(pipe, device)
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
@@ -201,14 +228,20 @@ class DaliBatches(BatchCounts):
 
     def epoch(self, epoch: int):
         batches = iter(self.iterator)
+        draws = np.random.default_rng([self.seed, epoch])  # the engine's augmentation: the same each time run
         while True:
             with _naming_undecodable_files():
                 batch = next(batches, None)
             if batch is None:
                 return
             images = batch[0]["images"].permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels_last, no copy
+            # Images and labels are on the pipeline's device already (labels: see the pipeline).
+            labels = batch[0]["labels"].view(-1).long()
+            if self.engine_augments:
+                yield augment_and_normalise(images, random_draws(draws, len(images)), self.normalise,
+                                            self.fused_augment), labels
+                continue
             if not self.channels_last:
                 images = images.contiguous()
             # DALI has no bfloat16: a bf16 run gets DALI's float16, cast (one small pass) to the run's dtype.
-            # Images and labels are on the pipeline's device already (labels: see the pipeline).
-            yield images.to(self.dtype), batch[0]["labels"].view(-1).long()
+            yield images.to(self.dtype), labels

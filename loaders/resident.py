@@ -4,8 +4,9 @@ disk next to the dataset, and kept on the training device; each batch is gathere
 there, so no epoch decodes a file again (the airbench way).
 
 Augmentation is torchvision's TrivialAugmentWide on device tensors, each image's draw seeded by (seed, epoch,
-image) as in the torch pipeline, applied to the whole batch at once (`augment.trivial_augment_wide`: one group of
-kernels per operation drawn, not one transform per image; equal to torchvision's per-image result).
+image) as in the torch pipeline, applied to the whole batch at once and equal to torchvision's per-image result: on
+a GPU with triton one fused kernel that also normalises (kernels/trivial_augment.py), elsewhere one group of
+torch operations per operation drawn (loaders/augment.py).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from engine.errors import UserInputError, first_sentence
 from engine.locks import held_in_turn
 from engine.progress import Progress
 from engine.results import remove_unfinished_writes, replace_atomically
-from engine.loaders.augment import trivial_augment_wide
+from engine.loaders.augment import augment_and_normalise, draw, fused_available
 from engine.loaders.batching import BatchCounts, held_ahead, made_ahead, side_stream, to_device_async
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
@@ -198,6 +199,10 @@ class ResidentBatches(BatchCounts):
         self.train, self.seed, self.device = train, seed, device
         self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format,
                                           dtype)
+        self.fused_augment = self.augment and fused_available(device)
+        if self.augment:
+            log.info("resident loader: TrivialAugmentWide and the normalisation by %s", "one fused kernel a batch"
+                     if self.fused_augment else "batched torch operations")
         # On a GPU each batch is made on a side stream one batch ahead (`made_ahead`): its gather, augmentation and
         # normalisation run beside the training step, not between steps on the training's own stream.
         self.side_stream = side_stream(device)
@@ -223,7 +228,8 @@ class ResidentBatches(BatchCounts):
     def _batch(self, epoch: int, order: torch.Tensor, order_on_device: torch.Tensor, start: int):
         positions = order[start:start + self.batch_size]  # on the host: the augmentation draws need them
         on_device = order_on_device[start:start + self.batch_size]
-        images = self._resized(self.images[on_device])
-        if self.augment:
-            images = trivial_augment_wide(images, [draw_seed(self.seed, epoch, p) for p in positions.tolist()])
-        return self.normalise(images, self.labels[on_device])
+        images, labels = self._resized(self.images[on_device]), self.labels[on_device]
+        if not self.augment:
+            return self.normalise(images, labels)
+        draws = [draw(draw_seed(self.seed, epoch, p)) for p in positions.tolist()]
+        return augment_and_normalise(images, draws, self.normalise, self.fused_augment), labels

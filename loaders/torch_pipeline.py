@@ -128,9 +128,11 @@ class DeviceNormaliser:
         self.inverse_std = 1 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images(images), labels.to(self.device, non_blocking=True)
+
+    def images(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True).to(memory_format=self.memory_format)
-        normalised = ((images.float() - self.mean) * self.inverse_std).to(self.dtype)
-        return normalised, labels.to(self.device, non_blocking=True)
+        return ((images.float() - self.mean) * self.inverse_std).to(self.dtype)
 
 
 class TorchBatches(BatchCounts):

@@ -1,10 +1,15 @@
 """Batched TrivialAugmentWide (loaders/augment.py) against torchvision's, image by image."""
+from collections import Counter
+
+import numpy as np
 import pytest
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from engine.loaders.augment import NAMES, OPERATIONS, draw, trivial_augment_wide
+from engine.loaders.augment import (NAMES, OPERATIONS, SPACE, augment_and_normalise, draw, random_draws,
+                                   trivial_augment_wide)
+from engine.loaders.torch_pipeline import DeviceNormaliser
 
 
 def photos(count: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -78,3 +83,48 @@ def test_the_sharpness_blur_never_starts_cudnns_algorithm_search(monkeypatch):
     for count in (3, 5):
         OPERATIONS["Sharpness"](photos(count, 16, 16), [0.5] * count)
     assert seen == [False, False] and torch.backends.cudnn.benchmark is True
+
+
+# --- The fused kernel (kernels/trivial_augment.py, through Triton's interpreter here) -----------------------------
+@pytest.mark.parametrize("height, width, dtype, layout", [(32, 32, torch.float32, torch.channels_last),
+                                                          (24, 40, torch.bfloat16, torch.contiguous_format)])
+def test_the_fused_kernel_computes_what_the_batched_operations_and_the_normaliser_do(height, width, dtype, layout):
+    """Bit for bit, every operation, both sides' parities, each output dtype and layout the loaders hand over;
+    the input as either layout (the resident copy is channels_last, a plain tensor is not)."""
+    seeds = list(range(1000, 1280))
+    images = photos(len(seeds), height, width).contiguous(memory_format=torch.channels_last if
+                                                           layout == torch.contiguous_format else
+                                                           torch.contiguous_format)
+    normalise = DeviceNormaliser(torch.device("cpu"), layout, dtype)
+    draws = [draw(seed) for seed in seeds]
+    fused = augment_and_normalise(images, draws, normalise, fused=True)
+    expected = normalise.images(trivial_augment_wide(images, seeds))
+    assert fused.dtype == dtype and fused.is_contiguous(memory_format=layout)
+    differing = sorted({draws[i][0] for i in torch.nonzero((fused != expected).flatten(1).any(1)).flatten().tolist()})
+    assert not differing, f"the fused kernel differs on {differing}"
+
+
+def test_the_fused_kernel_takes_an_empty_batch_and_refuses_other_than_rgb():
+    from engine.kernels.trivial_augment import augment_normalise
+    normalise = DeviceNormaliser(torch.device("cpu"), torch.channels_last, torch.float32)
+    empty = augment_and_normalise(photos(0, 8, 8), [], normalise, fused=True)
+    assert empty.shape == (0, 3, 8, 8)
+    grey = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="RGB images, not 1 channels"):
+        augment_normalise(grey, *(None,) * 5, torch.float32, torch.channels_last)
+
+
+def test_random_draws_follow_torchvisions_space_and_repeat_with_their_generator():
+    draws = random_draws(np.random.default_rng(5), 4000)
+    assert draws == random_draws(np.random.default_rng(5), 4000)
+    counts = Counter(name for name, _ in draws)
+    assert set(counts) == set(NAMES) and min(counts.values()) > 4000 / len(NAMES) * 0.7  # uniform over operations
+    for name in NAMES:
+        magnitudes, signed = SPACE[name]
+        drawn = {magnitude for drawn_name, magnitude in draws if drawn_name == name}
+        if magnitudes is None:
+            assert drawn == {0.0}
+            continue
+        allowed = {float(m) for m in magnitudes} | ({-float(m) for m in magnitudes} if signed else set())
+        assert drawn <= allowed and len(drawn) > len(allowed) // 2
+        assert any(m < 0 for m in drawn) == signed

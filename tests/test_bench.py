@@ -223,11 +223,21 @@ def test_the_authors_loop_runs_without_cudnn_algorithm_search_and_restores_it(ti
     assert torch.backends.cudnn.benchmark is True
 
 
-def test_augment_benchmark_times_both_implementations():
+def test_augment_benchmark_times_every_implementation():
+    """The fused kernel's row too: the suite runs Triton's interpreter, as a GPU would run the kernel."""
     from engine.bench import augment
     rows = augment.main(["--quick", "--device", "cpu"])
-    assert [row["implementation"] for row in rows] == ["torchvision per image", "batched"]
+    assert [row["implementation"] for row in rows] == ["torchvision per image", "batched", "batched, normalised",
+                                                       "fused kernel, normalised"]
     assert all(row["images_per_s"] > 0 for row in rows)
+
+
+def test_augment_benchmark_says_where_the_kernel_cannot_run(monkeypatch, capsys):
+    from engine.bench import augment
+    monkeypatch.delenv("TRITON_INTERPRET")
+    rows = augment.main(["--quick", "--device", "cpu"])
+    assert "fused kernel, normalised" not in [row["implementation"] for row in rows]
+    assert '"skipped": "the kernel needs triton and a GPU, not cpu"' in capsys.readouterr().out
 
 
 def test_wavemix_step_benchmark_says_where_the_step_time_goes():

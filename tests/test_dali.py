@@ -9,7 +9,8 @@ from PIL import Image
 
 from engine.loaders import PIPELINES, count_per_class, scan_dataset, select_samples
 from engine.loaders.dali_pipeline import DALI_MISREADS, _quiet_dali_aliases
-from engine.loaders.torch_pipeline import IMAGENET_MEAN, IMAGENET_STD
+from engine.loaders.augment import augmented, random_draws
+from engine.loaders.torch_pipeline import IMAGENET_MEAN, IMAGENET_STD, DeviceNormaliser
 from tests.conftest import CLASS_COLOURS, make_dataset, make_shaded_dataset, run_main
 
 pytest.importorskip("nvidia.dali", reason="DALI is not installed (pip install 'engine[dali]')")
@@ -175,6 +176,38 @@ def test_an_augmenting_pipeline_shows_the_user_no_notice_about_dalis_own_aliases
     assert [type(w.message) for w in passed] == [UserWarning]
 
 
+def test_the_engine_augments_dalis_uint8_batches_by_its_own_draws(shaded_dataset):
+    """--dali-augmenter engine: DALI decodes and resizes only; each training batch is then the engine's
+    TrivialAugmentWide (by the epoch's draws, `random_draws` from (seed, epoch)) of the very batch DALI made,
+    normalised, with its labels, in the run's layout and dtype."""
+    index = scan_dataset(shaded_dataset)
+
+    def epoch(augment, augmenter, dtype, epoch_number=2):
+        pipeline = PIPELINES["dali"](index, index.train, image_size=(16, 16), augment=augment, batch_size=5,
+                                     train=True, device=torch.device("cpu"), seed=3, workers=1, channels_last=True,
+                                     dtype=dtype, augmenter=augmenter)
+        return list(pipeline.epoch(epoch_number))
+
+    normalise = DeviceNormaliser(torch.device("cpu"), torch.channels_last, torch.bfloat16)
+    draws = np.random.default_rng([3, 2])
+    augmented_batches = epoch(True, "engine", torch.bfloat16)
+    plain_batches = epoch(False, "dali", torch.float32)  # float32: its uint8 pixels recovered exactly below
+    assert len(augmented_batches) == len(plain_batches) == 6
+    for (images, labels), (plain, plain_labels) in zip(augmented_batches, plain_batches):
+        assert torch.equal(labels, plain_labels) and images.dtype == torch.bfloat16
+        assert images.is_contiguous(memory_format=torch.channels_last)
+        uint8 = ((plain / normalise.inverse_std) + normalise.mean).round().clamp(0, 255).to(torch.uint8)
+        assert torch.equal(images, normalise.images(augmented(uint8, random_draws(draws, len(uint8)))))
+    assert not torch.equal(epoch(True, "engine", torch.bfloat16, 1)[0][0], augmented_batches[0][0])  # drawn anew
+
+
+def test_an_unknown_dali_augmenter_is_refused(shaded_dataset):
+    with pytest.raises(ValueError, match="unknown DALI augmenter 'kornia'; choose from dali, engine"):
+        PIPELINES["dali"](scan_dataset(shaded_dataset), [], image_size=(16, 16), augment=True, batch_size=5,
+                          train=True, device=torch.device("cpu"), seed=0, workers=1, channels_last=True,
+                          augmenter="kornia")
+
+
 def test_training_drops_the_partial_batch_and_reshuffles(shaded_dataset):
     index = scan_dataset(shaded_dataset)
     pipeline = batches("dali", index, index.train, train=True, batch_size=8)
@@ -332,24 +365,41 @@ def test_gpu_batches_stay_intact_while_the_training_stream_lags_behind(shaded_da
     kernel on the consumer's stream (the training's own, as engine train runs); DALI's CPU operators, on the same
     files in file order, say what it must be. For both handovers (loaders/dali_pipeline.py): the host waiting for
     each batch, or torch's stream."""
+    options = dict(augment=False, train=False, dtype=dtype, handover=handover)
+    on_gpu, on_cpu = (read_behind_a_busy_stream(shaded_dataset, device, (0, 1), options) for device in ("cuda", "cpu"))
+    assert_the_same_batches(on_gpu, on_cpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_batches_the_engine_augments_are_the_cpus_while_the_training_stream_lags_behind(shaded_dataset):
+    """--dali-augmenter engine on a GPU: DALI's uint8 batch, handed over without a copy, is read by the fused kernel
+    on the training stream behind a long step; it must be the batch the CPU pipeline makes (same files, same draws,
+    its batched torch operations), up to the GPU resize's and the kernel's rare other roundings."""
+    options = dict(augment=True, train=True, dtype=torch.bfloat16, augmenter="engine")
+    on_gpu, on_cpu = (read_behind_a_busy_stream(shaded_dataset, device, (1, 2), options) for device in ("cuda", "cpu"))
+    assert_the_same_batches(on_gpu, on_cpu)
+
+
+def read_behind_a_busy_stream(dataset, device: str, epochs, options: dict) -> list:
+    """Every batch of `epochs` from the DALI pipeline on `device`, each read (copied; cast or augmented by the
+    engine where the options say) on the training stream, as engine train runs, behind ~10 ms of a step still
+    running there on a GPU: no host synchronisation, so the batch is read in stream order."""
     from engine.trainer import training_stream
-    index = scan_dataset(shaded_dataset)
+    index, kept = scan_dataset(dataset), []
+    with training_stream(torch.device(device)):
+        pipeline = PIPELINES["dali"](index, index.train, image_size=(16, 16), batch_size=5, device=torch.device(device),
+                                     seed=0, workers=2, channels_last=True, **options)
+        for epoch in epochs:
+            for images, labels in pipeline.epoch(epoch):
+                if device == "cuda":
+                    torch.cuda._sleep(20_000_000)  # ~10 ms of a step still running: the next read waits too
+                kept.append((images.clone(), labels.clone()))
+    torch.cuda.synchronize()
+    return [(images.float().cpu(), labels.cpu()) for images, labels in kept]
 
-    def read(device):
-        kept = []
-        with training_stream(torch.device(device)):
-            pipeline = PIPELINES["dali"](index, index.train, image_size=(16, 16), augment=False, batch_size=5,
-                                         train=False, device=torch.device(device), seed=0, workers=2,
-                                         channels_last=True, dtype=dtype, handover=handover)
-            for epoch in (0, 1):
-                for images, labels in pipeline.epoch(epoch):
-                    if device == "cuda":
-                        torch.cuda._sleep(20_000_000)  # ~10 ms of a step still running: the next cast waits too
-                    kept.append((images.clone(), labels.clone()))  # no host synchronisation: read in stream order
-        torch.cuda.synchronize()
-        return [(images.float().cpu(), labels.cpu()) for images, labels in kept]
 
-    on_gpu, on_cpu = read("cuda"), read("cpu")
+def assert_the_same_batches(on_gpu: list, on_cpu: list) -> None:
     assert len(on_gpu) == len(on_cpu) == 12
     for (gpu_images, gpu_labels), (cpu_images, cpu_labels) in zip(on_gpu, on_cpu):
         assert torch.equal(gpu_labels, cpu_labels)
