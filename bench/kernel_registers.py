@@ -1,9 +1,11 @@
 """What the fused Haar kernels cost a GPU, read without one: each launch configuration compiled for sm_90a
 (Triton's frontend and its bundled ptxas), with registers a thread, spills, programs an SM can hold, the
-elements its loads keep in flight, and the global load/store instruction widths.
+elements its loads keep in flight, and the global load/store instruction widths. `--augment`: the same for the
+fused TrivialAugmentWide kernel (kernels/trivial_augment.py) at each block size, into bf16 and float32.
 
     python -m engine.bench.kernel_registers                 # every config, both layouts, bf16, WaveMix's shape
     python -m engine.bench.kernel_registers --configs 0,1 --layouts channels_last
+    python -m engine.bench.kernel_registers --augment
 
 A memory-bound kernel lives on loads in flight (Little's law: bandwidth x latency, ~3 MB on an H100); registers
 decide how many programs share an SM. These numbers predict; `python -m engine.bench.dwt --configs` on a GPU
@@ -54,29 +56,57 @@ def _ptxas_report(ptx: str) -> tuple[int, int]:
             int(re.search(r"(\d+) bytes spill stores", text).group(1)))
 
 
-def kernel_cost(kernel, config: dict, levels: int, channels_last: bool, block_name: str, block: int,
-                dtype: str = "bf16") -> dict:
+def _compiled_cost(kernel, signature: dict, constexprs: dict, hints: dict, num_warps: int) -> dict:
+    """Compiled for sm_90a: registers a thread, spilled bytes, programs an SM holds, the global access widths."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=hints),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    ptx = compiled.asm["ptx"]
+    registers, spilled = _ptxas_report(ptx)
+    threads = 32 * num_warps
+    allocated = -(-registers // 8) * 8  # registers are allocated in units of 8 a thread
+    programs = min(REGISTERS_PER_SM // (allocated * threads), THREADS_PER_SM // threads, PROGRAMS_PER_SM)
+    return {"registers": registers, "spill_bytes": spilled, "programs_per_sm": programs,
+            "loads": dict(Counter(re.findall(r"ld\.global[\w.]*", ptx))),
+            "stores": dict(Counter(re.findall(r"st\.global[\w.]*", ptx)))}
+
+
+def kernel_cost(kernel, config: dict, levels: int, channels_last: bool, block_name: str, block: int,
+                dtype: str = "bf16") -> dict:
     constants = {"LEVELS": levels, block_name: block, "WIDE": False,
                  **{key: value for key, value in config.items() if key != "num_warps"}}
     signature, constexprs, hints = _signature(kernel, constants, dtype, channels_last)
-    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=hints),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": config["num_warps"]})
-    ptx = compiled.asm["ptx"]
-    registers, spilled = _ptxas_report(ptx)
-    threads = 32 * config["num_warps"]
-    allocated = -(-registers // 8) * 8  # registers are allocated in units of 8 a thread
-    programs = min(REGISTERS_PER_SM // (allocated * threads), THREADS_PER_SM // threads, PROGRAMS_PER_SM)
+    cost = _compiled_cost(kernel, signature, constexprs, hints, config["num_warps"])
     # loads in flight: GROUP quads of 4 pixel tiles (tile tree) or GROUP pairs of row tiles (row pyramid)
     in_flight = 4 * min(config["GROUP"], 4 ** (levels - 1)) if channels_last else 2 * min(config["GROUP"],
                                                                                           2 ** (levels - 1))
-    return {"registers": registers, "spill_bytes": spilled, "programs_per_sm": programs,
-            "elements_in_flight_per_sm": programs * config["TILE"] * in_flight,
-            "loads": dict(Counter(re.findall(r"ld\.global[\w.]*", ptx))),
-            "stores": dict(Counter(re.findall(r"st\.global[\w.]*", ptx)))}
+    return {**cost, "elements_in_flight_per_sm": cost["programs_per_sm"] * config["TILE"] * in_flight}
+
+
+def augment_kernel_cost(block: int, out_dtype: str) -> dict:
+    """The fused TrivialAugmentWide kernel at `block` pixels a program (4 warps, as it launches), into `out_dtype`."""
+    from engine.kernels.trivial_augment import _augment_normalise_kernel as kernel
+
+    pointers = {"source_ptr": "*u8", "out_ptr": "*" + out_dtype, "modes_ptr": "*i32", "params_ptr": "*fp32",
+                "luts_ptr": "*u8", "mean_ptr": "*fp32", "inverse_std_ptr": "*fp32"}
+    constants = {"BLOCK": block, "BFLOAT16": out_dtype == "bf16"}
+    names = kernel.arg_names
+    signature = {name: "constexpr" if name in constants else pointers.get(name, "i32") for name in names}
+    constexprs = {(names.index(name),): value for name, value in constants.items()}
+    return _compiled_cost(kernel, signature, constexprs, {}, num_warps=4)
+
+
+def augment_rows(blocks: list[int]) -> list[dict]:
+    rows = []
+    for out_dtype in ("bf16", "fp32"):
+        for block in blocks:
+            rows.append({"kernel": "trivial_augment", "out": out_dtype, "block": block,
+                         **augment_kernel_cost(block, out_dtype)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def main(argv=None) -> list[dict]:
@@ -87,9 +117,13 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--channels", type=int, default=48, help="C of the DWT input (WaveMix: 48)")
     parser.add_argument("--width", type=int, default=64, help="input width, for the NCHW row tile (WaveMix: 64)")
     parser.add_argument("--levels", type=int, default=3)
+    parser.add_argument("--augment", action="store_true",
+                        help="the fused TrivialAugmentWide kernel instead, at each block size (256, 512, 1024)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("kernel_registers compiles the kernels: unset TRITON_INTERPRET")
+    if args.augment:
+        return augment_rows([256, 512, 1024])
     from engine.kernels import haar_triton
 
     rows = []

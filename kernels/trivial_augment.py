@@ -11,8 +11,10 @@ sampled through its own path, chosen per image (a scalar branch, so a program ne
 - SHARPNESS: a blend of the interior with its 3x3 smoothing, the border kept.
 Then (value - mean) / std per channel, stored in the output's dtype and layout. loaders/augment.py turns
 torchvision's draws into these tables and parameters (`fused_plan`); the arithmetic follows torchvision's tensor
-implementation, so results equal it except where the order of floating-point roundings differs (tests/test_augment.py
-says how often). Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (the tests).
+implementation, roundings included: in Triton's interpreter the result equals the batched torch operations' bit for
+bit (tests/test_augment.py); compiled, a GPU may contract a multiply-add differently and so, rarely, round a warp's
+half-pixel or a luma the other way (tests/test_gpu.py bounds it). Runs on CUDA tensors, and on CPU tensors under
+TRITON_INTERPRET=1 (the tests).
 """
 from __future__ import annotations
 
@@ -25,7 +27,12 @@ from engine import kernels
 # jit functions read globals only as constexprs
 LUT, WARP = tl.constexpr(kernels.AUGMENT_LUT), tl.constexpr(kernels.AUGMENT_WARP)
 COLOUR, SHARPNESS = tl.constexpr(kernels.AUGMENT_COLOUR), tl.constexpr(kernels.AUGMENT_SHARPNESS)
-BLOCK = 1024  # output pixels a program: 256 programs an image at 256 px
+# Output pixels a program, 4 warps each. Compiled for sm_90a (`python -m engine.bench.kernel_registers --augment`,
+# no GPU needed): 48 registers a thread at 256 (two pixels a thread; 10 programs, 62 % of the threads an SM
+# holds), 90 at 512, 128 at 1024 (four programs, 25 %). A gather of single bytes lives on how many are in flight,
+# so the small block. Each pixel is computed alone, so the block changes no result: CPU tensors (Triton's
+# interpreter, the tests) take 1024, 4x fewer programs to interpret.
+BLOCK, INTERPRETER_BLOCK = 256, 1024
 
 
 @triton.jit
@@ -128,7 +135,9 @@ def augment_normalise(images: torch.Tensor, modes: torch.Tensor, params: torch.T
     out = torch.empty(images.shape, dtype=dtype, device=images.device, memory_format=memory_format)
     if count == 0:
         return out
-    grid = (count, triton.cdiv(height * width, BLOCK))
+    block = BLOCK if images.is_cuda else INTERPRETER_BLOCK
+    grid = (count, triton.cdiv(height * width, block))
     _augment_normalise_kernel[grid](images, out, modes, params, luts, mean, inverse_std, height, width,
-                                    *images.stride(), *out.stride(), BLOCK=BLOCK, BFLOAT16=dtype == torch.bfloat16)
+                                    *images.stride(), *out.stride(), BLOCK=block, BFLOAT16=dtype == torch.bfloat16,
+                                    num_warps=4)
     return out

@@ -385,6 +385,27 @@ def test_the_high_bands_move_as_vectors_not_two_byte_accesses():
         assert forward["spill_bytes"] == backward["spill_bytes"] == 0
 
 
+def test_the_augmentation_kernel_compiles_for_hopper_without_spilling_at_the_engines_block():
+    """The fused TrivialAugmentWide kernel, which the tests otherwise run only in Triton's interpreter, compiled
+    for sm_90a: it compiles, and at the block it launches with it spills nothing and leaves an SM room for 8
+    programs or more (a gather of bytes lives on how many are in flight)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from engine.kernels.trivial_augment import BLOCK
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-m", "engine.bench.kernel_registers", "--augment"],
+                            capture_output=True, text=True, env=env, check=True)
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {(row["out"], row["block"]) for row in rows} >= {("bf16", BLOCK), ("fp32", BLOCK)}
+    for row in rows:
+        assert row["spill_bytes"] == 0
+        if row["block"] == BLOCK:
+            assert row["programs_per_sm"] >= 8
+
+
 def test_kernel_registers_refuses_interpreted_kernels():
     from engine.bench import kernel_registers
     with pytest.raises(SystemExit, match="unset TRITON_INTERPRET"):
