@@ -27,7 +27,8 @@ setup(
         "click>=8.0",
         "pillow",
         "tqdm",
-        # triton (the fused DWT on CUDA) comes with torch's CUDA wheels; without it the DWT runs as torch ops
+        # triton (the fused DWT and TrivialAugmentWide on CUDA) comes with torch's CUDA wheels; without it both
+        # run as torch ops
     ],
     extras_require={
         # pytest, and the references the tests compare against: pytorch_wavelets' DWT and the published WaveMix

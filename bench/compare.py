@@ -39,6 +39,9 @@ from engine.scheduler import free_memory, host_step_ms
 # at least this many steps timed, epoch after epoch: 2048 files at an autotuned batch of 256 are 8 steps, half
 # a second of a compiled resnet50, where one late batch would move the ratio by several percent
 MIN_TIMED_STEPS = 30
+# What --other-loaders can feed a row's compiled step with: each of the engine's loaders, and DALI decoding and
+# resizing while the engine's fused kernel augments and normalises (loaders/dali_pipeline.AUGMENTERS)
+OTHER_LOADERS = {**{name: (name, {}) for name in PIPELINES}, "dali-engine": ("dali", {"augmenter": "engine"})}
 
 
 def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: str, batch_size, steps: int | None,
@@ -75,11 +78,12 @@ def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: 
     for choice in streams[1:]:
         with step_stream(choice, device):
             rates[f"{choice}_stream"] = rerun_row(*end_to_end(step, pipeline, batches, synthetic, steps, device))
-    for loader in other_loaders:
+    for name in other_loaders:
+        loader, options = OTHER_LOADERS[name]
         with step_stream(streams[0], device):  # its batches made where the step's stream orders them
             other = make_batches(dataclasses.replace(config, loader=loader), index, index.train, train=True,
-                                 device=device)
-            rates[f"{loader}_loader"] = rerun_row(*end_to_end(step, other, endless(other), synthetic, steps, device))
+                                 device=device, **options)
+            rates[f"{name}_loader"] = rerun_row(*end_to_end(step, other, endless(other), synthetic, steps, device))
     return rates, config, index
 
 
@@ -159,12 +163,13 @@ def main(argv=None) -> list[dict]:
                              + " (bench.timing): the first gives the row, each further one times the same step "
                                "and loader again (as <choice>_stream), e.g. engine,high: whether DALI's kernels "
                                "cost the step less when the step's stream has the higher priority")
-    parser.add_argument("--other-loaders", type=comma_choices(tuple(PIPELINES), none=True), default=(),
+    parser.add_argument("--other-loaders", type=comma_choices(tuple(OTHER_LOADERS), none=True), default=(),
                         metavar="LOADERS",
-                        help="none (the default), or comma-separated from " + ", ".join(PIPELINES) + ": each feeds "
-                             "the same compiled step again after the row's own loader (as <loader>_loader), e.g. "
-                             "resident: whether the copy decoded once keeps a GPU-bound step fed where DALI's "
-                             "kernels cost it 5-8 %%")
+                        help="none (the default), or comma-separated from " + ", ".join(OTHER_LOADERS) + ": each "
+                             "feeds the same compiled step again after the row's own loader (as <loader>_loader), "
+                             "e.g. resident: whether the copy decoded once keeps a GPU-bound step fed where DALI's "
+                             "kernels cost it 5-8 %%; dali-engine: DALI decoding and resizing, the engine's fused "
+                             "kernel augmenting and normalising on the step's stream")
     args = parser.parse_args(argv)
     try:
         backbones = pick_names(args.backbones, list_backbones(), "backbone")

@@ -27,6 +27,8 @@ python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 # whether DALI's kernels then cost the step less (end to end 0.92-0.95 of synthetic on the 21st session's H100;
 # on the 24th's H200 it moved three rows by -0.04 to +0.06, no consistent gain)
 # COMPARE_LOADERS: other loaders to feed each row's compiled step after DALI (bench.compare --other-loaders), e.g.
+# dali-engine: DALI with the engine's fused kernel augmenting (seconds a row; DALI's own augmentation kept a GPU-bound
+# compiled step at 0.92-0.94 of synthetic and shufflenet_v2_x2_0's graphed one at 0.76, the thirtieth session's H200);
 # resident: whether the copy decoded once keeps GPU-bound steps at 0.95 of synthetic, where DALI's kernels cost
 # them 5-8 % (the twenty-fourth session's H200); seconds a row, the decode once for all rows
 backbones=${BACKBONES:-swin_v2_t,wavemix}

@@ -392,14 +392,15 @@ def compile_note(config: RunConfig) -> str:
 
 
 def make_batches(config: RunConfig, index: DatasetIndex, samples: list, *, train: bool, device: torch.device,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, **loader_options):
     """The run's input pipeline over `samples`: its loader, size, augmentation, seed, memory format and input
-    dtype, this rank's share. Evaluation holds no activations for backward, so it affords twice the batch."""
+    dtype, this rank's share. Evaluation holds no activations for backward, so it affords twice the batch.
+    `loader_options`: the loader's own settings a benchmark moves from their defaults (engine train passes none)."""
     return PIPELINES[config.loader](
         index, samples, image_size=config.image_size, augment=config.augment, train=train,
         batch_size=batch_size or config.batch_size * (1 if train else 2), device=device, seed=config.seed,
         workers=config.workers, channels_last=config.channels_last, dtype=input_dtype(config.precision),
-        shard=distributed.current())
+        shard=distributed.current(), **loader_options)
 
 
 def _write_run_description(config: RunConfig, index: DatasetIndex, samples, counts: dict, skipped: list[str],

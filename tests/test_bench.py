@@ -131,7 +131,7 @@ def test_loader_benchmark_refuses_a_decoder_share_outside_0_to_1_in_one_line(cap
 def test_compare_runs_the_engine_and_the_authors_loop_on_the_same_files():
     from engine.bench import compare
     rows = compare.main(["--data", "demo", "--quick", "--device", "cpu", "--backbones", "mobilenet_v3_large,wavemix",
-                         "--training-streams", "engine,high", "--other-loaders", "resident"])
+                         "--training-streams", "engine,high", "--other-loaders", "resident,dali-engine"])
     assert [row["backbone"] for row in rows] == ["mobilenet_v3_large", "wavemix"]  # WaveMix: not torchvision's
     with pytest.raises(SystemExit) as refused:  # one line naming the valid backbones (argparse's error)
         compare.main(["--data", "demo", "--quick", "--device", "cpu", "--backbones", "resnet50,nope"])
@@ -153,10 +153,11 @@ def test_compare_runs_the_engine_and_the_authors_loop_on_the_same_files():
         assert again["img_s"] > 0 and again["over_synthetic"] == pytest.approx(
             again["img_s"] / again["synthetic_img_s"], rel=0.02)
         assert "training_stream" not in row  # the row itself ran on the engine's stream
-        # the same step fed by the resident loader (the row's own is torch on the CPU)
-        other = row["resident_loader"]
-        assert other["img_s"] > 0 and other["over_synthetic"] == pytest.approx(
-            other["img_s"] / other["synthetic_img_s"], rel=0.02)
+        # the same step fed by the resident loader, and by DALI with the engine augmenting (the row's own is torch
+        # on the CPU)
+        for other in (row["resident_loader"], row["dali-engine_loader"]):
+            assert other["img_s"] > 0 and other["over_synthetic"] == pytest.approx(
+                other["img_s"] / other["synthetic_img_s"], rel=0.02)
 
 
 def test_compare_starts_no_backbone_past_its_time_budget_and_names_those_left(capsys):
@@ -175,7 +176,7 @@ def test_compare_starts_no_backbone_past_its_time_budget_and_names_those_left(ca
         assert refused.value.code == 2
     refusals = capsys.readouterr().err
     assert "--training-streams: 'engine,fast': each of engine, legacy, high at most once" in refusals
-    assert "--other-loaders: 'ffcv': each of torch, dali, resident at most once" in refusals
+    assert "--other-loaders: 'ffcv': each of torch, dali, resident, dali-engine at most once" in refusals
 
 
 def test_the_authors_loop_trains_wavemix_as_the_published_code_computes_it():
