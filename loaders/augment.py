@@ -12,6 +12,7 @@ own batched functions). The tests compare with torchvision image by image on the
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from functools import partial
@@ -27,6 +28,8 @@ from engine.kernels import AUGMENT_COLOUR as COLOUR, AUGMENT_LUT as LUT, AUGMENT
 from engine.kernels import AUGMENT_WARP as WARP
 from engine.loaders.batching import to_device_async
 from engine.trainer import cudnn_benchmark
+
+log = logging.getLogger("engine")
 
 NUM_BINS = 31  # torchvision's default, which the engine uses
 # torchvision's augmentation space, in its order (the first draw indexes it): name -> (magnitudes, signed).
@@ -383,6 +386,14 @@ def fused_available(device: torch.device) -> bool:
         return True
     kernels.warn_once("triton is not installed: TrivialAugmentWide runs as batched torch ops on the GPU (slower)")
     return False
+
+
+def fused_for(loader: str, device: torch.device) -> bool:
+    """`fused_available`, with the line in the run's log that says which path augments `loader`'s batches."""
+    fused = fused_available(device)
+    log.info("%s: TrivialAugmentWide and the normalisation by %s", loader,
+             "one fused kernel a batch" if fused else "batched torch operations")
+    return fused
 
 
 def augment_and_normalise(images: torch.Tensor, draws: list[tuple[str, float]], normalise, fused: bool):

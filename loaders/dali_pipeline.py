@@ -17,7 +17,6 @@ and normalisation follow on torch's stream (`AUGMENTERS`).
 """
 from __future__ import annotations
 
-import logging
 import re
 import warnings
 from contextlib import contextmanager
@@ -27,13 +26,11 @@ import torch
 
 from engine.distributed import SINGLE, Shard
 from engine.errors import UnreadableImageError
-from engine.loaders.augment import augment_and_normalise, fused_available, random_draws
+from engine.loaders.augment import augment_and_normalise, fused_for, random_draws
 from engine.loaders.batching import BatchCounts
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
 from engine.loaders.torch_pipeline import IMAGENET_MEAN, IMAGENET_STD, DeviceNormaliser
-
-log = logging.getLogger("engine")
 
 READER = "reader"
 PREFETCH_BATCHES = 3
@@ -211,9 +208,7 @@ class DaliBatches(BatchCounts):
         if self.engine_augments:
             self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format,
                                               dtype)
-            self.fused_augment = fused_available(device)
-            log.info("DALI decodes and resizes; TrivialAugmentWide and the normalisation by %s", "one fused kernel "
-                     "a batch" if self.fused_augment else "batched torch operations")
+            self.fused_augment = fused_for("DALI decodes and resizes", device)
         pipe = _build_pipeline(files, labels, image_size=image_size, augment=augment, train=train,
                                half=dtype != torch.float32,
                                batch_size=self.batch_size, device=device, seed=seed, workers=workers,

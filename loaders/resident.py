@@ -29,7 +29,7 @@ from engine.errors import UserInputError, first_sentence
 from engine.locks import held_in_turn
 from engine.progress import Progress
 from engine.results import remove_unfinished_writes, replace_atomically
-from engine.loaders.augment import augment_and_normalise, draw, fused_available
+from engine.loaders.augment import augment_and_normalise, draw, fused_for
 from engine.loaders.batching import BatchCounts, held_ahead, made_ahead, side_stream, to_device_async
 from engine.loaders.index import DatasetIndex
 from engine.loaders.splits import Sample
@@ -199,10 +199,7 @@ class ResidentBatches(BatchCounts):
         self.train, self.seed, self.device = train, seed, device
         self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format,
                                           dtype)
-        self.fused_augment = self.augment and fused_available(device)
-        if self.augment:
-            log.info("resident loader: TrivialAugmentWide and the normalisation by %s", "one fused kernel a batch"
-                     if self.fused_augment else "batched torch operations")
+        self.fused_augment = self.augment and fused_for("resident loader", device)
         # On a GPU each batch is made on a side stream one batch ahead (`made_ahead`): its gather, augmentation and
         # normalisation run beside the training step, not between steps on the training's own stream.
         self.side_stream = side_stream(device)

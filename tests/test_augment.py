@@ -128,3 +128,11 @@ def test_random_draws_follow_torchvisions_space_and_repeat_with_their_generator(
         allowed = {float(m) for m in magnitudes} | ({-float(m) for m in magnitudes} if signed else set())
         assert drawn <= allowed and len(drawn) > len(allowed) // 2
         assert any(m < 0 for m in drawn) == signed
+
+
+def test_a_loader_says_which_path_augments_its_batches(caplog):
+    """No GPU here: the batched torch operations, said in the run's log (a GPU with triton takes the kernel)."""
+    from engine.loaders.augment import fused_for
+    with caplog.at_level("INFO", logger="engine"):
+        assert fused_for("resident loader", torch.device("cpu")) is False
+    assert "resident loader: TrivialAugmentWide and the normalisation by batched torch operations" in caplog.text
