@@ -206,8 +206,7 @@ class DaliBatches(BatchCounts):
         # the engine augments (and normalises) this split's batches: DALI hands over uint8
         self.engine_augments = augment and train and augmenter == "engine"
         if self.engine_augments:
-            self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format,
-                                              dtype)
+            self.normalise = DeviceNormaliser.for_loader(device, channels_last, dtype)
             self.fused_augment = fused_for("DALI decodes and resizes", device)
         pipe = _build_pipeline(files, labels, image_size=image_size, augment=augment, train=train,
                                half=dtype != torch.float32,

@@ -197,8 +197,7 @@ class ResidentBatches(BatchCounts):
         self.augment = augment and train
         self._set_counts(len(samples), batch_size, train, shard)
         self.train, self.seed, self.device = train, seed, device
-        self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format,
-                                          dtype)
+        self.normalise = DeviceNormaliser.for_loader(device, channels_last, dtype)
         self.fused_augment = self.augment and fused_for("resident loader", device)
         # On a GPU each batch is made on a side stream one batch ahead (`made_ahead`): its gather, augmentation and
         # normalisation run beside the training step, not between steps on the training's own stream.

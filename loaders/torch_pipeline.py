@@ -127,6 +127,11 @@ class DeviceNormaliser:
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.inverse_std = 1 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
 
+    @classmethod
+    def for_loader(cls, device: torch.device, channels_last: bool, dtype: torch.dtype) -> "DeviceNormaliser":
+        """The normaliser of a loader built with the loaders' `channels_last` and `dtype` keywords."""
+        return cls(device, torch.channels_last if channels_last else torch.contiguous_format, dtype)
+
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images(images), labels.to(self.device, non_blocking=True)
 
@@ -153,8 +158,7 @@ class TorchBatches(BatchCounts):
                  channels_last: bool, dtype: torch.dtype = torch.float32, shard: Shard = SINGLE):
         self.dataset = ImageFiles(index, samples, build_transform(image_size, augment and train), seed)
         self._set_counts(len(samples), batch_size, train, shard)
-        self.normalise = DeviceNormaliser(device, torch.channels_last if channels_last else torch.contiguous_format,
-                                          dtype)
+        self.normalise = DeviceNormaliser.for_loader(device, channels_last, dtype)
         self.sampler = EpochSampler(len(samples), seed, shuffle=train, shard=shard)
         self.loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
                                  drop_last=self.drop_last, num_workers=workers, persistent_workers=workers > 0,
