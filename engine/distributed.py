@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -61,6 +62,15 @@ class Shard:
 
     def size(self, size: int, train: bool) -> int:
         return len(self.take(range(size), train))
+
+    def stream_seed(self, seed: int) -> int:
+        """The seed of a random stream this rank draws from alone (DALI's augmentation draws per rank, not per
+        image as the torch and resident loaders do): the run's `seed` on rank 0, so that one process's stream is the
+        same whatever the world size, and another one on every other rank, so that the ranks' k-th images do not
+        all make the same draw. Below 2**31: DALI takes it as a signed integer."""
+        if self.rank == 0:
+            return seed
+        return int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0] >> 1)
 
 
 SINGLE = Shard()

@@ -6,7 +6,8 @@ which is how the tests run it.
 Same files as the torch pipeline (it reads the run's file list), one full reshuffle per epoch (the list is
 first permuted with the run's seed, since DALI's own reshuffle starts after the first epoch). In a distributed
 run DALI's reader shards the training list across the ranks (equal shards, reshuffled across all of them each
-epoch); evaluation reads this rank's share of the files, as the other loaders do. Evaluation reads every file
+epoch; its seed is the run's on every rank) and each rank augments from a stream of its own (Shard.stream_seed);
+evaluation reads this rank's share of the files, as the other loaders do. Evaluation reads every file
 exactly once per pass; its last batch is partial.
 
 TrivialAugmentWide is set to torchvision's parameters: 31 magnitude bins, translation up to 32 pixels, fill 0,
@@ -86,9 +87,10 @@ def dali_available() -> bool:
 
 
 def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment: bool, train: bool,
-                    half: bool, batch_size: int, device: torch.device, seed: int, workers: int, shard_id: int,
-                    num_shards: int, hw_decoder_load: float = HW_DECODER_LOAD, uint8_out: bool = False):
-    """DALI's pipeline of the files; `uint8_out`: decoded and resized only, for the engine to augment."""
+                    half: bool, batch_size: int, device: torch.device, seed: int, augment_seed: int, workers: int,
+                    shard_id: int, num_shards: int, hw_decoder_load: float = HW_DECODER_LOAD, uint8_out: bool = False):
+    """DALI's pipeline of the files; `uint8_out`: decoded and resized only, for the engine to augment. `seed`
+    orders the files, `augment_seed` (this rank's own, Shard.stream_seed) seeds the augmentation."""
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.auto_aug import trivial_augment
 
@@ -96,8 +98,10 @@ def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment:
 
     @pipeline_def(enable_conditionals=True)
     def pipeline():
+        # the run's seed on every rank: the shards partition one list, reshuffled alike on every rank
         encoded, label = fn.readers.file(files=files, labels=labels, name=READER, shuffle_after_epoch=train,
-                                         shard_id=shard_id, num_shards=num_shards, pad_last_batch=not train)
+                                         shard_id=shard_id, num_shards=num_shards, pad_last_batch=not train,
+                                         seed=seed)
         # adjust_orientation off: the pixels as stored, as PIL (the torch and resident loaders, and the authors'
         # ImageFolder) reads them; DALI would otherwise turn photos by their EXIF orientation tag, and no other
         # loader would
@@ -121,7 +125,7 @@ def _build_pipeline(files: list[str], labels: list[int], *, image_size, augment:
     # three batches in flight, as ANCHORS.md's DALI measurement (27k img/s on an H200) ran: a late batch (a large
     # JPEG, a busy thread) is absorbed instead of reaching the training step; one batch more of device memory
     return _quiet_dali_aliases(lambda: pipeline(batch_size=batch_size, num_threads=_threads(workers),
-                                                device_id=device_id, seed=seed,
+                                                device_id=device_id, seed=augment_seed,
                                                 prefetch_queue_depth=PREFETCH_BATCHES))
 
 
@@ -202,7 +206,8 @@ class DaliBatches(BatchCounts):
             order, reader_shard = shard.take(np.arange(len(samples)), train=False), SINGLE
         files = [str(index.root / samples[i][0]) for i in order]
         labels = [samples[i][1] for i in order]
-        self.channels_last, self.device, self.dtype, self.seed = channels_last, device, dtype, seed
+        self.channels_last, self.device, self.dtype = channels_last, device, dtype
+        self.augment_seed = reader_shard.stream_seed(seed)
         # the engine augments (and normalises) this split's batches: DALI hands over uint8
         self.engine_augments = augment and train and augmenter == "engine"
         if self.engine_augments:
@@ -210,7 +215,8 @@ class DaliBatches(BatchCounts):
             self.fused_augment = fused_for("DALI decodes and resizes", device)
         pipe = _build_pipeline(files, labels, image_size=image_size, augment=augment, train=train,
                                half=dtype != torch.float32,
-                               batch_size=self.batch_size, device=device, seed=seed, workers=workers,
+                               batch_size=self.batch_size, device=device, seed=seed,
+                               augment_seed=self.augment_seed, workers=workers,
                                shard_id=reader_shard.rank, num_shards=reader_shard.world_size,
                                hw_decoder_load=hw_decoder_load, uint8_out=self.engine_augments)
         if handover == "stream" and device.type == "cuda":
@@ -222,7 +228,8 @@ class DaliBatches(BatchCounts):
 
     def epoch(self, epoch: int):
         batches = iter(self.iterator)
-        draws = np.random.default_rng([self.seed, epoch])  # the engine's augmentation: the same each time run
+        # the engine's augmentation: the same each time run, this rank's own
+        draws = np.random.default_rng([self.augment_seed, epoch])
         while True:
             with _naming_undecodable_files():
                 batch = next(batches, None)
