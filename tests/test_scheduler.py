@@ -14,6 +14,13 @@ from engine.scheduler import (autotune, batch_limit, cached_or_tuned, choose_bat
                               host_share_key, profile_key, read_profiles, save_profile)
 
 
+@pytest.fixture(autouse=True)
+def no_collection_between_tries(monkeypatch):
+    """free_memory's gc.collect hands a GPU's memory back between the search's tries. These steps hold no GPU
+    memory, and in the suite's process, which holds every module the tests import, each collection takes ~0.3 s."""
+    monkeypatch.setattr(scheduler, "free_memory", lambda: None)
+
+
 class FakeStep:
     """Out of memory above `capacity` images; images/s peaks at `best` (bigger batches thrash in this model)."""
 
