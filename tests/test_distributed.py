@@ -1,4 +1,5 @@
 """One run on several processes (DDP over gloo on the CPU): sharding, equivalence with one process, the run folder."""
+import itertools
 import json
 import os
 import signal
@@ -99,10 +100,8 @@ def test_the_ranks_augment_their_images_each_by_its_own_draw(tmp_path, kind, aug
     """Every training image is the same picture, so two ranks' k-th batches differ only by their augmentation:
     with one stream shared by the ranks (DALI's, seeded alike on each) they came out equal, every draw made twice
     in each global batch."""
-    for label, name in enumerate(("a", "b")):
-        for n in range(8):
-            write_image(tmp_path / "d" / "train" / name / f"{n}.png", (150, 90, 40), side=16)
-            write_image(tmp_path / "d" / "test" / name / f"{n}.png", (150, 90, 40), side=16)
+    for split, name, n in itertools.product(("train", "test"), ("a", "b"), range(8)):
+        write_image(tmp_path / "d" / split / name / f"{n}.png", (150, 90, 40), side=16)
     index = scan_dataset(tmp_path / "d")
     options = {} if augmenter is None else {"augmenter": augmenter}
     epochs = [torch.cat([images for images, _ in PIPELINES[kind](
