@@ -24,9 +24,11 @@ def shaded_dataset(tmp_path):
     return make_shaded_dataset(tmp_path / "d", {"train": 10, "test": 4}, side=32, darkest=0.5)
 
 
-def batches(kind, index, samples, train, augment=False, batch_size=5, seed=0, dtype=torch.float32):
+def batches(kind, index, samples, train, augment=False, batch_size=5, seed=0, dtype=torch.float32, **options):
+    """The loader `kind` on the CPU; `options`: its own settings (DALI's augmenter, say)."""
     return PIPELINES[kind](index, samples, image_size=(16, 16), augment=augment, batch_size=batch_size, train=train,
-                           device=torch.device("cpu"), seed=seed, workers=1, channels_last=True, dtype=dtype)
+                           device=torch.device("cpu"), seed=seed, workers=1, channels_last=True, dtype=dtype,
+                           **options)
 
 
 def pixel_means(images):
@@ -183,9 +185,8 @@ def test_the_engine_augments_dalis_uint8_batches_by_its_own_draws(shaded_dataset
     index = scan_dataset(shaded_dataset)
 
     def epoch(augment, augmenter, dtype, epoch_number=2):
-        pipeline = PIPELINES["dali"](index, index.train, image_size=(16, 16), augment=augment, batch_size=5,
-                                     train=True, device=torch.device("cpu"), seed=3, workers=1, channels_last=True,
-                                     dtype=dtype, augmenter=augmenter)
+        pipeline = batches("dali", index, index.train, train=True, augment=augment, seed=3, dtype=dtype,
+                           augmenter=augmenter)
         return list(pipeline.epoch(epoch_number))
 
     normalise = DeviceNormaliser(torch.device("cpu"), torch.channels_last, torch.bfloat16)
@@ -203,9 +204,7 @@ def test_the_engine_augments_dalis_uint8_batches_by_its_own_draws(shaded_dataset
 
 def test_an_unknown_dali_augmenter_is_refused(shaded_dataset):
     with pytest.raises(ValueError, match="unknown DALI augmenter 'kornia'; choose from dali, engine"):
-        PIPELINES["dali"](scan_dataset(shaded_dataset), [], image_size=(16, 16), augment=True, batch_size=5,
-                          train=True, device=torch.device("cpu"), seed=0, workers=1, channels_last=True,
-                          augmenter="kornia")
+        batches("dali", scan_dataset(shaded_dataset), [], train=True, augment=True, augmenter="kornia")
 
 
 def test_training_drops_the_partial_batch_and_reshuffles(shaded_dataset):

@@ -28,9 +28,11 @@ def shaded_dataset(tmp_path):
     return make_shaded_dataset(tmp_path / "d", {"train": 11, "test": 5}, side=16, darkest=0.4)
 
 
-def pipeline(kind, index, samples, train, shard, batch_size=4, seed=0):
-    return PIPELINES[kind](index, samples, image_size=(16, 16), augment=False, batch_size=batch_size, train=train,
-                           device=torch.device("cpu"), seed=seed, workers=1, channels_last=True, shard=shard)
+def pipeline(kind, index, samples, train, shard, batch_size=4, seed=0, augment=False, **options):
+    """The loader `kind` on the CPU as rank `shard`; `options`: its own settings (DALI's augmenter, say)."""
+    return PIPELINES[kind](index, samples, image_size=(16, 16), augment=augment, batch_size=batch_size, train=train,
+                           device=torch.device("cpu"), seed=seed, workers=1, channels_last=True, shard=shard,
+                           **options)
 
 
 def signatures(batches, epoch):
@@ -104,9 +106,8 @@ def test_the_ranks_augment_their_images_each_by_its_own_draw(tmp_path, kind, aug
         write_image(tmp_path / "d" / split / name / f"{n}.png", (150, 90, 40), side=16)
     index = scan_dataset(tmp_path / "d")
     options = {} if augmenter is None else {"augmenter": augmenter}
-    epochs = [torch.cat([images for images, _ in PIPELINES[kind](
-        index, index.train, image_size=(16, 16), augment=True, batch_size=4, train=True, device=torch.device("cpu"),
-        seed=0, workers=1, channels_last=True, shard=Shard(rank, 2), **options).epoch(1)]) for rank in (0, 1)]
+    epochs = [torch.cat([images for images, _ in pipeline(kind, index, index.train, True, Shard(rank, 2), augment=True,
+                                                           **options).epoch(1)]) for rank in (0, 1)]
     alike = [torch.equal(a, b) for a, b in zip(*epochs)]
     assert len(alike) == 8 and sum(alike) <= 2  # two draws may still leave a picture alike (identity, say)
 
