@@ -163,12 +163,12 @@ def _translate(images, magnitudes, axis: int):
 def _rotate(images, magnitudes):
     """torchvision's rotate: exact rot90 for quarter turns (`_quarter_turns`), else the warp about the centre."""
     height, width = images.shape[-2:]
+    turns = [_quarter_turns(m, height, width) for m in magnitudes]
     out = torch.empty_like(images)
-    warped = [(slot, m % 360) for slot, m in enumerate(magnitudes) if _quarter_turns(m, height, width) is None]
-    for slot, m in enumerate(magnitudes):
-        turns = _quarter_turns(m, height, width)
-        if turns is not None:
-            out[slot] = torch.rot90(images[slot], k=turns, dims=(-2, -1))
+    warped = [(slot, m % 360) for slot, (m, turn) in enumerate(zip(magnitudes, turns)) if turn is None]
+    for slot, turn in enumerate(turns):
+        if turn is not None:
+            out[slot] = torch.rot90(images[slot], k=turn, dims=(-2, -1))
     if warped:
         slots = _values([slot for slot, _ in warped], images.device)
         out[slots] = _warp(images[slots], [_rotate_matrix(angle) for _, angle in warped])
