@@ -26,11 +26,11 @@ from typing import Callable
 
 import torch
 
+from engine.bench.loaders import LOADER_VARIANTS
 from engine.bench.reference_loop import reference_epoch_rate
 from engine.bench.timing import TRAINING_STREAMS, step_stream
 from engine.errors import UserInputError
 from engine.grid import pick_names
-from engine.loaders import PIPELINES
 from engine.models import list_backbones
 from engine.profile import TrainStep, endless, first_step_seconds, images_per_s, synthetic_batch, synthetic_rate
 from engine.run import make_batches, prepare_config
@@ -39,9 +39,6 @@ from engine.scheduler import free_memory, host_step_ms
 # at least this many steps timed, epoch after epoch: 2048 files at an autotuned batch of 256 are 8 steps, half
 # a second of a compiled resnet50, where one late batch would move the ratio by several percent
 MIN_TIMED_STEPS = 30
-# What --other-loaders can feed a row's compiled step with: each of the engine's loaders, and DALI decoding and
-# resizing while the engine's fused kernel augments and normalises (loaders/dali_pipeline.AUGMENTERS)
-OTHER_LOADERS = {**{name: (name, {}) for name in PIPELINES}, "dali-engine": ("dali", {"augmenter": "engine"})}
 
 
 def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: str, batch_size, steps: int | None,
@@ -79,7 +76,7 @@ def engine_rates(data: str, backbone: str, image_size: tuple[int, int], device: 
         with step_stream(choice, device):
             rates[f"{choice}_stream"] = rerun_row(*end_to_end(step, pipeline, batches, synthetic, steps, device))
     for name in other_loaders:
-        loader, options = OTHER_LOADERS[name]
+        loader, options = LOADER_VARIANTS[name]
         with step_stream(streams[0], device):  # its batches made where the step's stream orders them
             other = make_batches(dataclasses.replace(config, loader=loader), index, index.train, train=True,
                                  device=device, **options)
@@ -163,9 +160,9 @@ def main(argv=None) -> list[dict]:
                              + " (bench.timing): the first gives the row, each further one times the same step "
                                "and loader again (as <choice>_stream), e.g. engine,high: whether DALI's kernels "
                                "cost the step less when the step's stream has the higher priority")
-    parser.add_argument("--other-loaders", type=comma_choices(tuple(OTHER_LOADERS), none=True), default=(),
+    parser.add_argument("--other-loaders", type=comma_choices(tuple(LOADER_VARIANTS), none=True), default=(),
                         metavar="LOADERS",
-                        help="none (the default), or comma-separated from " + ", ".join(OTHER_LOADERS) + ": each "
+                        help="none (the default), or comma-separated from " + ", ".join(LOADER_VARIANTS) + ": each "
                              "feeds the same compiled step again after the row's own loader (as <loader>_loader), "
                              "e.g. resident: whether the copy decoded once keeps a GPU-bound step fed where DALI's "
                              "kernels cost it 5-8 %%; dali-engine: DALI decoding and resizing, the engine's fused "

@@ -1,22 +1,33 @@
 #!/usr/bin/env bash
 # One device call for the input pipelines (issue 4), its targets first, as a call cut short by the session's
-# device time keeps what ran: DALI and the resident path end to end against synthetic data (resnet50 and
-# mobilenet_v3_large at 256 px, batch 128, eager; resident is auto's choice for small images, and for any
-# dataset whose copy fits where DALI is missing; if it beats DALI here, it should be for every dataset that
-# fits), DALI alone at the anchor's batch (256) beside the ANCHORS.md script on the same card, then four tries
-# at mobilenet's end to end (below). About 6 minutes on an H100. LOADERS_ALL=1 adds the torch loader to the
-# end-to-end rows (measured on an H100 in the third session), DALI alone with 15 threads and the batched
-# augmentation: about 7.
+# device time keeps what ran: DALI (augmenting itself, then with the engine augmenting) and the resident path end
+# to end against synthetic data (resnet50 and mobilenet_v3_large at 256 px, batch 128, eager; resident is auto's
+# choice for small images, and for any dataset whose copy fits where DALI is missing; if it beats DALI here, it
+# should be for every dataset that fits), DALI alone at the anchor's batch (256) beside the ANCHORS.md script on
+# the same card, then five tries at mobilenet's end to end (below). About 7 minutes on an H100. LOADERS_ALL=1 adds
+# the torch loader to the end-to-end rows (measured on an H100 in the third session), DALI alone with 15 threads
+# and the batched augmentation: about 8.
 # The engine's own path (compiled, autotuned) against the authors' loop is bench/gpu_throughput.sh.
 # DALI is not on the GPU machine: stage it first (bench/stage_gpu_site.sh) so that /tmp/site holds it. For the
 # anchor beside ours:  mkdir -p .anchors && cp ../shared/device/dali_anchor.py .anchors/  and carry ".anchors" too.
-# LOADERS (e.g. LOADERS=dali) narrows the end-to-end rows when device time is short: each loader adds ~15-25 s
-# a backbone.
 source bench/gpu_setup.sh
 all=${LOADERS_ALL:-0}
-loaders=${LOADERS:-dali,resident}
+# LOADERS (comma-separated, bench/loaders.py's names): the end-to-end rows' loaders, fewer (e.g. LOADERS=dali) when
+# device time is short, as each adds ~15-25 s a backbone. dali-engine: the engine's fused TrivialAugmentWide kernel
+# in place of DALI's augmentation and normalisation (--dali-augmenter engine): DALI's ~1.9 ms of those kernels a
+# batch beside the step become one launch on the step's stream. Beside dali in one process, the two rows share the
+# card's drift. The thirty-second session's H100 (resnet50, a process of its own): the kernel took 0.063 ms a batch,
+# DALI's kernels beside the step went from 2.56 to 0.29 ms, yet end to end read 0.863 against DALI's own 0.897 in
+# the same call (rounds 0.83-0.89 and 0.77-0.93: within that card's drift), and alone 9.7k img/s against 15.1k, on
+# the legacy stream then.
+loaders=${LOADERS:-dali,dali-engine,resident}
 threads=8
-[ "$all" = 1 ] && loaders=dali,resident,torch && threads="8 15"
+[ "$all" = 1 ] && loaders=dali,dali-engine,resident,torch && threads="8 15"
+# ROUNDS (default 3): more where two rows' ratios must be told apart on a card whose synthetic rate drifts (the
+# thirty-second session's H100: resnet50's read 2598-2900 img/s within one row). The limits grow with them: at a
+# fixed 50 s, that session's mobilenet row with the engine augmenting (a Triton compile more) was cut short.
+rounds=${ROUNDS:-3}
+row_limit=$((20 + 10 * rounds))
 # first, DALI's GPU correctness checks (~25 s): a batch handed over without a copy must stay intact while the
 # training stream lags behind the host, and the images DALI's decoder misreads (tests/test_dali.py's gpu tests).
 # DALI_GPU_TESTS=0 skips them where no DALI code changed since they last passed on a GPU
@@ -26,15 +37,16 @@ python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 # --workers 8: what engine train gives a loader on this 16-core machine (config.default_workers). The rows until the
 # twenty-fourth session ran 15, which left the host's training thread one core beside DALI's threads (a host-bound
 # step, mobilenet's, then drifted 1.9x in rate within a process; DALI alone ran faster with 8 threads than 15 there)
-# --rounds 3: each end-to-end rate and the synthetic one in turn, three times, the median round's ratio (a host-bound
+# --rounds: each end-to-end rate and the synthetic one in turn, ROUNDS times, the median round's ratio (a host-bound
 # step's rate drifts within a process: mobilenet's single-round rows read 0.80-1.14 over five runs)
 # --kernels: where each loader's own time per batch goes (the ninth session's resident path made 0.9-1.1k img/s
 # alone on an H100, yet fed resnet50 at 2.8k img/s: its kernels and copies say whether it is the host or the GPU)
 # LOADER_BACKBONES (comma-separated) narrows these rows: an experiment's call keeps resnet50's as its baseline
 loader_backbones=${LOADER_BACKBONES:-resnet50,mobilenet_v3_large}
 for backbone in ${loader_backbones//,/ }; do
-  timeout 80 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone "$backbone" --image-size 256 \
-    --batch-size 128 --workers 8 --steps 15 --rounds 3 --loaders "$loaders" --kernels 8 2>&1 \
+  timeout $((20 + row_limit * $(tr , '\n' <<< "$loaders" | wc -l))) python3 -m engine.bench.loaders --data /tmp/jpgs \
+    --backbone "$backbone" --image-size 256 --batch-size 128 --workers 8 --steps 15 --rounds "$rounds" \
+    --loaders "$loaders" --kernels 8 2>&1 \
     | grep --line-buffered -v -i deprecat | tee -a "$out/loaders.jsonl"
 done
 # DALI alone at the anchor's batch (256), then the anchor's own script beside it when carried (.anchors/, a copy
@@ -71,17 +83,13 @@ done
 # EXPERIMENTS (|-separated, e.g. '--dali-hw-decoder-load 1.0|--training-stream high') runs only those of them when
 # device time is short (none: no experiment). EXPERIMENT_BACKBONES (comma-separated; default mobilenet_v3_large)
 # runs them for other backbones too: resnet50, GPU-bound, lost 6-7 % to DALI with the stream handover (H100, H200).
-# First of them: the engine's fused TrivialAugmentWide kernel in place of DALI's augmentation and normalisation
-# (--dali-augmenter engine): DALI's ~1.9 ms of those kernels a batch beside the step become one launch on the
-# step's stream (predicted ~0.1-0.2 ms at batch 128, 256 px); its loader-alone row says what the host's draws and
-# tables cost.
 experiment_backbones=${EXPERIMENT_BACKBONES:-mobilenet_v3_large}
 for backbone in ${experiment_backbones//,/ }; do
-for option in "--dali-augmenter engine" "--dali-hw-decoder-load 1.0" "--dali-handover host" "--training-stream high" \
-    "--training-stream legacy" "--dali-hw-decoder-load 0.65"; do
+for option in "--dali-hw-decoder-load 1.0" "--dali-handover host" "--training-stream high" "--training-stream legacy" \
+    "--dali-hw-decoder-load 0.65"; do
   [ -n "${EXPERIMENTS:-}" ] && [[ "|$EXPERIMENTS|" != *"|$option|"* ]] && continue
-  timeout 50 python3 -m engine.bench.loaders --data /tmp/jpgs --backbone "$backbone" --loaders dali \
-    --image-size 256 --batch-size 128 --workers 8 --steps 15 --rounds 3 --kernels 8 $option 2>&1 \
+  timeout $((20 + row_limit)) python3 -m engine.bench.loaders --data /tmp/jpgs --backbone "$backbone" --loaders dali \
+    --image-size 256 --batch-size 128 --workers 8 --steps 15 --rounds "$rounds" --kernels 8 $option 2>&1 \
     | grep --line-buffered -v -i deprecat | tee -a "$out/loaders.jsonl"
 done
 done

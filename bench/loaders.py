@@ -35,6 +35,12 @@ from engine.profile import endless, images_per_s, synthetic_rate
 from engine.trainer import tune_convolutions
 
 
+# What --loaders measures: each of the engine's loaders, and DALI decoding and resizing while the engine's fused kernel
+# augments and normalises (loaders/dali_pipeline.AUGMENTERS), so that one process can set the two DALI rows side
+# by side against the same card's drift
+LOADER_VARIANTS = {**{name: (name, {}) for name in PIPELINES}, "dali-engine": ("dali", {"augmenter": "engine"})}
+
+
 def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup, train_step,
                  dali_options=None, stream_choice="engine", kernels=0, synthetic=None, rounds=1) -> dict:
     """Images/s of one pipeline alone and, unless `train_step` is None, feeding the training step; with
@@ -45,25 +51,31 @@ def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup
     rate moved from 2342 to 4274 img/s between runs of the same command (its eager step is bound by the host's
     launches, and the host's speed drifted), so a ratio against one rate measured minutes earlier says little.
     `rounds`: end to end and synthetic in turn that many times (end_to_end_rounds)."""
-    if name == "dali" and not dali_available():
+    loader, variant = LOADER_VARIANTS[name]
+    if loader == "dali" and not dali_available():
         raise RuntimeError("DALI is not installed")
-    options = dict(dali_options or {}) if name == "dali" else {}
-    pipeline = PIPELINES[name](index, index.train, image_size=size, augment=True, batch_size=batch, train=True,
+    options = {**(dali_options or {}), **variant} if loader == "dali" else {}
+    pipeline = PIPELINES[loader](index, index.train, image_size=size, augment=True, batch_size=batch, train=True,
                                device=device, seed=0, workers=workers, channels_last=True, dtype=dtype, **options)
-    row = {"loader": name, "batch": batch, "workers": workers, **options,
-           "loader_only_img_s": round(images_per_s(endless(pipeline), steps, warmup, lambda x, y: None, device), 1)}
-    if kernels:  # a loader slower alone than feeding a step (the resident path on an H100) spends its time here
-        batches = endless(pipeline)
-        row["kernels"] = or_error(lambda: kernel_breakdown(lambda: next(batches), device, steps=3, top=kernels))
-    if train_step is not None:
-        with step_stream(stream_choice, device):
+    row = {"loader": name, "batch": batch, "workers": workers, **options}
+    # Alone too, the loader runs on the stream the steps run on (engine train's): what it enqueues (the engine
+    # augmenter's ~45 launches and copies a batch, a cast) would otherwise go on CUDA's legacy stream, which waits
+    # for the work of every blocking stream of the process, and they for it. Until the thirty-second session the
+    # loader-alone rows ran there, and DALI with the engine augmenting read 9.7k img/s alone against DALI's own 15.1k
+    # (H100) while its kernels took 0.06 ms a batch: the next GPU session's rows say whether that was the stream.
+    with step_stream(stream_choice, device):
+        row["loader_only_img_s"] = round(images_per_s(endless(pipeline), steps, warmup, lambda x, y: None, device), 1)
+        if kernels:  # a loader slower alone than feeding a step (the resident path on an H100) spends its time here
+            batches = endless(pipeline)
+            row["kernels"] = or_error(lambda: kernel_breakdown(lambda: next(batches), device, steps=3, top=kernels))
+        if train_step is not None:
             row.update(end_to_end_rounds(pipeline, train_step, synthetic, steps, warmup, device, rounds))
             if kernels and device.type == "cuda":  # whether the loader's kernels run beside the step's, or between
                 batches = endless(pipeline)
                 row["streams"] = or_error(lambda: stream_concurrency(lambda: train_step(*next(batches)), device,
                                                                      steps=5, top=kernels))
-        if stream_choice != "engine":
-            row["training_stream"] = stream_choice
+    if train_step is not None and stream_choice != "engine":
+        row["training_stream"] = stream_choice
     return row
 
 
@@ -120,9 +132,9 @@ def dali_options(args) -> dict:
 
 def chosen_loaders(spec: str) -> list[str]:
     names = spec.split(",")
-    unknown = sorted(set(names) - set(PIPELINES))
+    unknown = sorted(set(names) - set(LOADER_VARIANTS))
     if unknown:
-        raise SystemExit(f"unknown loader {unknown[0]!r}; choose from {', '.join(PIPELINES)}")
+        raise SystemExit(f"unknown loader {unknown[0]!r}; choose from {', '.join(LOADER_VARIANTS)}")
     return names
 
 
@@ -137,7 +149,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--loaders", default="dali,resident,torch",
-                        help="comma-separated pipelines, in the order to measure them (default: %(default)s)")
+                        help="comma-separated pipelines, in the order to measure them (default: %(default)s), from "
+                             + ", ".join(LOADER_VARIANTS) + " (dali-engine: DALI with --dali-augmenter engine)")
     parser.add_argument("--loader-only", action="store_true",
                         help="measure the loaders alone: no model, no end-to-end or synthetic rates")
     parser.add_argument("--dali-hw-decoder-load", type=share_of("the JPEGs"), default=None, metavar="SHARE",

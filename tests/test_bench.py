@@ -118,6 +118,16 @@ def test_loader_benchmark_measures_the_named_loaders_alone():
         loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--kernels", "-1"])
 
 
+def test_loader_benchmark_sets_both_dali_augmenters_side_by_side_in_one_process():
+    """dali-engine is DALI with the engine augmenting, whatever --dali-augmenter says for the plain dali row: the
+    two rows of one run are measured against the same card's drift."""
+    from engine.bench import loaders
+    rows = loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--workers", "1", "--loaders",
+                         "dali,dali-engine", "--loader-only", "--dali-augmenter", "dali"])
+    assert [(row["loader"], row.get("augmenter")) for row in rows] == [("dali", "dali"), ("dali-engine", "engine")]
+    assert all(row["loader_only_img_s"] > 0 for row in rows), rows
+
+
 @pytest.mark.parametrize("share", ["1.5", "-0.1", "half", "nan"])
 def test_loader_benchmark_refuses_a_decoder_share_outside_0_to_1_in_one_line(capsys, share):
     from engine.bench import loaders
