@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -31,15 +31,25 @@ def images_per_s(batches: Iterable, steps: int, warmup: int, work: Callable, dev
     `drain` batches are then taken, without work, before the clock starts: a loader that works ahead (DALI's
     prefetch queue, DataLoader workers) made them while the warm-up's steps ran, and timed, they would hide that
     many batches' worth of a slow loader (over 15 steps with 3 made ahead, a loader 10 % too slow for the step
-    reads as keeping up). Pass the pipeline's `queued_batches` when timing a loader feeding a step."""
+    reads as keeping up). Pass the pipeline's `queued_batches` when timing a loader feeding a step.
+
+    The clock starts when the first timed batch has arrived: after the drain, a loader starts again from an empty
+    queue, and the wait for that one batch (its decode and resize, with nothing made ahead) is what a run pays once,
+    at its start, not per step. Timed, it read as a loader falling behind: in a CPU simulation, DALI four times
+    faster than a 44-ms step read 0.94-0.96 of the step's rate over 15 steps (bench/NOTES.md, thirty-second
+    session). A loader slower than the step still reads as slow: its later batches each arrive late."""
     stream = iter(batches)
     for images, labels in islice(stream, warmup):
         work(images, labels)
     synchronize(device)
     for _ in islice(stream, drain):
         pass
+    timed = iter(islice(stream, steps))
+    first = next(timed, None)
+    if first is None:
+        raise ValueError("no batch to time: the batches ran out in the warm-up")
     seen, started = 0, time.perf_counter()
-    for images, labels in islice(stream, steps):
+    for images, labels in chain([first], timed):
         work(images, labels)
         seen += labels.numel()
     synchronize(device)

@@ -130,6 +130,35 @@ def test_end_to_end_timing_starts_after_the_batches_a_loader_made_ahead():
     assert worked_on == [1, 2, 6, 7, 8, 9, 10] and len(taken) == 10 and rate > 0
 
 
+def test_the_clock_starts_when_the_first_timed_batch_arrives(monkeypatch):
+    """After the drain the loader's queue is empty, and its first batch's wait (decode and resize, with nothing
+    made ahead) is a start-up cost, not a rate: a loader that then keeps up reads as the step's rate. One that
+    falls behind still reads as slow."""
+    import itertools
+    from types import SimpleNamespace
+
+    import torch
+
+    from engine import profile
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(profile, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+
+    def batches(first_wait: float, then_wait: float):
+        for number in itertools.count(1):
+            clock.now += first_wait if number == 6 else then_wait if number > 6 else 0.0  # 6: the first timed one
+            yield torch.zeros(2, 3), torch.zeros(2)
+
+    def step(images, labels):
+        clock.now += 0.1
+
+    def rate(first_wait: float, then_wait: float) -> float:
+        return profile.images_per_s(batches(first_wait, then_wait), steps=5, warmup=2, work=step,
+                                    device=torch.device("cpu"), drain=3)
+
+    assert rate(first_wait=1.0, then_wait=0.0) == pytest.approx(10 / 0.5)  # keeps up: 2 images per 0.1 s step
+    assert rate(first_wait=1.0, then_wait=0.2) == pytest.approx(10 / (0.5 + 4 * 0.2))  # each later batch late
+
+
 @pytest.mark.parametrize("loader, workers, made_ahead", [("torch", 0, 0), ("torch", 2, 4), ("resident", 0, 0),
                                                          ("dali", 1, 6)])
 def test_each_pipeline_says_how_many_batches_it_makes_ahead(tiny_dataset, loader, workers, made_ahead):
