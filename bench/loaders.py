@@ -4,15 +4,16 @@ end-to-end training images/s with each against the same model fed synthetic data
     python -m engine.bench.loaders --data eurosat --backbone resnet50 --image-size 256   # on a GPU
     python -m engine.bench.loaders --data demo --quick --device cpu                     # smoke run
     python -m engine.bench.loaders --data /tmp/jpgs --loaders dali --loader-only --batch-size 256 --workers 8
+    python -m engine.bench.loaders --data /tmp/jpgs --loaders dali,dali-engine --rounds 5   # DALI's two augmenters
 
 A loader keeps up when its end-to-end rate is close to the synthetic one (`of_synthetic`: against the synthetic rate
 measured just before and after it, as the host's speed drifts between runs; `--rounds N` measures the two in turn N
-times and takes the median round, for a host-bound step whose rate drifts within a run). The steps run where
-`engine train` runs them, on a CUDA stream of their own; `--training-stream legacy|high` are experiments: on torch's
-default stream (CUDA's legacy one, which any blocking stream or synchronous copy of DALI's would wait for and hold
-up), or on a stream of high priority, meant to leave DALI's kernels (on its own stream, default priority) the
-training's gaps (on an H200 it did not: resnet50 0.94 of synthetic either way, bench/NOTES.md, as DALI's blocks,
-once on the SMs, run to their end whatever the step's priority).
+times and takes the median round, for a host-bound step whose rate drifts within a run). The steps, and the loaders
+alone, run where `engine train` runs them, on a CUDA stream of their own; `--training-stream legacy|high` are
+experiments: on torch's default stream (CUDA's legacy one, which any blocking stream or synchronous copy of DALI's
+would wait for and hold up), or on a stream of high priority, meant to leave DALI's kernels (on its own stream,
+default priority) the training's gaps (on an H200 it did not: resnet50 0.94 of synthetic either way,
+bench/NOTES.md, as DALI's blocks, once on the SMs, run to their end whatever the step's priority).
 """
 from __future__ import annotations
 
@@ -165,10 +166,11 @@ def main(argv=None) -> list[dict]:
                              f"(loaders/dali_pipeline.py; default: the engine's, {DEFAULT_AUGMENTER}): DALI, beside "
                              "the step, or the engine's fused kernel on the step's stream")
     parser.add_argument("--training-stream", choices=TRAINING_STREAMS, default="engine",
-                        help="end to end: the step on a stream of its own, as engine train runs it (engine); on "
-                             "torch's default stream, CUDA's legacy one, which synchronises with every blocking "
-                             "stream and synchronous CUDA call of the process (legacy); on its own stream at high "
-                             "priority, meant to leave DALI's kernels its gaps (high; no gain measured on an H200)")
+                        help="where the loader alone and the step run: on a stream of their own, as engine train "
+                             "runs them (engine); on torch's default stream, CUDA's legacy one, which synchronises "
+                             "with every blocking stream and synchronous CUDA call of the process (legacy); on a "
+                             "stream of their own at high priority, meant to leave DALI's kernels the step's gaps "
+                             "(high; no gain measured on an H200)")
     parser.add_argument("--kernels", type=kernel_count, default=0, metavar="N",
                         help="also profile each loader alone over 3 batches: its N costliest kernels (CPU: "
                              "operators) per batch, and the operators that copy; on a GPU, and end to end, how "
