@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from functools import partial
+from functools import lru_cache, partial
 
 import numpy as np
 import torch
@@ -337,25 +337,37 @@ def _kernel_matrix(matrix: list[float], height: int, width: int) -> np.ndarray:
     return np.float32(matrix) / np.float32([0.5 * width] * 3 + [0.5 * height] * 3)
 
 
+@lru_cache(maxsize=4096)
+def _host_plan(name: str, magnitude: float, height: int, width: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """An image's (mode, 6 float32 parameters, 256-entry table) for an operation that needs none of its pixels.
+    Made once a run for each of the few hundred (operation, magnitude) pairs at the run's image size: a batch's
+    plan then costs the host a lookup an image instead of its matrix or table (bench/NOTES.md, thirty-second
+    session)."""
+    params = np.zeros(6, np.float32)
+    if name in MATRICES:
+        matrix = MATRICES[name](height, width, magnitude)
+        if matrix is None:
+            return LUT, params, IDENTITY_TABLE
+        return WARP, _kernel_matrix(matrix, height, width), IDENTITY_TABLE
+    if name in BLENDS:
+        mode, weights = BLENDS[name][0], BLENDS[name][1](magnitude)
+        params[:len(weights)] = weights
+        return mode, params, IDENTITY_TABLE
+    return LUT, params, HOST_TABLES[name](magnitude)
+
+
 def fused_plan(images: torch.Tensor, draws: list[tuple[str, float]]):
     """(modes, params, tables) on the images' device for `kernels.trivial_augment.augment_normalise`: image i
     through `draws[i]` = (operation, magnitude), as `draw` returns them."""
     count, _, height, width = images.shape
     modes, params = np.full(count, LUT, np.int32), np.zeros((count, 6), np.float32)
-    tables = np.tile(IDENTITY_TABLE, (count, 3, 1))
+    tables = np.empty((count, 3, 256), np.uint8)
     on_device = defaultdict(list)
     for slot, (name, magnitude) in enumerate(draws):
-        if name in MATRICES:
-            matrix = MATRICES[name](height, width, magnitude)
-            if matrix is not None:
-                modes[slot], params[slot] = WARP, _kernel_matrix(matrix, height, width)
-        elif name in BLENDS:
-            modes[slot], weights = BLENDS[name][0], BLENDS[name][1](magnitude)
-            params[slot, :len(weights)] = weights
-        elif name in HOST_TABLES:
-            tables[slot] = HOST_TABLES[name](magnitude)
-        else:
-            on_device[name].append((slot, magnitude))
+        if name in DEVICE_TABLES:
+            on_device[name].append((slot, magnitude))  # its table is made below; its mode and parameters: LUT, 0
+            continue
+        modes[slot], params[slot], tables[slot] = _host_plan(name, magnitude, height, width)
     device = images.device
     tables = to_device_async(torch.from_numpy(tables), device)
     for name, members in on_device.items():
