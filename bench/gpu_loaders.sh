@@ -16,10 +16,9 @@ all=${LOADERS_ALL:-0}
 # device time is short, as each adds ~15-25 s a backbone. dali-engine: the engine's fused TrivialAugmentWide kernel
 # in place of DALI's augmentation and normalisation (--dali-augmenter engine): DALI's ~1.9 ms of those kernels a
 # batch beside the step become one launch on the step's stream. Beside dali in one process, the two rows share the
-# card's drift. The thirty-second session's H100 (resnet50, a process of its own): the kernel took 0.063 ms a batch,
-# DALI's kernels beside the step went from 2.56 to 0.29 ms, yet end to end read 0.863 against DALI's own 0.897 in
-# the same call (rounds 0.83-0.89 and 0.77-0.93: within that card's drift), and alone 9.7k img/s against 15.1k, on
-# the legacy stream then.
+# card's drift. The thirty-second session's H200 (five rounds): resnet50 0.899 of synthetic against DALI's own
+# 0.969, mobilenet_v3_large 0.791 against 0.936, alone 12.9k img/s against 19.1k, while the kernel took 0.06 ms a
+# batch and DALI's kernels beside the step fell from 2.3 to 0.3 ms: it loses in a wait, the host's or DALI's.
 loaders=${LOADERS:-dali,dali-engine,resident}
 threads=8
 [ "$all" = 1 ] && loaders=dali,dali-engine,resident,torch && threads="8 15"
@@ -41,12 +40,14 @@ python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 # step's rate drifts within a process: mobilenet's single-round rows read 0.80-1.14 over five runs)
 # --kernels: where each loader's own time per batch goes (the ninth session's resident path made 0.9-1.1k img/s
 # alone on an H100, yet fed resnet50 at 2.8k img/s: its kernels and copies say whether it is the host or the GPU)
+# --host-functions: where the host's time goes, alone and end to end (the thirty-second session's H200: DALI with the
+# engine augmenting lost 7 % of resnet50's end to end with no more GPU work a step; this says who waits for what)
 # LOADER_BACKBONES (comma-separated) narrows these rows: an experiment's call keeps resnet50's as its baseline
 loader_backbones=${LOADER_BACKBONES:-resnet50,mobilenet_v3_large}
 for backbone in ${loader_backbones//,/ }; do
   timeout $((20 + row_limit * $(tr , '\n' <<< "$loaders" | wc -l))) python3 -m engine.bench.loaders --data /tmp/jpgs \
     --backbone "$backbone" --image-size 256 --batch-size 128 --workers 8 --steps 15 --rounds "$rounds" \
-    --loaders "$loaders" --kernels 8 2>&1 \
+    --loaders "$loaders" --kernels 8 --host-functions 8 2>&1 \
     | grep --line-buffered -v -i deprecat | tee -a "$out/loaders.jsonl"
 done
 # DALI alone at the anchor's batch (256), then the anchor's own script beside it when carried (.anchors/, a copy

@@ -25,8 +25,8 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from engine.bench.timing import (TRAINING_STREAMS, kernel_breakdown, kernel_count, or_error, round_count,
-                                 share_of, step_stream, stream_concurrency)
+from engine.bench.timing import (TRAINING_STREAMS, count_of, host_breakdown, kernel_breakdown, kernel_count,
+                                 or_error, round_count, share_of, step_stream, stream_concurrency)
 from engine.config import parse_image_size
 from engine.loaders import PIPELINES, dali_available, resolve_dataset, scan_dataset
 from engine.loaders.dali_pipeline import (AUGMENTERS, DEFAULT_AUGMENTER, DEFAULT_HANDOVER, HANDOVERS,
@@ -43,7 +43,8 @@ LOADER_VARIANTS = {**{name: (name, {}) for name in PIPELINES}, "dali-engine": ("
 
 
 def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup, train_step,
-                 dali_options=None, stream_choice="engine", kernels=0, synthetic=None, rounds=1) -> dict:
+                 dali_options=None, stream_choice="engine", kernels=0, synthetic=None, rounds=1,
+                 host_functions=0) -> dict:
     """Images/s of one pipeline alone and, unless `train_step` is None, feeding the training step; with
     `kernels`, where the loader's own time per batch goes (device kernels and the operators that copy).
     `dali_options`: DaliBatches' keyword arguments set apart from the engine's defaults (reported in the row).
@@ -51,7 +52,8 @@ def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup
     before and just after it, on the same stream: on the fourteenth session's H100 mobilenet_v3_large's synthetic
     rate moved from 2342 to 4274 img/s between runs of the same command (its eager step is bound by the host's
     launches, and the host's speed drifted), so a ratio against one rate measured minutes earlier says little.
-    `rounds`: end to end and synthetic in turn that many times (end_to_end_rounds)."""
+    `rounds`: end to end and synthetic in turn that many times (end_to_end_rounds). `host_functions`: also where
+    the host's time goes, per batch alone and per step end to end (its costliest Python functions and builtins)."""
     loader, variant = LOADER_VARIANTS[name]
     if loader == "dali" and not dali_available():
         raise RuntimeError("DALI is not installed")
@@ -62,13 +64,20 @@ def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup
     # Alone too, the loader runs on the stream the steps run on (engine train's): what it enqueues (the engine
     # augmenter's ~45 launches and copies a batch, a cast) would otherwise go on CUDA's legacy stream, which waits
     # for the work of every blocking stream of the process, and they for it. Until the thirty-second session the
-    # loader-alone rows ran there, and DALI with the engine augmenting read 9.7k img/s alone against DALI's own 15.1k
-    # (H100) while its kernels took 0.06 ms a batch: the next GPU session's rows say whether that was the stream.
+    # loader-alone rows ran there. That was not why DALI with the engine augmenting ran slower alone than with its
+    # own augmenter (9.7k against 15.1k img/s on an H100 then, 12.9k against 19.1k on an H200 on this stream since).
     with step_stream(stream_choice, device):
         row["loader_only_img_s"] = round(images_per_s(endless(pipeline), steps, warmup, lambda x, y: None, device), 1)
         if kernels:  # a loader slower alone than feeding a step (the resident path on an H100) spends its time here
             batches = endless(pipeline)
             row["kernels"] = or_error(lambda: kernel_breakdown(lambda: next(batches), device, steps=3, top=kernels))
+        if host_functions:  # a loader whose kernels are short yet slow alone or end to end waits somewhere here
+            batches = endless(pipeline)
+            row["host"] = or_error(lambda: host_breakdown(lambda: next(batches), steps=10, top=host_functions))
+        if train_step is not None and host_functions:
+            batches = endless(pipeline)
+            row["host_end_to_end"] = or_error(lambda: host_breakdown(lambda: train_step(*next(batches)), steps=10,
+                                                                     top=host_functions))
         if train_step is not None:
             row.update(end_to_end_rounds(pipeline, train_step, synthetic, steps, warmup, device, rounds))
             if kernels and device.type == "cuda":  # whether the loader's kernels run beside the step's, or between
@@ -176,6 +185,10 @@ def main(argv=None) -> list[dict]:
                              "operators) per batch, and the operators that copy; on a GPU, and end to end, how "
                              "long the loader's and the step's kernels ran at the same time, and the N costliest "
                              "kernels beside the step's stream (DALI's operators)")
+    parser.add_argument("--host-functions", type=count_of("functions", 0), default=0, metavar="N",
+                        help="also profile the host over 10 batches alone and 10 steps end to end: its N costliest "
+                             "Python functions and builtins by their own time, ms per batch (a wait for DALI's "
+                             "outputs or for the device shows as the call that waits)")
     parser.add_argument("--rounds", type=round_count, default=1, metavar="N",
                         help="end to end: each loader's rate and the synthetic one measured in turn N times; "
                              "of_synthetic is the median of the rounds' ratios (for a host-bound step, whose rate "
@@ -206,7 +219,7 @@ def main(argv=None) -> list[dict]:
         try:
             rows.append(loader_rates(name, index, size, batch, device, args.workers, dtype, steps, warmup, train_step,
                                      dali_options(args), args.training_stream, args.kernels, synthetic,
-                                     args.rounds))
+                                     args.rounds, args.host_functions))
         except Exception as err:  # noqa: BLE001 - one failing loader must not hide the others' numbers
             rows.append({"loader": name, "error": repr(err)[:300]})
         print(json.dumps(rows[-1]), flush=True)

@@ -164,6 +164,33 @@ def kernel_breakdown(fn: Callable[[], object], device: torch.device, steps: int,
             "copies": or_error(lambda: copy_sources(profiler.events(), on_gpu, steps, top))}
 
 
+def host_breakdown(fn: Callable[[], object], steps: int, top: int) -> dict:
+    """Where the host's time of `steps` calls of `fn` goes: the `top` Python functions and builtins by their own
+    time (cProfile's tottime), ms per call. A wait inside a C++ call shows as that call's own time: DALI's
+    iterator waiting for its pipeline's outputs, a copy waiting for the device."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.runcall(lambda: [fn() for _ in range(steps)])
+    elapsed_ms = (time.perf_counter() - started) * 1e3 / steps
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (calls, primitive calls, tottime, cumtime, callers)
+    ranked = sorted(stats.items(), key=lambda item: -item[1][2])[:top]
+    return {"ms_per_call": round(elapsed_ms, 3),
+            "top_functions": [{"function": _where(key), "calls_per_call": round(row[0] / steps, 1),
+                               "ms": round(row[2] * 1e3 / steps, 3)} for key, row in ranked]}
+
+
+def _where(key: tuple[str, int, str]) -> str:
+    """cProfile's (file, line, name) as `file:line(name)`, the file from its package on (or a builtin's name)."""
+    path, line, name = key
+    if path == "~":
+        return name
+    parts = path.replace("\\", "/").split("/")
+    return f"{'/'.join(parts[-2:])}:{line}({name})"
+
+
 def timed_events(averages, on_gpu: bool) -> list[tuple[str, float]]:
     """(name, microseconds) of what ran: on a GPU each kernel's device time, less the ranges annotated on the
     device (a compiled graph's "## Call CompiledFxGraph ##", a record_function), which span the kernels inside them

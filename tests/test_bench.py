@@ -297,6 +297,29 @@ def test_kernel_breakdown_names_the_operator_behind_a_layout_conversion():
     assert [c["ms"] for c in copies] == sorted((c["ms"] for c in copies), reverse=True)
 
 
+def test_the_host_breakdown_names_the_call_that_waits():
+    """A wait inside a builtin (DALI's iterator waiting for its outputs) shows as that builtin's own time."""
+    import time
+
+    from engine.bench.timing import host_breakdown
+    breakdown = host_breakdown(lambda: time.sleep(0.02), steps=3, top=2)
+    slowest = breakdown["top_functions"][0]
+    assert "sleep" in slowest["function"] and slowest["calls_per_call"] == 1.0
+    assert 20 <= slowest["ms"] <= breakdown["ms_per_call"]
+
+
+def test_loader_benchmark_says_where_the_hosts_time_goes():
+    from engine.bench import loaders
+    rows = loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--workers", "0", "--loaders", "torch",
+                         "--backbone", "mobilenet_v3_large", "--host-functions", "3"])
+    row = rows[1]
+    for part in ("host", "host_end_to_end"):
+        functions = row[part]["top_functions"]
+        assert len(functions) == 3 and sum(f["ms"] for f in functions) <= row[part]["ms_per_call"]
+    # end to end, the step's own work is among the host's costliest calls
+    assert any("backward" in f["function"] for f in row["host_end_to_end"]["top_functions"]), row["host_end_to_end"]
+
+
 def test_a_failing_profile_keeps_the_loaders_measured_rate(monkeypatch):
     """The profile is a diagnostic: a profiler field named differently on the GPU machine's torch must not cost
     the row its rate."""
