@@ -27,6 +27,12 @@ threads=8
 # fixed 50 s, that session's mobilenet row with the engine augmenting (a Triton compile more) was cut short.
 rounds=${ROUNDS:-3}
 row_limit=$((20 + 10 * rounds))
+# COMPILE=1: the end-to-end rows' model under torch.compile, as engine train runs it on a GPU (eager by default, whose
+# host-bound steps show a loader's host cost most: mobilenet_v3_large read 0.936 eager on the thirty-second session's
+# H200, its synthetic rate drifting 2945-3749 img/s). The compile adds up to ~2 minutes a backbone.
+compile_flag=--no-compile
+compile_s=0
+[ "${COMPILE:-0}" = 1 ] && compile_flag=--compile && compile_s=120
 # first, DALI's GPU correctness checks (~25 s): a batch handed over without a copy must stay intact while the
 # training stream lags behind the host, and the images DALI's decoder misreads (tests/test_dali.py's gpu tests).
 # DALI_GPU_TESTS=0 skips them where no DALI code changed since they last passed on a GPU
@@ -45,9 +51,9 @@ python3 -m engine.bench.make_jpegs /tmp/jpgs || exit 1
 # LOADER_BACKBONES (comma-separated) narrows these rows: an experiment's call keeps resnet50's as its baseline
 loader_backbones=${LOADER_BACKBONES:-resnet50,mobilenet_v3_large}
 for backbone in ${loader_backbones//,/ }; do
-  timeout $((20 + row_limit * $(tr , '\n' <<< "$loaders" | wc -l))) python3 -m engine.bench.loaders --data /tmp/jpgs \
-    --backbone "$backbone" --image-size 256 --batch-size 128 --workers 8 --steps 15 --rounds "$rounds" \
-    --loaders "$loaders" --kernels 8 --host-functions 8 2>&1 \
+  timeout $((20 + compile_s + row_limit * $(tr , '\n' <<< "$loaders" | wc -l))) python3 -m engine.bench.loaders \
+    --data /tmp/jpgs --backbone "$backbone" --image-size 256 --batch-size 128 --workers 8 --steps 15 \
+    --rounds "$rounds" --loaders "$loaders" --kernels 8 --host-functions 8 "$compile_flag" 2>&1 \
     | grep --line-buffered -v -i deprecat | tee -a "$out/loaders.jsonl"
 done
 # DALI alone at the anchor's batch (256), then the anchor's own script beside it when carried (.anchors/, a copy

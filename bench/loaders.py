@@ -33,7 +33,7 @@ from engine.loaders.dali_pipeline import (AUGMENTERS, DEFAULT_AUGMENTER, DEFAULT
                                           HW_DECODER_LOAD)
 from engine.models import build_backbone
 from engine.profile import endless, images_per_s, synthetic_rate
-from engine.trainer import tune_convolutions
+from engine.trainer import compiled, tune_convolutions
 
 
 # What --loaders measures: each of the engine's loaders, and DALI decoding and resizing while the engine's fused kernel
@@ -116,16 +116,19 @@ def end_to_end_rounds(pipeline, train_step, synthetic, steps: int, warmup: int, 
     return row
 
 
-def training_step(backbone: str, num_classes: int, device: torch.device):
-    """One bf16-autocast AdamW step of `backbone` in channels_last: what the end-to-end rates feed."""
+def training_step(backbone: str, num_classes: int, device: torch.device, compile_model: bool = False):
+    """One bf16-autocast AdamW step of `backbone` in channels_last: what the end-to-end rates feed; with
+    `compile_model`, the model under torch.compile as engine train runs it on a GPU (the first steps, the warm-up's,
+    compile it)."""
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     tune_convolutions(device)
     model = build_backbone(backbone, num_classes).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    forward = compiled(model) if compile_model else model
 
     def train_step(images, labels):
         with amp:
-            loss = F.cross_entropy(model(images), labels)
+            loss = F.cross_entropy(forward(images), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -193,6 +196,9 @@ def main(argv=None) -> list[dict]:
                         help="end to end: each loader's rate and the synthetic one measured in turn N times; "
                              "of_synthetic is the median of the rounds' ratios (for a host-bound step, whose rate "
                              "drifts within a process)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="the model under torch.compile, as engine train runs it on a GPU (default: eager, "
+                             "whose host-bound steps show a loader's host cost most)")
     parser.add_argument("--quick", action="store_true", help="32 px, batch 8, 2 steps (smoke test)")
     args = parser.parse_args(argv)
     loaders = chosen_loaders(args.loaders)
@@ -203,11 +209,12 @@ def main(argv=None) -> list[dict]:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # what the engine's loaders hand over
     print(json.dumps({"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                       "data": args.data, "images": len(index.train), "image_size": size, "batch": batch,
-                      "backbone": None if args.loader_only else args.backbone, "torch": torch.__version__}),
+                      "backbone": None if args.loader_only else args.backbone, "compile": args.compile,
+                      "torch": torch.__version__}),
           flush=True)
     rows, train_step, synthetic = [], None, None
     if not args.loader_only:
-        train_step = training_step(args.backbone, index.num_classes, device)
+        train_step = training_step(args.backbone, index.num_classes, device, args.compile)
         synthetic = (torch.randn(batch, 3, *size, device=device, dtype=dtype)
                      .contiguous(memory_format=torch.channels_last),
                      torch.randint(0, index.num_classes, (batch,), device=device))

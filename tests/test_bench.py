@@ -297,6 +297,21 @@ def test_kernel_breakdown_names_the_operator_behind_a_layout_conversion():
     assert [c["ms"] for c in copies] == sorted((c["ms"] for c in copies), reverse=True)
 
 
+def test_loader_benchmark_compiles_the_step_when_asked(monkeypatch, capsys):
+    """--compile: the end-to-end rows feed the model as engine train runs it on a GPU, compiled (here the compile
+    is stood in for, as inductor takes minutes on this CPU)."""
+    from engine.bench import loaders
+    compiled = []
+    monkeypatch.setattr(loaders, "compiled", lambda model: compiled.append(model) or model)
+    rows = loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--workers", "0", "--loaders", "torch",
+                         "--backbone", "mobilenet_v3_large", "--compile"])
+    assert len(compiled) == 1 and [row["loader"] for row in rows] == ["synthetic (on device)", "torch"]
+    assert '"compile": true' in capsys.readouterr().out.splitlines()[0]
+    loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--workers", "0", "--loaders", "torch",
+                  "--backbone", "mobilenet_v3_large"])
+    assert len(compiled) == 1  # eager unless asked
+
+
 def test_the_host_breakdown_names_the_call_that_waits():
     """A wait inside a builtin (DALI's iterator waiting for its outputs) shows as that builtin's own time."""
     import time
