@@ -160,7 +160,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=count_of("steps", 1), default=30,
+                        help="timed steps (batches) a rate, after 3 untimed (default: %(default)s)")
     parser.add_argument("--loaders", default="dali,resident,torch",
                         help="comma-separated pipelines, in the order to measure them (default: %(default)s), from "
                              + ", ".join(LOADER_VARIANTS) + " (dali-engine: DALI with --dali-augmenter engine)")

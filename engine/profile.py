@@ -38,6 +38,8 @@ def images_per_s(batches: Iterable, steps: int, warmup: int, work: Callable, dev
     at its start, not per step. Timed, it read as a loader falling behind: in a CPU simulation, DALI four times
     faster than a 44-ms step read 0.94-0.96 of the step's rate over 15 steps (bench/NOTES.md, thirty-second
     session). A loader slower than the step still reads as slow: its later batches each arrive late."""
+    if steps < 1:
+        raise ValueError(f"the steps to time must be 1 or more, not {steps}")
     stream = iter(batches)
     for images, labels in islice(stream, warmup):
         work(images, labels)
@@ -47,7 +49,7 @@ def images_per_s(batches: Iterable, steps: int, warmup: int, work: Callable, dev
     timed = iter(islice(stream, steps))
     first = next(timed, None)
     if first is None:
-        raise ValueError("no batch to time: the batches ran out in the warm-up")
+        raise ValueError("no batch to time: the batches ran out in the warm-up and the drain")
     seen, started = 0, time.perf_counter()
     for images, labels in chain([first], timed):
         work(images, labels)

@@ -116,6 +116,8 @@ def test_loader_benchmark_measures_the_named_loaders_alone():
         loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--loaders", "nope"])
     with pytest.raises(SystemExit):  # argparse: one line naming --kernels, exit 2
         loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--kernels", "-1"])
+    with pytest.raises(SystemExit):  # and --steps, which times at least one
+        loaders.main(["--data", "demo", "--quick", "--device", "cpu", "--steps", "0"])
 
 
 def test_loader_benchmark_sets_both_dali_augmenters_side_by_side_in_one_process():

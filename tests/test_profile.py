@@ -157,6 +157,9 @@ def test_the_clock_starts_when_the_first_timed_batch_arrives(monkeypatch):
 
     assert rate(first_wait=1.0, then_wait=0.0) == pytest.approx(10 / 0.5)  # keeps up: 2 images per 0.1 s step
     assert rate(first_wait=1.0, then_wait=0.2) == pytest.approx(10 / (0.5 + 4 * 0.2))  # each later batch late
+    with pytest.raises(ValueError, match="ran out"):  # a rate of nothing is an error, not 0 images/s
+        profile.images_per_s(iter([(torch.zeros(2, 3), torch.zeros(2))] * 5), steps=5, warmup=2, work=step,
+                             device=torch.device("cpu"), drain=3)
 
 
 @pytest.mark.parametrize("loader, workers, made_ahead", [("torch", 0, 0), ("torch", 2, 4), ("resident", 0, 0),
