@@ -74,10 +74,9 @@ def loader_rates(name, index, size, batch, device, workers, dtype, steps, warmup
         if host_functions:  # a loader whose kernels are short yet slow alone or end to end waits somewhere here
             batches = endless(pipeline)
             row["host"] = or_error(lambda: host_breakdown(lambda: next(batches), steps=10, top=host_functions))
-        if train_step is not None and host_functions:
-            batches = endless(pipeline)
-            row["host_end_to_end"] = or_error(lambda: host_breakdown(lambda: train_step(*next(batches)), steps=10,
-                                                                     top=host_functions))
+            if train_step is not None:
+                row["host_end_to_end"] = or_error(lambda: host_breakdown(lambda: train_step(*next(batches)),
+                                                                         steps=10, top=host_functions))
         if train_step is not None:
             row.update(end_to_end_rounds(pipeline, train_step, synthetic, steps, warmup, device, rounds))
             if kernels and device.type == "cuda":  # whether the loader's kernels run beside the step's, or between
